@@ -1,0 +1,46 @@
+"""Agent plugins (entry-point group `marlrec.agents`): learners that fill slates for every role."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from marlrec.envs import Environment, EnvSpec
+from marlrec.plugin import Plugin
+from marlrec.settings import TrainRun
+
+
+class Agent(Plugin):
+    """Constructed as `Agent(config, spec=..., device=...)`.
+
+    `candidate_scores` is the policy's view used by evaluation and serving: for a batch of
+    observations of one role, a score per candidate (higher is better, greedy, no exploration).
+    """
+
+    def __init__(self, config: object, *, spec: EnvSpec, device: torch.device) -> None:
+        super().__init__(config)
+        self.spec = spec
+        self.device = device
+
+    @abstractmethod
+    def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
+        """Train on copies of `env`; return summary figures (e.g. env steps per second)."""
+
+    @abstractmethod
+    def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
+        """Scores (B, n_candidates) for observations (B, obs_size) of role number `role`."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore the trained policy."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.pt"

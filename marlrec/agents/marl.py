@@ -1,0 +1,135 @@
+"""Pieces that make Tianshou 2.x's multi-agent path correct for cooperating slate roles.
+
+Tianshou stores one transition per AEC step, so a role's `obs_next` is the *next role's*
+observation and rewards that land on other roles' turns never reach its targets. Roles act in a
+fixed order, so we build each role's transition explicitly: from its turn to its own next turn,
+summing every reward credited to it in between. The trainer also flags only the outer policy as
+"within a training step"; `CooperativePolicy` hands that flag down to every role's policy so that
+exploration is on while collecting and off in evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tianshou.algorithm.algorithm_base import OffPolicyAlgorithm, Policy
+from tianshou.algorithm.multiagent.marl import (
+    MARLDispatcher,
+    MultiAgentOffPolicyAlgorithm,
+    MultiAgentPolicy,
+)
+from tianshou.data import ReplayBuffer
+from tianshou.env import PettingZooEnv
+from torch import nn
+
+from marlrec.envs import EnvSpec
+
+
+class CooperativePolicy(MultiAgentPolicy):
+    """The roles' policies, dispatched by agent id, sharing the trainer's training-step flag."""
+
+    @property
+    def is_within_training_step(self) -> bool:
+        return self._within_training_step
+
+    @is_within_training_step.setter
+    def is_within_training_step(self, value: bool) -> None:
+        self._within_training_step = value
+        for policy in getattr(self, "policies", {}).values():
+            policy.is_within_training_step = value
+
+    def __init__(self, policies: dict[str | int, Policy]) -> None:
+        super().__init__(policies)
+        self.is_within_training_step = False
+
+
+class CooperativeOffPolicyAlgorithm(MultiAgentOffPolicyAlgorithm):
+    """Tianshou's multi-agent off-policy algorithm with a `CooperativePolicy`."""
+
+    def __init__(self, *, algorithms: list[OffPolicyAlgorithm], env: PettingZooEnv) -> None:
+        dispatcher: MARLDispatcher[OffPolicyAlgorithm] = MARLDispatcher(algorithms, env)
+        policy = CooperativePolicy({a: alg.policy for a, alg in dispatcher.algorithms.items()})
+        OffPolicyAlgorithm.__init__(self, policy=policy)
+        self._dispatcher = dispatcher
+        self._submodules = nn.ModuleList(algorithms)
+
+
+def own_turn_transitions(
+    buffer: ReplayBuffer, indices: np.ndarray, agent_id: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each of one role's steps, follow the episode to that role's own next turn.
+
+    `buffer.rew` must hold this role's reward column (Tianshou's dispatcher arranges that).
+    Returns the reward accrued until the next own turn, the index of that turn, whether to
+    bootstrap from it (the episode went on), and whether the transition is complete (its next
+    turn has been collected; the newest steps of a running episode are not yet).
+    """
+    accrued = np.zeros(len(indices), dtype=np.float64)
+    current = np.asarray(indices).copy()
+    active = np.ones(len(indices), dtype=bool)
+    ended = np.zeros(len(indices), dtype=bool)
+    complete = np.ones(len(indices), dtype=bool)
+    while active.any():
+        accrued[active] += buffer.rew[current[active]]
+        done_here = active & buffer.done[current]
+        ended |= done_here
+        active &= ~done_here
+        following = buffer.next(current)
+        stalled = active & (following == current)
+        complete &= ~stalled
+        active &= ~stalled
+        current = np.where(active, following, current)
+        active &= buffer.obs.agent_id[current] != agent_id
+    return accrued, current, ~ended & complete, complete
+
+
+class CandidateQNet(nn.Module):
+    """Scores every candidate from (state, candidate, slate so far, role), shared across slots.
+
+    Scoring candidates instead of catalog ids keeps the action space fixed as the catalog grows
+    and lets a new item be recommended as soon as its text is encoded.
+    """
+
+    def __init__(self, spec: EnvSpec, hidden: int, device: torch.device) -> None:
+        super().__init__()
+        self.layout = spec.layout
+        self.device = device
+        # The catalog's embeddings are data, not parameters: kept out of checkpoints.
+        self.register_buffer("item_emb", spec.item_emb.to(device), persistent=False)
+        d, ds = spec.item_emb.shape[1], spec.layout.state_dim
+        n_in = ds + 3 * d + 3 + spec.layout.n_roles + 2
+        self.mlp = nn.Sequential(
+            nn.Linear(n_in, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 1),
+        ).to(device)
+
+    def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        parts = self.layout.split(obs)
+        cand = self.item_emb[parts["candidates"]]  # (B, M, d)
+        chosen = parts["chosen"]
+        slate_mean = (chosen[..., None] * cand).sum(1) / chosen.sum(1, keepdim=True).clamp(min=1)
+        unit = F.normalize(cand, dim=-1)
+        similarity = unit @ unit.transpose(1, 2)  # (B, M, M)
+        to_slate = similarity.masked_fill(chosen[:, None, :] == 0, -1.0).amax(-1)
+        m = cand.shape[1]
+        per_obs = torch.cat([parts["state"], parts["role"], parts["progress"]], -1)
+        features = torch.cat(
+            [
+                per_obs[:, None].expand(-1, m, -1),
+                cand,
+                cand * parts["state"][:, None],
+                cand * slate_mean[:, None],
+                parts["scores"][..., None],
+                to_slate[..., None],
+                chosen[..., None],
+            ],
+            dim=-1,
+        )
+        return self.mlp(features).squeeze(-1), state

@@ -1,0 +1,168 @@
+"""The Hydra app behind `marlrec train`, and the checks that turn config mistakes into one line.
+
+Hydra reports an unknown group choice or a misspelled key as a paragraph; before handing the
+command line to Hydra we compose the first job ourselves and say what is wrong in one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra import compose, initialize_config_module
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.core.plugins import Plugins
+from hydra.errors import HydraException
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from marlrec import registry
+from marlrec.pipeline import validate
+from marlrec.registry import MarlrecError
+
+CONFIG_MODULE = "marlrec.conf"
+SETTINGS_GROUPS = ("trainer", "eval", "logger", "experiment")
+# Hydra flags after which we leave the command line to Hydra alone.
+EXPERT_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "--shell-completion",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--package",
+    "-p",
+    "--resolve",
+)
+
+
+class PluginConfigSearchPath(SearchPathPlugin):
+    """Adds the YAML trees that installed plugin packages declare under `marlrec.conf`."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        for package in registry.config_packages():
+            search_path.append(provider=f"marlrec:{package}", path=f"pkg://{package}")
+
+
+def register_plugin_configs() -> None:
+    Plugins.instance().register(PluginConfigSearchPath)
+
+
+def preflight(args: list[str]) -> None:
+    """Raise a one-line MarlrecError if the first job of this command line would not compose."""
+    if any(a.split("=")[0] in EXPERT_FLAGS for a in args):
+        return
+    overrides = [a for a in args if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise MarlrecError(f"cannot parse the overrides: {_first_line(exc)}") from None
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for override in parsed:
+            _check_choice(override, loader.get_group_options)
+        first_job = BasicSweeper.split_arguments(
+            [o for o in parsed if not o.is_hydra_override()], None
+        )[0][0]
+        _check_keys(first_job)
+        validate(_compose(first_job))
+    GlobalHydra.instance().clear()
+
+
+def _values(override: Override) -> list[str]:
+    if override.is_sweep_override():
+        return [str(v) for v in override.sweep_string_iterator()]
+    value = override.value()
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _check_choice(override: Override, options_of: Any) -> None:
+    group = override.key_or_group
+    if group not in registry.KINDS and group not in SETTINGS_GROUPS:
+        return
+    if override.is_delete() or override.value() is None:
+        return
+    options = options_of(group)
+    noun = registry.KINDS[group].noun if group in registry.KINDS else f"{group} preset"
+    for value in _values(override):
+        if value not in options:
+            raise MarlrecError(
+                f"unknown {noun} '{value}' ({group}={value}); installed: {', '.join(options)}"
+            )
+
+
+def _check_keys(first_job: list[str]) -> None:
+    """Name a misspelled key, and the closest real one, before Hydra's own paragraph."""
+    parsed = OverridesParser.create().parse_overrides(first_job)
+    group_choices = [
+        o.input_line
+        for o in parsed
+        if o.key_or_group in registry.KINDS or o.key_or_group in SETTINGS_GROUPS
+    ]
+    base = _compose(group_choices)
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_add() or override.is_delete() or override.input_line in group_choices:
+            continue
+        if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
+            parent_key, _, leaf = key.rpartition(".")
+            parent = OmegaConf.select(base, parent_key) if parent_key else base
+            siblings = list(parent.keys()) if isinstance(parent, DictConfig) else []
+            close = difflib.get_close_matches(leaf, [str(s) for s in siblings], n=1)
+            hint = (
+                f"; did you mean '{'.'.join(filter(None, [parent_key, close[0]]))}'?"
+                if close
+                else ""
+            )
+            raise MarlrecError(
+                f"unknown config key '{key}'{hint} (use +{key}=... to add a new key)"
+            )
+
+
+_ABSENT = object()
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    try:
+        cfg = compose("config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+        return cfg
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise MarlrecError(_first_line(exc)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[:2]).strip()
+    return text or type(exc).__name__
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def train_app(cfg: DictConfig) -> float:
+    """One training job; returns the agent's validation NDCG for sweepers that optimise it."""
+    from marlrec.run import AGENT_ROW, train
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(cfg, run_dir)
+    except MarlrecError as exc:
+        print(f"marlrec: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return float(metrics["eval"][AGENT_ROW][f"valid/NDCG@{cfg.eval.ks[0]}"])

@@ -1,0 +1,24 @@
+"""`random` and `pop`: the two reference points every recommender must beat."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from marlrec.baselines import Baseline
+
+
+class RandomBaseline(Baseline):
+    """Uniformly random ranking, reproducible for the run's seed."""
+
+    def scores(self, users: np.ndarray) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.rand(len(users), self.data.n_items, generator=generator)
+
+
+class PopularityBaseline(Baseline):
+    """Items ranked by their number of training interactions."""
+
+    def scores(self, users: np.ndarray) -> torch.Tensor:
+        popularity = torch.from_numpy(self.data.item_popularity)
+        return popularity.expand(len(users), -1)

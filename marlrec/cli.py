@@ -1,0 +1,115 @@
+"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend` and `plugins`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from marlrec import registry
+from marlrec.registry import MarlrecError
+
+USAGE = """usage: marlrec <command> [key=value ...]
+
+commands:
+  train       train agents and evaluate them beside the baselines (a Hydra app:
+              overrides such as agent=idqn trainer.max_epochs=3, -m for sweeps, --help)
+  evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
+  recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
+  plugins     list installed plugins by kind, with the package each comes from
+"""
+
+
+def train_command(args: list[str]) -> int:
+    from marlrec.app import preflight, register_plugin_configs, train_app
+
+    register_plugin_configs()
+    preflight(args)
+    sys.argv = ["marlrec train", *args]
+    train_app()
+    return 0
+
+
+def _options(args: list[str], required: tuple[str, ...], defaults: dict[str, object]) -> dict:
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise MarlrecError(f"expected key=value arguments, got '{bad[0]}'")
+    options = {**defaults, **OmegaConf.to_container(OmegaConf.from_dotlist(args))}
+    unknown = sorted(set(options) - set(required) - set(defaults))
+    if unknown:
+        raise MarlrecError(
+            f"unknown option '{unknown[0]}'; options: {', '.join((*required, *defaults))}"
+        )
+    missing = [key for key in required if key not in options]
+    if missing:
+        raise MarlrecError(f"missing {missing[0]}=...")
+    return options
+
+
+def evaluate_command(args: list[str]) -> int:
+    from marlrec.run import evaluate_run
+
+    options = _options(args, ("run_dir",), {})
+    evaluate_run(Path(str(options["run_dir"])))
+    return 0
+
+
+def recommend_command(args: list[str]) -> int:
+    from marlrec.run import recommend
+
+    options = _options(args, ("run_dir", "user"), {"k": 10})
+    rows = recommend(Path(str(options["run_dir"])), int(options["user"]), int(options["k"]))
+    table = Table(title=f"top {len(rows)} for user {options['user']}")
+    for column in ("#", "item", "text", "why"):
+        table.add_column(column)
+    for rank, row in enumerate(rows, 1):
+        table.add_row(str(rank), str(row["item"]), row["text"], row["why"])
+    Console(width=200).print(table)
+    return 0
+
+
+def plugins_command(args: list[str]) -> int:
+    if args:
+        raise MarlrecError("`marlrec plugins` takes no arguments")
+    table = Table(title="installed marlrec plugins")
+    for column in ("kind", "name", "package", "entry point"):
+        table.add_column(column)
+    for group, kind in registry.KINDS.items():
+        for info in registry.available(group):
+            table.add_row(f"{kind.noun} ({group})", info.name, info.distribution, info.target)
+    Console(width=160).print(table)
+    return 0
+
+
+COMMANDS = {
+    "train": train_command,
+    "evaluate": evaluate_command,
+    "recommend": recommend_command,
+    "plugins": plugins_command,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(
+            f"marlrec: unknown command '{argv[0]}'; commands: {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return command(argv[1:])
+    except MarlrecError as exc:
+        print(f"marlrec: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Environment plugins (entry-point group `marlrec.envs`): one user session per episode."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pettingzoo import AECEnv
+
+from marlrec.data import RecData
+from marlrec.plugin import Plugin
+from marlrec.rewards import Reward
+from marlrec.simulators import Simulator
+from marlrec.states import StateModel
+
+
+@dataclass(frozen=True)
+class EnvContext:
+    """Everything an environment needs, built once per run and shared by its env copies."""
+
+    data: RecData
+    item_emb: torch.Tensor  # (n_items, d) on `device`
+    state: StateModel
+    simulator: Simulator
+    rewards: dict[str, Reward]
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class ObsLayout:
+    """Where each part sits in an agent's flat float32 observation.
+
+    [state | candidate ids | candidate retrieval scores | chosen flags | role one-hot | progress]
+    """
+
+    state_dim: int
+    n_candidates: int
+    n_roles: int
+
+    @property
+    def size(self) -> int:
+        return self.state_dim + 3 * self.n_candidates + self.n_roles + 2
+
+    def split(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of a (B, size) observation batch by part."""
+        sizes = [self.state_dim, *[self.n_candidates] * 3, self.n_roles, 2]
+        names = ["state", "candidates", "scores", "chosen", "role", "progress"]
+        parts = dict(zip(names, torch.split(obs, sizes, dim=-1), strict=True))
+        parts["candidates"] = parts["candidates"].long()
+        return parts
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What agents need to know about an environment to build their networks."""
+
+    roles: tuple[str, ...]
+    layout: ObsLayout
+    item_emb: torch.Tensor
+
+
+# Scores candidates for one role: (obs (B, size) float tensor, role index) -> (B, n_candidates).
+CandidateScorer = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class Environment(Plugin):
+    """Constructed as `Environment(config, ctx=...)`; a factory of env copies for one run."""
+
+    def __init__(self, config: object, *, ctx: EnvContext) -> None:
+        super().__init__(config)
+        self.ctx = ctx
+
+    @property
+    @abstractmethod
+    def spec(self) -> EnvSpec:
+        """Roles, observation layout and item embeddings for the agents' networks."""
+
+    @abstractmethod
+    def make(self) -> AECEnv:
+        """A new PettingZoo AEC env (seed it through `reset(seed=...)`)."""
+
+    @abstractmethod
+    def rank(
+        self, scorer: CandidateScorer, users: np.ndarray, histories: list[np.ndarray], k: int
+    ) -> torch.Tensor:
+        """Top-k item ids (len(users), k) a policy would recommend, never an item in the history.
+
+        The policy's slate comes first, then the remaining candidates by the policy's scores,
+        then every other item by retrieval score, so full-ranking metrics are defined.
+        """

@@ -1,0 +1,182 @@
+"""Plugins found by Python entry point: listed from package metadata, loaded only when chosen.
+
+Every kind of plugin has one entry-point group and one Hydra config group. Built-in plugins
+register through the same entry points as third-party ones; nothing here special-cases them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+
+class MarlrecError(Exception):
+    """A user-facing error: its message is one line that says what is wrong and where."""
+
+
+class PluginError(MarlrecError):
+    """A plugin could not be found, loaded or configured."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of plugin: its Hydra config group and its entry-point group."""
+
+    group: str
+    entry_point_group: str
+    noun: str
+
+
+KINDS: dict[str, Kind] = {
+    k.group: k
+    for k in (
+        Kind("data", "marlrec.datasets", "dataset"),
+        Kind("encoder", "marlrec.encoders", "encoder"),
+        Kind("state", "marlrec.states", "state"),
+        Kind("env", "marlrec.envs", "environment"),
+        Kind("simulator", "marlrec.simulators", "simulator"),
+        Kind("agent", "marlrec.agents", "agent"),
+        Kind("reward", "marlrec.rewards", "reward"),
+        Kind("baseline", "marlrec.baselines", "baseline"),
+    )
+}
+
+# A package that ships YAML for marlrec's config groups names its config package here,
+# e.g. `my_reward = "my_reward_pkg.conf"`; Hydra then searches it like marlrec's own tree.
+CONFIG_ENTRY_POINT_GROUP = "marlrec.conf"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An installed plugin as its package metadata describes it (its code is not imported)."""
+
+    kind: str
+    name: str
+    target: str
+    distribution: str
+
+
+def kind_of(group: str) -> Kind:
+    try:
+        return KINDS[group]
+    except KeyError:
+        raise PluginError(f"unknown plugin kind '{group}'; kinds: {', '.join(KINDS)}") from None
+
+
+def _entry_points(group: str) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=kind_of(group).entry_point_group)}
+
+
+def available(group: str) -> list[PluginInfo]:
+    """The installed plugins of one kind, sorted by name, read from metadata only."""
+    return [
+        PluginInfo(group, ep.name, ep.value, ep.dist.name if ep.dist else "?")
+        for ep in sorted(_entry_points(group).values(), key=lambda ep: ep.name)
+    ]
+
+
+def config_packages() -> list[str]:
+    """Python packages that hold extra Hydra config trees (from installed distributions)."""
+    return sorted({ep.value for ep in entry_points(group=CONFIG_ENTRY_POINT_GROUP)})
+
+
+def load(group: str, name: str) -> type:
+    """Import the chosen plugin's class, and only that one."""
+    kind = kind_of(group)
+    eps = _entry_points(group)
+    if name not in eps:
+        installed = ", ".join(sorted(eps)) or "none"
+        raise PluginError(f"unknown {kind.noun} '{name}' ({group}={name}); installed: {installed}")
+    try:
+        cls = eps[name].load()
+    except Exception as exc:  # a broken third-party plugin must not take the CLI down with a trace
+        raise PluginError(
+            f"{kind.noun} '{name}' ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
+        ) from exc
+    config_cls = getattr(cls, "Config", None)
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise PluginError(f"{kind.noun} '{name}' ({eps[name].value}) has no dataclass `Config`")
+    return cls
+
+
+def build_config(group: str, name: str | None, config_cls: type, section: Mapping[str, Any]) -> Any:
+    """Validate a composed config section against a `Config` dataclass and build it.
+
+    `name` is the chosen plugin's name, or None for a settings group such as `trainer`.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
+    hints = typing.get_type_hints(config_cls)
+    if name is None:
+        where = f"the '{group}' settings"
+    else:
+        where = f"{kind_of(group).noun} '{name}' (conf/{group}/{name}.yaml or an override)"
+    for key in section:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise PluginError(
+                f"unknown config key '{group}.{key}' for {where}; "
+                f"valid keys: {', '.join(fields) or 'none'}{hint}"
+            )
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in section
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise PluginError(f"missing config key '{group}.{missing[0]}' for {where}")
+    values = {}
+    for key, value in section.items():
+        if not _matches(value, hints[key]):
+            raise PluginError(
+                f"config key '{group}.{key}' for {where} must be {_type_name(hints[key])}, "
+                f"got {value!r}"
+            )
+        values[key] = float(value) if hints[key] is float and isinstance(value, int) else value
+    return config_cls(**values)
+
+
+def create(group: str, section: Mapping[str, Any], **dependencies: Any) -> Any:
+    """Load the plugin that `section['name']` names, validate its config, and instantiate it."""
+    section = dict(section)
+    name = section.pop("name", None)
+    if not isinstance(name, str):
+        raise PluginError(f"config group '{group}' names no plugin: set {group}=<name>")
+    cls = load(group, name)
+    return cls(build_config(group, name, cls.Config, section), **dependencies)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, list | tuple) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, Mapping)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
