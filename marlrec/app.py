@@ -105,7 +105,8 @@ def _check_choice(override: Override, options_of: Any) -> None:
     for value in _values(override):
         if value not in options:
             raise MarlrecError(
-                f"unknown {noun} '{value}' ({group}={value}); installed: {', '.join(options)}"
+                f"unknown {noun} '{value}' in '{override.input_line}'; "
+                f"installed: {', '.join(options)}"
             )
 
 

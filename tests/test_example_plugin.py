@@ -52,11 +52,12 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     installed = tmp / "site"
     # Offline: no dependencies fetched, the build uses the setuptools already installed.
     offline = ["--no-deps", "--no-build-isolation", "--no-index"]
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", *offline, f"--target={installed}", source],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert done.returncode == 0, done.stderr
     return installed
 
 

@@ -87,10 +87,12 @@ def own_turn_transitions(
 
 
 class CandidateQNet(nn.Module):
-    """Scores every candidate from (state, candidate, slate so far, role), shared across slots.
+    """Scores every candidate from (state, candidate, slate so far, role): a dueling Q-network.
 
     Scoring candidates instead of catalog ids keeps the action space fixed as the catalog grows
-    and lets a new item be recommended as soon as its text is encoded.
+    and lets a new item be recommended as soon as its text is encoded. The dueling split, a
+    state value plus each candidate's advantage, matters here: a session's return dwarfs the
+    difference one slot makes, and the advantage head learns that difference on its own.
     """
 
     def __init__(self, spec: EnvSpec, hidden: int, device: torch.device) -> None:
@@ -99,37 +101,42 @@ class CandidateQNet(nn.Module):
         self.device = device
         # The catalog's embeddings are data, not parameters: kept out of checkpoints.
         self.register_buffer("item_emb", spec.item_emb.to(device), persistent=False)
-        d, ds = spec.item_emb.shape[1], spec.layout.state_dim
-        n_in = ds + 3 * d + 3 + spec.layout.n_roles + 2
-        self.mlp = nn.Sequential(
-            nn.Linear(n_in, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, 1),
-        ).to(device)
+        d, ds, n_roles = spec.item_emb.shape[1], spec.layout.state_dim, spec.layout.n_roles
+        self.item_proj = nn.Linear(d, hidden)
+        self.state_proj = nn.Linear(ds, hidden)
+        context = 2 * hidden + n_roles + 2
+        self.value = _mlp(context, hidden)
+        self.advantage = _mlp(context + 3 * hidden + 3, hidden)
+        self.to(device)
 
     def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         parts = self.layout.split(obs)
-        cand = self.item_emb[parts["candidates"]]  # (B, M, d)
+        raw = self.item_emb[parts["candidates"]]  # (B, M, d)
         chosen = parts["chosen"]
-        slate_mean = (chosen[..., None] * cand).sum(1) / chosen.sum(1, keepdim=True).clamp(min=1)
-        unit = F.normalize(cand, dim=-1)
-        similarity = unit @ unit.transpose(1, 2)  # (B, M, M)
-        to_slate = similarity.masked_fill(chosen[:, None, :] == 0, -1.0).amax(-1)
-        m = cand.shape[1]
-        per_obs = torch.cat([parts["state"], parts["role"], parts["progress"]], -1)
-        features = torch.cat(
+        cand = self.item_proj(raw)
+        user = self.state_proj(parts["state"])
+        slate = (chosen[..., None] * cand).sum(1) / chosen.sum(1, keepdim=True).clamp(min=1)
+        context = torch.cat([user, slate, parts["role"], parts["progress"]], dim=-1)
+        unit = F.normalize(raw, dim=-1)
+        to_slate = (unit @ unit.transpose(1, 2)).masked_fill(chosen[:, None, :] == 0, -1.0)
+        per_candidate = torch.cat(
             [
-                per_obs[:, None].expand(-1, m, -1),
+                context[:, None].expand(-1, cand.shape[1], -1),
                 cand,
-                cand * parts["state"][:, None],
-                cand * slate_mean[:, None],
+                cand * user[:, None],
+                cand * slate[:, None],
                 parts["scores"][..., None],
-                to_slate[..., None],
-                chosen[..., None],
+                parts["popularity"][..., None],
+                to_slate.amax(-1)[..., None],
             ],
             dim=-1,
         )
-        return self.mlp(features).squeeze(-1), state
+        advantage = self.advantage(per_candidate).squeeze(-1)
+        available = 1.0 - chosen
+        mean = (advantage * available).sum(1, keepdim=True) / available.sum(1, keepdim=True)
+        return self.value(context) + advantage - mean, state
+
+
+def _mlp(n_in: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))

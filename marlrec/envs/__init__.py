@@ -33,7 +33,10 @@ class EnvContext:
 class ObsLayout:
     """Where each part sits in an agent's flat float32 observation.
 
-    [state | candidate ids | candidate retrieval scores | chosen flags | role one-hot | progress]
+    [state | candidate ids | retrieval scores | popularity | chosen flags | role one-hot | progress]
+
+    Popularity is the candidate's log training count scaled to [0, 1]; progress is the slot's and
+    the slate's position in the slate and the session, each in [0, 1).
     """
 
     state_dim: int
@@ -42,12 +45,12 @@ class ObsLayout:
 
     @property
     def size(self) -> int:
-        return self.state_dim + 3 * self.n_candidates + self.n_roles + 2
+        return self.state_dim + 4 * self.n_candidates + self.n_roles + 2
 
     def split(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of a (B, size) observation batch by part."""
-        sizes = [self.state_dim, *[self.n_candidates] * 3, self.n_roles, 2]
-        names = ["state", "candidates", "scores", "chosen", "role", "progress"]
+        sizes = [self.state_dim, *[self.n_candidates] * 4, self.n_roles, 2]
+        names = ["state", "candidates", "scores", "popularity", "chosen", "role", "progress"]
         parts = dict(zip(names, torch.split(obs, sizes, dim=-1), strict=True))
         parts["candidates"] = parts["candidates"].long()
         return parts

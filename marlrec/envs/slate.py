@@ -51,6 +51,8 @@ class SlateCore:
         self.max_slates = config.max_slates
         self.turn_order = [slot % self.n_roles for slot in range(self.slate_size)]
         self.layout = ObsLayout(ctx.state.dim, config.n_candidates, self.n_roles)
+        log_count = torch.log1p(torch.as_tensor(ctx.data.item_popularity, device=ctx.device))
+        self.popularity = log_count / log_count.max().clamp(min=1e-9)
 
     @torch.no_grad()
     def states(self, histories: list[np.ndarray]) -> torch.Tensor:
@@ -93,7 +95,15 @@ class SlateCore:
             [slot / self.slate_size, slate_number / self.max_slates], device=states.device
         ).expand(batch, 2)
         finite_scores = torch.nan_to_num(cand_scores, neginf=-1.0)
-        parts = [states, candidates.float(), finite_scores, chosen.float(), role_onehot, progress]
+        parts = [
+            states,
+            candidates.float(),
+            finite_scores,
+            self.popularity[candidates],
+            chosen.float(),
+            role_onehot,
+            progress,
+        ]
         return torch.cat(parts, dim=-1).float()
 
     def action_mask(self, cand_scores: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
