@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from marlrec.pipeline import Pipeline, build
+
 REPO = Path(__file__).resolve().parents[1]
 ML100K = REPO.parent / "shared" / "data" / "ml-100k"
 
@@ -46,12 +48,11 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 def cli_env(cache: Path) -> dict[str, str]:
     """Environment for a `marlrec` subprocess: offline, the session cache, unbuffered."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "MARLREC_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    overrides = {"HF_HUB_OFFLINE": "1", "MARLREC_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, **overrides}
 
 
 @pytest.fixture(scope="session")
-def small_pipeline(offline_cache: Path):  # noqa: ANN201 - a Pipeline
+def small_pipeline(offline_cache: Path) -> Pipeline:
     """Every default plugin, built for real on a small synthetic catalog."""
-    from marlrec.pipeline import build
-
     return build(compose_config(SMALL))

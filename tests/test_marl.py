@@ -33,8 +33,16 @@ def test_next_turn_is_the_roles_own_and_rewards_between_turns_are_credited() -> 
     # Two roles fill two-slot slates; each slate's reward lands on the step that completes it
     # (role b's turn), and role a must still be credited with it.
     rewards_a = _buffer(
-        [("a", 0, False), ("b", 1, False), ("a", 0, False), ("b", 0, False),
-         ("a", 0, False), ("b", 2, True), ("a", 0, False), ("b", 3, False)]
+        [
+            ("a", 0, False),
+            ("b", 1, False),
+            ("a", 0, False),
+            ("b", 0, False),
+            ("a", 0, False),
+            ("b", 2, True),
+            ("a", 0, False),
+            ("b", 3, False),
+        ]
     )
     accrued, next_turn, bootstrap, complete = own_turn_transitions(
         rewards_a, np.array([0, 2, 4, 6]), "a"
@@ -53,7 +61,7 @@ def test_role_b_bootstraps_from_its_own_next_turn() -> None:
     assert bootstrap.tolist() == [True, False] and complete.all()
 
 
-def test_exploration_reaches_every_role_in_training_and_is_off_in_evaluation(small_pipeline) -> None:
+def test_exploration_reaches_every_role_in_training_only(small_pipeline) -> None:
     agent, env = small_pipeline.agent, small_pipeline.env
     algorithm = agent._algorithm(PettingZooEnv(env.make()))
     roles = [algorithm.get_algorithm(r).policy for r in env.spec.roles]

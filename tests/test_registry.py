@@ -103,7 +103,8 @@ def test_a_plugin_without_config_dataclass_is_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "plain_reward_pkg.py").write_text("class Plain:\n    Config = dict\n")
-    _fake_distribution(tmp_path, "plain-reward", "[marlrec.rewards]\nplain = plain_reward_pkg:Plain\n")
+    entry = "[marlrec.rewards]\nplain = plain_reward_pkg:Plain\n"
+    _fake_distribution(tmp_path, "plain-reward", entry)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="no dataclass `Config`"):
         registry.load("reward", "plain")

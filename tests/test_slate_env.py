@@ -64,6 +64,7 @@ def test_rank_puts_the_policy_slate_first_and_excludes_history(small_pipeline) -
     data = small_pipeline.data
     users = np.arange(10)
     histories = [data.train_histories[u] for u in users]
+
     # A scorer that prefers the candidate in the last position: the slate is then predictable.
     def prefer_last(obs: torch.Tensor, role: int) -> torch.Tensor:
         m = env.spec.layout.n_candidates
@@ -75,7 +76,8 @@ def test_rank_puts_the_policy_slate_first_and_excludes_history(small_pipeline) -
     cand, _ = core.candidates(core.retrieval_scores(states, histories))
     expected_slate = cand.flip(-1)[:, : core.slate_size]
     assert torch.equal(top[:, : core.slate_size], expected_slate)
-    assert torch.equal(top[:, core.slate_size : core.n_candidates], cand.flip(-1)[:, core.slate_size :])
+    rest = slice(core.slate_size, core.n_candidates)
+    assert torch.equal(top[:, rest], cand.flip(-1)[:, rest])
     for row, history in zip(top.tolist(), histories, strict=True):
         assert not set(row) & set(history.tolist())
         assert len(set(row)) == len(row)
