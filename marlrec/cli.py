@@ -19,6 +19,7 @@ commands:
               overrides such as agent=idqn trainer.max_epochs=3, -m for sweeps, --help)
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
   recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
+  serve       a JSON HTTP API over a run: marlrec serve run_dir=... [host=127.0.0.1 port=8000]
   plugins     list installed plugins by kind, with the package each comes from
 """
 
@@ -58,16 +59,33 @@ def evaluate_command(args: list[str]) -> int:
 
 
 def recommend_command(args: list[str]) -> int:
-    from marlrec.run import recommend
+    from marlrec.run import load_run, recommend_for
 
     options = _options(args, ("run_dir", "user"), {"k": 10})
-    rows = recommend(Path(str(options["run_dir"])), int(options["user"]), int(options["k"]))
+    pipeline = load_run(Path(str(options["run_dir"])))
+    rows = recommend_for(pipeline, int(options["user"]), int(options["k"]))
     table = Table(title=f"top {len(rows)} for user {options['user']}")
     for column in ("#", "item", "text", "why"):
         table.add_column(column)
     for rank, row in enumerate(rows, 1):
         table.add_row(str(rank), str(row["item"]), row["text"], row["why"])
     Console(width=200).print(table)
+    return 0
+
+
+def serve_command(args: list[str]) -> int:
+    from marlrec.serve import make_server
+
+    options = _options(args, ("run_dir",), {"host": "127.0.0.1", "port": 8000})
+    server = make_server(Path(str(options["run_dir"])), str(options["host"]), int(options["port"]))
+    host, port = server.server_address[:2]
+    print(f"marlrec: serving {options['run_dir']} on http://{host}:{port}/recommend?user=0&k=10")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -88,6 +106,7 @@ COMMANDS = {
     "train": train_command,
     "evaluate": evaluate_command,
     "recommend": recommend_command,
+    "serve": serve_command,
     "plugins": plugins_command,
 }
 

@@ -30,9 +30,18 @@ from marlrec.settings import TrainRun
 AGENT_ROW = "agent"
 
 
-def save_checkpoint(pipeline: Pipeline, run_dir: Path, epoch: int) -> None:
-    with atomic_path(checkpoint_path(run_dir)) as tmp:
+def save_checkpoint(pipeline: Pipeline, path: Path, epoch: int | None) -> None:
+    with atomic_path(path) as tmp:
         torch.save({"epoch": epoch, "agent": pipeline.agent.state_dict()}, tmp)
+
+
+def restore_best(pipeline: Pipeline, run_dir: Path) -> None:
+    """Load the policy that scored best at a test step, or the last one if none was kept."""
+    path = checkpoint_path(run_dir, "best")
+    if not path.is_file():
+        path = checkpoint_path(run_dir)
+    state = torch.load(path, map_location=pipeline.device, weights_only=False)
+    pipeline.agent.load_state_dict(state["agent"])
 
 
 def evaluate(pipeline: Pipeline, show_progress: bool = True) -> dict[str, dict[str, float]]:
@@ -67,9 +76,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 logger=pipeline.logger,
                 seed=int(cfg.seed),
                 writer=writer,
-                save_checkpoint=lambda epoch: save_checkpoint(pipeline, run_dir, epoch),
+                save_checkpoint=lambda epoch: save_checkpoint(
+                    pipeline, checkpoint_path(run_dir), epoch
+                ),
+                save_best=lambda: save_checkpoint(pipeline, checkpoint_path(run_dir, "best"), None),
             ),
         )
+        restore_best(pipeline, run_dir)
         results = evaluate(pipeline, show_progress=pipeline.trainer.show_progress)
         for policy, row in results.items():
             for key, value in row.items():
@@ -89,15 +102,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def load_run(run_dir: Path) -> Pipeline:
     """Rebuild a saved run's pipeline and restore its trained agent."""
-    config_file, checkpoint = run_dir / "config.yaml", checkpoint_path(run_dir)
-    for needed in (config_file, checkpoint):
+    config_file = run_dir / "config.yaml"
+    for needed in (config_file, checkpoint_path(run_dir)):
         if not needed.is_file():
             raise MarlrecError(f"{run_dir} is not a finished marlrec run: {needed.name} is missing")
     cfg = OmegaConf.load(config_file)
     assert isinstance(cfg, DictConfig)
     pipeline = build(cfg)
-    state = torch.load(checkpoint, map_location=pipeline.device, weights_only=False)
-    pipeline.agent.load_state_dict(state["agent"])
+    restore_best(pipeline, run_dir)
     return pipeline
 
 
@@ -111,9 +123,8 @@ def evaluate_run(run_dir: Path) -> dict[str, dict[str, float]]:
     return results
 
 
-def recommend(run_dir: Path, user: int, k: int) -> list[dict[str, Any]]:
-    """Top-k items for a known user, each with why it is there."""
-    p = load_run(run_dir)
+def recommend_for(p: Pipeline, user: int, k: int) -> list[dict[str, Any]]:
+    """Top-k items for a known user from everything they consumed, each with why it is there."""
     if not 0 <= user < p.data.n_users:
         raise MarlrecError(f"unknown user {user}: ids run from 0 to {p.data.n_users - 1}")
     history = p.data.history_before(user, "test")
@@ -145,12 +156,23 @@ def explain(p: Pipeline, history: np.ndarray, items: np.ndarray) -> list[dict[st
     return rows
 
 
+SHORT_NAMES = {
+    "sim/mean_return": "return",
+    "sim/clicks_per_session": "clicks/session",
+    "sim/session_depth": "slates/session",
+}
+
+
 def print_table(results: dict[str, dict[str, float]], title: str) -> None:
-    columns = [c for c in next(iter(results.values())) if c.startswith(("test/", "sim/"))]
+    """Test-split ranking metrics and simulated-session figures, one row per policy."""
+    first = next(iter(results.values()))
+    columns = [c for c in first if c.startswith("test/") or c in SHORT_NAMES]
+    terms = [c for c in first if c.startswith("sim/reward/")]
+    columns += terms if len(terms) > 1 else []
     table = Table(title=title)
     table.add_column("policy")
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(SHORT_NAMES.get(column, column.split("/", 1)[1]), justify="right")
     for policy, row in results.items():
         table.add_row(policy, *(f"{row[c]:.4f}" for c in columns))
-    Console().print(table)
+    Console(width=160).print(table)

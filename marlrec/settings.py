@@ -54,3 +54,4 @@ class TrainRun:
     seed: int
     writer: SummaryWriter
     save_checkpoint: Callable[[int], None]  # called with the epoch number after each epoch
+    save_best: Callable[[], None]  # called when a test step scores the best return so far

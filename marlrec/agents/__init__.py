@@ -42,5 +42,6 @@ class Agent(Plugin):
         """Restore what `state_dict` returned."""
 
 
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.pt"
+def checkpoint_path(run_dir: Path, which: str = "last") -> Path:
+    """`last` is written after every epoch; `best` when a test step sets a new best return."""
+    return run_dir / "checkpoints" / f"{which}.pt"

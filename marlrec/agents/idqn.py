@@ -151,6 +151,7 @@ class IndependentDQN(Agent):
             training_fn=decay_exploration,
             multi_agent_return_reduction=lambda returns: returns.mean(axis=1),
             save_checkpoint_fn=lambda epoch, env_step, grad_step: run.save_checkpoint(epoch),
+            save_best_fn=lambda algorithm: run.save_best(),
             logger=logger,
             verbose=False,
             show_progress=t.show_progress,

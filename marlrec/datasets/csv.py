@@ -1,0 +1,249 @@
+"""`csv`: any interactions table in a delimited text file, with an optional item-text table.
+
+Columns are named in the config. Ids may be numbers or strings (numbers are ordered numerically,
+strings alphabetically, when they are remapped to dense ids); the time column may hold numbers or
+ISO-8601 dates, and without one the file order is the time order. Without a value column every
+row counts 1.0. Only delimited text is read: Parquet would need pyarrow, which marlrec does not
+install. Filtering, remapping, the stable (user, time) sort, the leave-one-out split, the cache
+and the error messages are those of the `movielens` plugin (`marlrec.datasets.tabular`).
+
+`item_attributes["raw_id"]` holds each dense item's id as it appears in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from marlrec.data import RecData
+from marlrec.datasets import Dataset
+from marlrec.datasets.tabular import (
+    Filters,
+    Kind,
+    RawInteractions,
+    Table,
+    apply_filters,
+    as_text,
+    assemble,
+    cache_file,
+    catalog_rows,
+    check_unique,
+    densify,
+    header,
+    load_cache,
+    read_table,
+    render,
+    save_cache,
+    template_fields,
+    times_in_seconds,
+)
+from marlrec.registry import PluginError
+
+WHERE = "dataset 'csv'"
+
+
+class CsvDataset(Dataset):
+    """Interactions from a CSV file; item texts from a second one, or "item <id>" without it."""
+
+    @dataclass(kw_only=True)
+    class Config:
+        path: str = ""
+        """The interactions file (one row per interaction, with a header row)."""
+        sep: str = ","
+        """Field separator of both files; "\\t" (as typed on a command line) means a tab."""
+        encoding: str = "utf-8"
+        """Text encoding of both files."""
+        user_col: str = "user_id"
+        """Column of user ids."""
+        item_col: str = "item_id"
+        """Column of item ids."""
+        time_col: str = ""
+        """Column of times (numbers or ISO-8601 dates); empty: file order is time order."""
+        value_col: str = ""
+        """Column of ratings or other values; empty: every interaction is 1.0."""
+        items_path: str = ""
+        """Optional item file with a header row: item ids and the columns that describe them."""
+        item_id_col: str = "item_id"
+        """Column of item ids in the item file."""
+        text_cols: list[str] = field(default_factory=list)
+        """Item-file columns that make up the text; empty: all but the id column."""
+        text_template: str = ""
+        """How to join them, e.g. "{title}: {plot}"; empty: the non-empty cells joined by '. '."""
+        min_user_interactions: int = 0
+        """Drop users with fewer interactions (iterated with the item minimum until stable)."""
+        min_item_interactions: int = 0
+        """Drop items with fewer interactions (iterated with the user minimum until stable)."""
+        rating_threshold: float | None = None
+        """Keep only values >= this (needs value_col); None keeps every interaction."""
+
+    config: Config
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        _validate(config)
+        self.loaded_from_cache = False
+        self.cache_file: Path | None = None
+
+    def load(self, *, seed: int, cache_dir: Path) -> RecData:
+        """Read the files (the seed plays no part); from the cache if they are unchanged."""
+        c = self.config
+        sources = [_existing(c.path, "path")]
+        if c.items_path:
+            sources.append(_existing(c.items_path, "items_path"))
+        self.cache_file = cache_file(cache_dir, "csv", sources, c)
+        cached = load_cache(self.cache_file, WHERE)
+        self.loaded_from_cache = cached is not None
+        if cached is not None:
+            return cached
+        raw = self._interactions(sources[0])
+        data = self._assemble(raw, sources[1] if c.items_path else None)
+        save_cache(self.cache_file, data, raw.table)
+        return data
+
+    def _interactions(self, path: Path) -> RawInteractions:
+        c = self.config
+        columns: dict[str, Kind] = {c.user_col: "auto", c.item_col: "auto"}
+        if c.time_col:
+            columns[c.time_col] = "auto"
+        if c.value_col:
+            columns[c.value_col] = "float"
+        table = Table(
+            path=path,
+            where=WHERE,
+            sep=_separator(c.sep),
+            columns=columns,
+            encoding=c.encoding,
+            every_field=False,  # a wide table: read only the named columns
+        )
+        frame = read_table(table)
+        n = len(frame)
+        time = (
+            times_in_seconds(table, c.time_col, frame[c.time_col])
+            if c.time_col
+            else np.arange(n, dtype=np.float64)
+        )
+        value = frame[c.value_col].to_numpy() if c.value_col else np.ones(n)
+        return RawInteractions(
+            table=table,
+            user=frame[c.user_col].to_numpy(),
+            item=frame[c.item_col].to_numpy(),
+            time=time,
+            value=value.astype(np.float32),
+        )
+
+    def _assemble(self, raw: RawInteractions, items_path: Path | None) -> RecData:
+        c = self.config
+        filters = Filters(
+            min_user_interactions=c.min_user_interactions,
+            min_item_interactions=c.min_item_interactions,
+            rating_threshold=c.rating_threshold,
+        )
+        if items_path is None:
+            raw = apply_filters(raw, filters)
+            interactions, user_ids, item_ids = densify(raw)
+            texts = [f"item {i}" for i in item_ids.tolist()]
+        else:
+            items, text_cols, table = self._items(items_path)
+            ids = items[c.item_id_col]
+            raw, ids = _same_id_type(raw, ids)
+            check_unique(table, ids, c.item_id_col)
+            catalog = catalog_rows(raw, ids, table, c.item_col)
+            raw = apply_filters(raw, filters)
+            interactions, user_ids, item_ids = densify(raw)
+            rows = catalog.get_indexer(item_ids)
+            texts = self._texts(items.iloc[rows], text_cols)
+        return assemble(
+            name="csv",
+            interactions=interactions,
+            n_users=len(user_ids),
+            item_text=texts,
+            item_attributes={"raw_id": item_ids},
+            source=raw.table,
+        )
+
+    def _items(self, path: Path) -> tuple[pd.DataFrame, list[str], Table]:
+        c = self.config
+        probe = Table(
+            path=path, where=WHERE, sep=_separator(c.sep), columns={}, encoding=c.encoding
+        )
+        found = header(probe)
+        text_cols = list(c.text_cols) or [n for n in found if n != c.item_id_col]
+        allowed = [c.item_id_col, *text_cols]
+        template_fields(c.text_template, allowed, f"{WHERE}: {path}")
+        used = list(dict.fromkeys([c.item_id_col, *text_cols]))
+        columns: dict[str, Kind] = {n: "str" for n in used}
+        columns[c.item_id_col] = "auto"
+        table = Table(
+            path=path,
+            where=WHERE,
+            sep=_separator(c.sep),
+            columns=columns,
+            encoding=c.encoding,
+            nullable=frozenset(used) - {c.item_id_col},
+            every_field=False,
+        )
+        return read_table(table), text_cols, table
+
+    def _texts(self, items: pd.DataFrame, text_cols: list[str]) -> list[str]:
+        c = self.config
+        cells = {n: as_text(items[n]) for n in items.columns}
+        if c.text_template:
+            return render(c.text_template, cells, len(items))
+        rows = zip(*(cells[n] for n in text_cols), strict=True)
+        return [_join([v for v in row if v]) for row in rows]
+
+
+def _join(parts: list[str]) -> str:
+    """Cells joined by ". ", or by a space after a cell that already ends a sentence."""
+    text = parts[0] if parts else ""
+    for part in parts[1:]:
+        text += (" " if text.endswith((".", "!", "?")) else ". ") + part
+    return text
+
+
+def _same_id_type(raw: RawInteractions, ids: pd.Series) -> tuple[RawInteractions, pd.Series]:
+    """Compare ids as text when one file's ids are numbers and the other's are not."""
+    numeric = pd.api.types.is_numeric_dtype
+    if numeric(raw.item.dtype) == numeric(ids.dtype):
+        return raw, ids
+    item = pd.Series(raw.item).astype(str).to_numpy()
+    return dataclasses.replace(raw, item=item), ids.astype(str)
+
+
+def _separator(sep: str) -> str:
+    """Hydra passes a command-line `data.sep='\\t'` on as backslash-t: read it as a tab."""
+    return "\t" if sep == "\\t" else sep
+
+
+def _existing(path: str, key: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise PluginError(f"{WHERE}: {key} {str(p)!r} is not a file")
+    return p
+
+
+def _validate(c: CsvDataset.Config) -> None:
+    if not c.path:
+        raise PluginError(f"{WHERE}: set data.path=<interactions CSV file>")
+    for key in ("path", "items_path"):
+        if getattr(c, key).lower().endswith((".parquet", ".pq")):
+            raise PluginError(
+                f"{WHERE}: {key} {getattr(c, key)!r} is Parquet; this plugin reads delimited "
+                "text only (Parquet would need pyarrow, which is not installed)"
+            )
+    if not c.sep:
+        raise PluginError(f"{WHERE}: sep must not be empty")
+    if not c.user_col or not c.item_col or c.user_col == c.item_col:
+        raise PluginError(f"{WHERE}: user_col and item_col must be two different column names")
+    if c.rating_threshold is not None and not c.value_col:
+        raise PluginError(f"{WHERE}: rating_threshold needs value_col, the column it applies to")
+    if c.text_template and not c.items_path:
+        raise PluginError(f"{WHERE}: text_template needs items_path, the file it draws on")
+    Filters(
+        min_user_interactions=c.min_user_interactions,
+        min_item_interactions=c.min_item_interactions,
+    ).validate(WHERE)

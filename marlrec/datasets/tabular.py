@@ -1,0 +1,535 @@
+"""Shared machinery of the table-file dataset plugins (`movielens`, `csv`).
+
+Reading: pandas' C parser with explicit dtypes does the work. Only when it fails, or leaves a
+required field empty, is the file scanned again record by record to name the exact line and what
+is wrong with it; that slow path never runs on a good file.
+
+Then: filtering (rating threshold, iterated k-core), remapping raw ids to dense ids ordered by raw
+id, a stable (user, time) sort that keeps file order among equal times, the leave-one-out split,
+and a cache of the result keyed by the source files' names, sizes and mtimes plus the config.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import re
+import string
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from marlrec.data import Interactions, RecData, leave_one_out
+from marlrec.io import write_npz
+from marlrec.registry import PluginError
+
+Kind = Literal["int", "float", "str", "auto"]  # auto: let pandas infer (ids of unknown type)
+
+_DTYPES = {"int": "int64", "float": "float64", "str": "object"}
+# A stand-in for multi-character separators (MovieLens' "::"), which pandas' C parser lacks.
+_UNIT_SEP = "\x1f"
+# Bump when the cache layout or the parsing changes, so that stale entries are never read.
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Table:
+    """One delimited text file and how to read it."""
+
+    path: Path
+    where: str  # who reads it, for messages: "dataset 'movielens'"
+    sep: str
+    columns: Mapping[str, Kind]  # the columns to return, and how to parse each
+    names: tuple[str, ...] = ()  # every field's name for a headerless file; () means a header row
+    encoding: str = "utf-8"
+    quoted: bool = True  # double quotes may enclose fields (CSV); False for MovieLens' .dat/u.*
+    nullable: frozenset[str] = frozenset()  # returned columns that may be empty
+    every_field: bool = True  # parse all fields so a row's field count is checked; False: usecols
+
+    def error(self, what: str, line: int | None = None) -> PluginError:
+        """A one-line error naming this file and, when known, the line."""
+        at = f", line {line}" if line is not None else ""
+        return PluginError(f"{self.where}: {self.path}{at}: {_one_line(what)}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def header(table: Table) -> list[str]:
+    """The column names of a file with a header row."""
+    for _, fields in _records(table):
+        # pandas skips a UTF-8 byte-order mark, and keeps names otherwise as they are.
+        return [fields[0].removeprefix("\ufeff"), *fields[1:]]
+    raise table.error("the file is empty")
+
+
+def read_table(table: Table) -> pd.DataFrame:
+    """Parse `table` into its `columns`; a malformed row raises a `PluginError` naming its line."""
+    if not table.names:
+        found = header(table)
+        missing = [c for c in table.columns if c not in found]
+        if missing:
+            raise table.error(f"no column '{missing[0]}' (columns: {', '.join(found)})")
+    try:
+        with warnings.catch_warnings():
+            # Rows that all have more fields than names only warn; treat that as malformed too.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # Mixed types in an inferred column are normalised to text below.
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            frame = _read_csv(table)
+    except pd.errors.EmptyDataError:
+        raise table.error("the file is empty") from None
+    except (ValueError, OverflowError, UnicodeDecodeError, pd.errors.ParserWarning) as exc:
+        raise _locate_problem(table, fallback=str(exc)) from None
+    required = [c for c in table.columns if c not in table.nullable]
+    if required and frame[required].isna().to_numpy().any():
+        raise _locate_problem(table, fallback="a required field is empty")
+    for name, kind in table.columns.items():
+        # Chunked type inference can leave both ints and strings in one column; ids must
+        # compare and sort as one type, so such a column becomes text throughout.
+        if kind == "auto" and frame[name].dtype == object:
+            frame[name] = frame[name].astype(str)
+    return frame[list(table.columns)]
+
+
+def _read_csv(table: Table) -> pd.DataFrame:
+    sep = table.sep
+    source: Any = table.path
+    if len(sep) > 1:
+        data = table.path.read_bytes().replace(sep.encode(table.encoding), _UNIT_SEP.encode())
+        source, sep = io.BytesIO(data), _UNIT_SEP
+    dtypes = {c: _DTYPES[k] for c, k in table.columns.items() if k != "auto"}
+    return pd.read_csv(
+        source,
+        sep=sep,
+        header=None if table.names else 0,
+        names=list(table.names) or None,
+        usecols=None if table.every_field else list(table.columns),
+        dtype=dtypes,
+        index_col=False,
+        encoding=table.encoding,
+        quoting=csv.QUOTE_MINIMAL if table.quoted else csv.QUOTE_NONE,
+        keep_default_na=False,  # a title "NA" or a tag "null" is text, not a missing value
+        na_values=[""],
+        engine="c",
+    )
+
+
+def _records(table: Table) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each non-blank record, split as pandas splits them."""
+    if len(table.sep) > 1:
+        yield from _split_records(table, _decoded_lines(table, replace_sep=True))
+        return
+    try:
+        with open(table.path, encoding=table.encoding, newline="") as f:
+            yield from _split_records(table, f)
+    except UnicodeDecodeError:
+        # The decoder does not say on which line it failed; find it line by line, only now.
+        for _ in _decoded_lines(table, replace_sep=False):
+            pass
+        raise table.error(f"not valid {table.encoding} text") from None
+
+
+def _decoded_lines(table: Table, *, replace_sep: bool) -> Iterator[str]:
+    with open(table.path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                text = raw.decode(table.encoding)
+            except UnicodeDecodeError:
+                raise table.error(f"not valid {table.encoding} text", number) from None
+            yield text.replace(table.sep, _UNIT_SEP) if replace_sep else text
+
+
+def _split_records(table: Table, lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    sep = _UNIT_SEP if len(table.sep) > 1 else table.sep
+    quoting = csv.QUOTE_MINIMAL if table.quoted else csv.QUOTE_NONE
+    reader = csv.reader(lines, delimiter=sep, quoting=quoting)
+    start = 1
+    try:
+        for fields in reader:
+            if fields:
+                yield start, fields
+            start = reader.line_num + 1  # a quoted field may have spanned several lines
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise table.error(str(exc), start) from None
+
+
+def _data_records(table: Table) -> Iterator[tuple[int, list[str]]]:
+    records = _records(table)
+    if not table.names:
+        next(records, None)
+    return records
+
+
+def line_of(table: Table, row: int) -> int:
+    """The line on which data row `row` (0-based, as pandas numbers rows) begins."""
+    for k, (line, _) in enumerate(_data_records(table)):
+        if k == row:
+            return line
+    raise table.error(f"has no data row {row + 1}")
+
+
+def _locate_problem(table: Table, *, fallback: str) -> PluginError:
+    """Scan the file record by record for the first malformed row; only runs after a failure."""
+    problem = _row_checker(table, list(table.names) or header(table))
+    for line, fields in _data_records(table):
+        what = problem(fields)
+        if what is not None:
+            return table.error(what, line)
+    return table.error(fallback)
+
+
+def _row_checker(table: Table, names: list[str]) -> Callable[[list[str]], str | None]:
+    """What is wrong with one record, or None; the per-column work is prepared once."""
+    n = len(names)
+    checks = [
+        (names.index(name), name, _PARSERS.get(kind), name in table.nullable)
+        for name, kind in table.columns.items()
+    ]
+    sep = repr(table.sep)
+
+    def problem(fields: list[str]) -> str | None:
+        if table.every_field and len(fields) != n:
+            # A quote left open swallows the lines after it into one field.
+            hint = " (a quote opened here is never closed)" if _spans_lines(fields) else ""
+            return f"expected {n} fields separated by {sep}, found {len(fields)}{hint}"
+        for i, name, parse, nullable in checks:
+            if i >= len(fields):
+                return f"no {name} field (found {len(fields)} fields separated by {sep})"
+            value = fields[i]
+            if value == "":
+                if nullable:
+                    continue
+                return f"empty {name}"
+            if parse is not None:
+                try:
+                    parse[0](value)
+                except ValueError:
+                    return f"{name} {value!r} is not {parse[1]}"
+        return None
+
+    return problem
+
+
+def _spans_lines(fields: list[str]) -> bool:
+    return any("\n" in f for f in fields)
+
+
+_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
+    "int": (int, "an integer"),
+    "float": (float, "a number"),
+}
+
+
+def show(value: Any) -> str:
+    """An id as a message shows it: 42, or 'u42' for text."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_unique(table: Table, ids: pd.Series, label: str) -> None:
+    """Each id in an item file must appear once; name the second occurrence's line."""
+    dup = ids.duplicated(keep="first").to_numpy()
+    if dup.any():
+        row = int(dup.argmax())
+        first = int((ids == ids.iloc[row]).to_numpy().argmax())
+        raise table.error(
+            f"duplicate {label} {show(ids.iloc[row])} (first on line {line_of(table, first)})",
+            line_of(table, row),
+        )
+
+
+def times_in_seconds(table: Table, column: str, values: pd.Series) -> np.ndarray:
+    """Numbers as they are; otherwise ISO-8601 dates, as seconds since 1970."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float64)
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        row = int(bad.argmax())
+        raise table.error(
+            f"{column} {show(values.iloc[row])} is neither a number nor an ISO-8601 date",
+            line_of(table, row),
+        )
+    epoch = pd.Timestamp(0, tz="UTC")
+    return ((parsed - epoch) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawInteractions:
+    """Interactions with the file's own ids, in file order."""
+
+    table: Table
+    user: np.ndarray
+    item: np.ndarray
+    time: np.ndarray  # float64
+    value: np.ndarray  # float32
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def subset(self, keep: np.ndarray) -> RawInteractions:
+        return dataclasses.replace(
+            self,
+            user=self.user[keep],
+            item=self.item[keep],
+            time=self.time[keep],
+            value=self.value[keep],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Filters:
+    min_user_interactions: int = 0
+    min_item_interactions: int = 0
+    rating_threshold: float | None = None
+
+    def validate(self, where: str) -> None:
+        if self.min_user_interactions < 0 or self.min_item_interactions < 0:
+            raise PluginError(
+                f"{where}: min_user_interactions and min_item_interactions must be >= 0"
+            )
+
+
+def catalog_rows(raw: RawInteractions, ids: pd.Series, catalog: Table, label: str) -> pd.Index:
+    """Index the item file's ids; every interaction must name one of them (else its line)."""
+    index = pd.Index(ids)
+    missing = index.get_indexer(raw.item) < 0
+    if missing.any():
+        row = int(missing.argmax())
+        raise raw.table.error(
+            f"{label} {show(raw.item[row])} is not in {catalog.path.name}", line_of(raw.table, row)
+        )
+    return index
+
+
+def apply_filters(raw: RawInteractions, filters: Filters) -> RawInteractions:
+    """Keep ratings >= the threshold, then drop sparse users and items until none is left."""
+    source = raw.table
+    if len(raw) == 0:
+        raise source.error("has no interactions")
+    if filters.rating_threshold is not None:
+        raw = raw.subset(raw.value >= filters.rating_threshold)
+        if len(raw) == 0:
+            raise source.error(
+                f"no rating is >= rating_threshold={filters.rating_threshold}, so none is left"
+            )
+    if filters.min_user_interactions > 1 or filters.min_item_interactions > 1:
+        raw = raw.subset(_k_core(raw, filters))
+        if len(raw) == 0:
+            raise source.error(
+                "k-core filtering (min_user_interactions="
+                f"{filters.min_user_interactions}, min_item_interactions="
+                f"{filters.min_item_interactions}) left no interactions"
+            )
+    return raw
+
+
+def _k_core(raw: RawInteractions, filters: Filters) -> np.ndarray:
+    """Iterate until stable, since dropping an item can push a user below the minimum again."""
+    users, n_users = _codes(raw.user)
+    items, n_items = _codes(raw.item)
+    keep = np.ones(len(raw), dtype=bool)
+    while True:
+        user_count = np.bincount(users[keep], minlength=n_users)
+        item_count = np.bincount(items[keep], minlength=n_items)
+        sparse = (user_count[users] < filters.min_user_interactions) | (
+            item_count[items] < filters.min_item_interactions
+        )
+        drop = keep & sparse
+        if not drop.any():
+            return keep
+        keep &= ~drop
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes.astype(np.int64), len(uniques)
+
+
+def densify(raw: RawInteractions) -> tuple[Interactions, np.ndarray, np.ndarray]:
+    """Dense ids ordered by raw id; a stable sort by (user, time) keeps file order among ties."""
+    users, user_ids = pd.factorize(raw.user, sort=True)
+    items, item_ids = pd.factorize(raw.item, sort=True)
+    # Text ids as a fixed-width str array, which is also what the cache gives back.
+    user_ids, item_ids = (
+        ids.astype(str) if ids.dtype == object else ids for ids in (user_ids, item_ids)
+    )
+    order = _user_time_order(users.astype(np.int64), len(user_ids), raw.time)
+    interactions = Interactions(
+        user=users[order].astype(np.int64),
+        item=items[order].astype(np.int64),
+        time=raw.time[order].astype(np.float64),
+        value=raw.value[order].astype(np.float32),
+    )
+    return interactions, np.asarray(user_ids), np.asarray(item_ids)
+
+
+def _user_time_order(users: np.ndarray, n_users: int, time: np.ndarray) -> np.ndarray:
+    """Stable order by (user, time): rows with equal keys stay in file order, as in RecBole."""
+    if len(time) and np.array_equal(time, np.floor(time)):
+        low = float(time.min())
+        span = int(time.max() - low) + 1
+        if n_users * span < 2**62:
+            # Integer times (Unix seconds) fit beside the user in one int64 key; a stable sort
+            # of that key is several times faster than lexsort, most of all on files already
+            # grouped by user, as the larger MovieLens releases are.
+            key = users * span + (time - low).astype(np.int64)
+            return np.argsort(key, kind="stable")
+    return np.lexsort((time, users))
+
+
+def assemble(
+    *,
+    name: str,
+    interactions: Interactions,
+    n_users: int,
+    item_text: list[str],
+    item_attributes: dict[str, np.ndarray],
+    source: Table,
+) -> RecData:
+    """Split leave-one-out; fail when no user has the three interactions a held-out item needs."""
+    split = leave_one_out(interactions, n_users)
+    if not (split.test_item >= 0).any():
+        most = int(np.bincount(interactions.user, minlength=n_users).max())
+        raise source.error(
+            "no user has the 3 interactions that leave-one-out needs for a valid and a test "
+            f"item (most per user: {most})"
+        )
+    return RecData(
+        name=name,
+        n_users=n_users,
+        n_items=len(item_text),
+        interactions=interactions,
+        item_text=item_text,
+        split=split,
+        item_attributes=item_attributes,
+    )
+
+
+def template_fields(template: str, allowed: Sequence[str], where: str) -> list[str]:
+    """The fields a `str.format` template uses, each of which must be one of `allowed`."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise PluginError(f"{where}: text_template {template!r} is malformed: {exc}") from None
+    for f in fields:
+        if f not in allowed:
+            raise PluginError(
+                f"{where}: text_template uses unknown field {{{f}}}; available: "
+                + ", ".join(f"{{{a}}}" for a in allowed)
+            )
+    return fields
+
+
+def render(template: str, columns: Mapping[str, Sequence[str]], n: int) -> list[str]:
+    """Fill the template per item; a field left empty leaves no empty "()" behind."""
+    texts = (template.format_map({k: v[i] for k, v in columns.items()}) for i in range(n))
+    return [_EMPTY_PARENS.sub("", t).strip() for t in texts]
+
+
+_EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
+
+
+def as_text(values: pd.Series) -> list[str]:
+    """Text cells with missing ones as empty strings."""
+    return values.fillna("").astype(str).str.strip().tolist()
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+
+def cache_file(cache_dir: Path, plugin: str, sources: Sequence[Path], config: Any) -> Path:
+    """Where the parsed and remapped data of these files under this config is cached."""
+    stamps = []
+    for p in sources:
+        st = p.stat()
+        stamps.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    key = json.dumps(
+        {
+            "plugin": plugin,
+            "version": CACHE_VERSION,
+            "files": stamps,
+            "config": dataclasses.asdict(config),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return Path(cache_dir).expanduser() / "datasets" / f"{plugin}-{digest}.npz"
+
+
+def save_cache(path: Path, data: RecData, source: Table) -> None:
+    """Write the interactions, texts and attributes; the split is recomputed on load (cheap)."""
+    arrays: dict[str, np.ndarray] = {
+        "name": np.array(data.name),
+        "n_users": np.array(data.n_users),
+        "source": np.array(str(source.path)),
+        "user": data.interactions.user,
+        "item": data.interactions.item,
+        "time": data.interactions.time,
+        "value": data.interactions.value,
+    }
+    arrays["text_blob"], arrays["text_offsets"] = _pack(data.item_text)
+    for key, value in data.item_attributes.items():
+        if value.dtype.kind in "UO":
+            arrays[f"sattr_{key}_blob"], arrays[f"sattr_{key}_offsets"] = _pack(value.tolist())
+        else:
+            arrays[f"attr_{key}"] = value
+    write_npz(path, **arrays)
+
+
+def load_cache(path: Path, where: str) -> RecData | None:
+    """The cached data, or None when absent or unreadable (then it is rebuilt and rewritten)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        attributes: dict[str, np.ndarray] = {}
+        for key, value in arrays.items():
+            if key.startswith("attr_"):
+                attributes[key.removeprefix("attr_")] = value
+            elif key.startswith("sattr_") and key.endswith("_blob"):
+                name = key.removeprefix("sattr_").removesuffix("_blob")
+                strings = _unpack(value, arrays[f"sattr_{name}_offsets"])
+                attributes[name] = np.array(strings, dtype=str)
+        interactions = Interactions(
+            user=arrays["user"], item=arrays["item"], time=arrays["time"], value=arrays["value"]
+        )
+        source = Table(path=Path(str(arrays["source"])), where=where, sep=",", columns={})
+        return assemble(
+            name=str(arrays["name"]),
+            interactions=interactions,
+            n_users=int(arrays["n_users"]),
+            item_text=_unpack(arrays["text_blob"], arrays["text_offsets"]),
+            item_attributes=attributes,
+            source=source,
+        )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, PluginError):
+        return None
+
+
+def _pack(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as one UTF-8 byte array plus offsets: compact, and loadable without pickle."""
+    encoded = [s.encode("utf-8") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def _unpack(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    data = blob.tobytes()
+    bounds = offsets.tolist()
+    return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]

@@ -1,0 +1,118 @@
+"""End to end through the CLI: train, evaluate, recommend, and a multirun sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import cli_env
+
+TINY = [
+    "experiment=quick",
+    "trainer.show_progress=false",
+    "trainer.max_epochs=3",
+    "trainer.epoch_num_env_steps=1500",
+    "eval.sessions=200",
+]
+
+
+def marlrec(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "marlrec.cli", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(cache),
+        cwd=cwd,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    marlrec("train", *TINY, f"hydra.run.dir={run_dir}", cache=offline_cache, cwd=run_dir)
+    return run_dir
+
+
+def test_run_dir_holds_config_metrics_checkpoint_and_logs(trained_run: Path) -> None:
+    assert (trained_run / "config.yaml").is_file()
+    assert (trained_run / ".hydra" / "overrides.yaml").is_file()
+    assert (trained_run / "checkpoints" / "last.pt").is_file()
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics["eval"]) == {"agent", "random", "pop"}
+    assert metrics["train"]["train_env_steps"] >= 4500
+
+
+def test_trained_agents_beat_the_random_policy(trained_run: Path) -> None:
+    rows = json.loads((trained_run / "metrics.json").read_text())["eval"]
+    agent, random = rows["agent"], rows["random"]
+    assert agent["sim/mean_return"] > random["sim/mean_return"]
+    assert agent["test/NDCG@10"] > random["test/NDCG@10"]
+
+
+def test_evaluate_reproduces_the_saved_figures(trained_run: Path, offline_cache: Path) -> None:
+    marlrec("evaluate", f"run_dir={trained_run}", cache=offline_cache, cwd=trained_run)
+    (saved,) = (trained_run / "evaluations").glob("*.json")
+    again = json.loads(saved.read_text())
+    first = json.loads((trained_run / "metrics.json").read_text())["eval"]
+    assert again["agent"] == pytest.approx(first["agent"])
+
+
+def test_recommend_explains_each_item(trained_run: Path, offline_cache: Path) -> None:
+    result = marlrec(
+        "recommend", f"run_dir={trained_run}", "user=3", "k=5", cache=offline_cache, cwd=trained_run
+    )
+    assert "top 5 for user 3" in result.stdout
+    assert "chosen by the 'relevance' agent" in result.stdout
+
+
+def test_multirun_writes_one_job_per_seed_into_one_dir(tmp_path: Path, offline_cache: Path) -> None:
+    sweep = tmp_path / "sweep"
+    marlrec(
+        "train",
+        "-m",
+        "seed=0,1",
+        "experiment=quick",
+        "trainer.show_progress=false",
+        "trainer.max_epochs=1",
+        "trainer.epoch_num_env_steps=200",
+        "trainer.test_episodes=2",
+        "eval.sessions=5",
+        f"hydra.sweep.dir={sweep}",
+        cache=offline_cache,
+        cwd=tmp_path,
+    )
+    jobs = [sweep / "0", sweep / "1"]
+    assert all((job / "metrics.json").is_file() for job in jobs)
+    assert sorted(OmegaConf.load(job / "config.yaml").seed for job in jobs) == [0, 1]
+
+
+def test_serve_answers_json_on_loopback(trained_run: Path) -> None:
+    from marlrec.serve import make_server
+
+    server = make_server(trained_run, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(f"{base}/recommend?user=3&k=5", timeout=60) as response:
+            body = json.loads(response.read())
+        assert body["user"] == 3 and len(body["items"]) == 5
+        assert all({"item", "text", "why"} <= set(row) for row in body["items"])
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/recommend?user=abc", timeout=60)
+        assert err.value.code == 400
+    finally:
+        server.shutdown()
+        server.server_close()
