@@ -21,7 +21,7 @@ class TrainerConfig:
     """Environment steps collected between two update phases."""
     updates_per_env_step: float = 0.25
     """Gradient steps per collected environment step (off-policy agents)."""
-    batch_size: int = 64
+    batch_size: int = 128
     """Transitions per gradient step."""
     buffer_size: int = 20000
     """Replay buffer capacity in transitions (off-policy agents)."""

@@ -29,7 +29,7 @@ class IDQNConfig:
     """Width of each role's candidate-scoring network."""
     lr: float = 1e-3
     """Adam learning rate."""
-    gamma: float = 0.9
+    gamma: float = 0.8
     """Discount per own turn of a role."""
     target_update_freq: int = 200
     """Gradient steps between target-network syncs (0 disables the target network)."""

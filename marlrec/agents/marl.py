@@ -102,11 +102,17 @@ class CandidateQNet(nn.Module):
         # The catalog's embeddings are data, not parameters: kept out of checkpoints.
         self.register_buffer("item_emb", spec.item_emb.to(device), persistent=False)
         d, ds, n_roles = spec.item_emb.shape[1], spec.layout.state_dim, spec.layout.n_roles
-        self.item_proj = nn.Linear(d, hidden)
+        # Candidates are embedded with their scalar features, so the slate summary that the
+        # value head reads also knows how popular and how well retrieved the chosen items are.
+        self.item_proj = nn.Linear(d + 2, hidden)
         self.state_proj = nn.Linear(ds, hidden)
         context = 2 * hidden + n_roles + 2
-        self.value = _mlp(context, hidden)
-        self.advantage = _mlp(context + 3 * hidden + 3, hidden)
+        self.value = nn.Sequential(nn.Linear(context, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        # The advantage MLP's first layer over [context, candidate] is split in two so that the
+        # context part is computed once per observation rather than once per candidate.
+        self.advantage_context = nn.Linear(context, hidden)
+        self.advantage_candidate = nn.Linear(3 * hidden + 1, hidden, bias=False)
+        self.advantage_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
         self.to(device)
 
     def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
@@ -114,29 +120,19 @@ class CandidateQNet(nn.Module):
         parts = self.layout.split(obs)
         raw = self.item_emb[parts["candidates"]]  # (B, M, d)
         chosen = parts["chosen"]
-        cand = self.item_proj(raw)
+        scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)
+        cand = self.item_proj(torch.cat([raw, scalars], dim=-1))
         user = self.state_proj(parts["state"])
         slate = (chosen[..., None] * cand).sum(1) / chosen.sum(1, keepdim=True).clamp(min=1)
         context = torch.cat([user, slate, parts["role"], parts["progress"]], dim=-1)
         unit = F.normalize(raw, dim=-1)
         to_slate = (unit @ unit.transpose(1, 2)).masked_fill(chosen[:, None, :] == 0, -1.0)
         per_candidate = torch.cat(
-            [
-                context[:, None].expand(-1, cand.shape[1], -1),
-                cand,
-                cand * user[:, None],
-                cand * slate[:, None],
-                parts["scores"][..., None],
-                parts["popularity"][..., None],
-                to_slate.amax(-1)[..., None],
-            ],
+            [cand, cand * user[:, None], cand * slate[:, None], to_slate.amax(-1)[..., None]],
             dim=-1,
         )
-        advantage = self.advantage(per_candidate).squeeze(-1)
+        hidden = self.advantage_candidate(per_candidate) + self.advantage_context(context)[:, None]
+        advantage = self.advantage_out(hidden).squeeze(-1)
         available = 1.0 - chosen
         mean = (advantage * available).sum(1, keepdim=True) / available.sum(1, keepdim=True)
         return self.value(context) + advantage - mean, state
-
-
-def _mlp(n_in: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
