@@ -12,7 +12,7 @@ Each rating is one interaction with the rating as its value. Users and movies ge
 the order of their raw ids (only movies someone rated are kept), each user's interactions are
 sorted by time with file order kept among equal times, and the split is leave-one-out.
 `item_attributes` holds `raw_id` (the movie id), `year` (-1 when unknown) and `genres`, a multi-hot
-matrix whose columns follow `u.genre` for ML-100K and are alphabetical otherwise; the placeholder
+matrix whose columns follow `u.genre` for ML-100K and are alphabetical otherwise; the no-genre
 genres "unknown" and "(no genres listed)" are left out.
 """
 
@@ -69,7 +69,7 @@ KNOWN_SHA256 = {
     "ml-25m": "8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
 }
 TEXT_FIELDS = ("title", "year", "genres", "tags")
-PLACEHOLDER_GENRES = frozenset({"unknown", "(no genres listed)"})
+NO_GENRE_LABELS = frozenset({"unknown", "(no genres listed)"})
 # "Toy Story (1995)", "Babylon 5 (1994-1998) ", "Cosmos (1980-)" (hyphen or en dash): the title
 # before the parentheses, and the first year.
 TITLE_YEAR = r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:\s*[-\u2013]\s*(?:\d{4})?)?\)\s*$"
@@ -258,7 +258,7 @@ def _read_100k(folder: Path) -> tuple[RawInteractions, Movies]:
     release_year = pd.to_numeric(
         items["release_date"].str.extract(r"(\d{4})\s*$")[0], errors="coerce"
     ).astype("Int64")
-    kept = [g for g in genre_names if g not in PLACEHOLDER_GENRES]
+    kept = [g for g in genre_names if g not in NO_GENRE_LABELS]
     flags = items[kept].to_numpy() != 0
     genre_text = [", ".join(np.asarray(kept)[row].tolist()) for row in flags]
     movies = Movies(
@@ -391,9 +391,9 @@ def _piped_movies(table: Table, tags: pd.Series | None) -> Movies:
     genres = genres.fillna("").astype(str)
     title, year = _split_title(titles)
     matrix = genres.str.get_dummies(sep="|")
-    matrix = matrix.drop(columns=[g for g in matrix.columns if g in PLACEHOLDER_GENRES])
+    matrix = matrix.drop(columns=[g for g in matrix.columns if g in NO_GENRE_LABELS])
     genre_text = genres.map(
-        lambda s: ", ".join(g for g in s.split("|") if g and g not in PLACEHOLDER_GENRES)
+        lambda s: ", ".join(g for g in s.split("|") if g and g not in NO_GENRE_LABELS)
     )
     return Movies(
         table=table,
