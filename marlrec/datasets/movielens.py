@@ -12,8 +12,8 @@ Each rating is one interaction with the rating as its value. Users and movies ge
 the order of their raw ids (only movies someone rated are kept), each user's interactions are
 sorted by time with file order kept among equal times, and the split is leave-one-out.
 `item_attributes` holds `raw_id` (the movie id), `year` (-1 when unknown) and `genres`, a multi-hot
-matrix whose columns follow `u.genre` for ML-100K and are alphabetical otherwise; the no-genre
-genres "unknown" and "(no genres listed)" are left out.
+matrix whose columns follow `u.genre` for ML-100K and are alphabetical otherwise; the labels
+"unknown" and "(no genres listed)" are not genres and are left out.
 """
 
 from __future__ import annotations
