@@ -32,8 +32,8 @@ case "$command" in
         ;;
     test)
         setup
-        "$venv/bin/ruff" check marlrec tests plugins
-        "$venv/bin/ruff" format --check marlrec tests plugins
+        "$venv/bin/ruff" check marlrec tests plugins benchmarks
+        "$venv/bin/ruff" format --check marlrec tests plugins benchmarks
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
     *)

@@ -1,0 +1,51 @@
+"""`ease`: EASE (Steck, 2019), a closed-form item-item linear autoencoder, as RecBole's EASE."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from marlrec.baselines import Baseline
+from marlrec.baselines.itemknn import binary_rows, item_user_matrix
+from marlrec.data import RecData
+
+
+class EASEBaseline(Baseline):
+    """B = I - P / diag(P) with P = (X^T X + l2 I)^-1, so diag(B) = 0; score = train row x B.
+
+    Needs an n_items x n_items dense matrix and its inverse: fine up to a few 10k items.
+    """
+
+    @dataclass(kw_only=True)
+    class Config:
+        l2: float = 250.0
+        """L2 weight lambda on B (RecBole's default reg_weight)."""
+
+    config: Config
+
+    def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
+        super().__init__(config, data=data, item_emb=item_emb, seed=seed)
+        if config.l2 <= 0:
+            raise ValueError(f"ease: l2 must be positive, got {config.l2}")
+        self.weights = ease_weights(data, config.l2)
+
+    def scores(self, users: np.ndarray) -> torch.Tensor:
+        return binary_rows(self.data, users) @ self.weights
+
+
+def ease_weights(data: RecData, l2: float) -> torch.Tensor:
+    """The EASE item-item matrix B (n_items, n_items) float32."""
+    x_t = item_user_matrix(data)
+    # float64 for the inverse: the Gram matrix's entries run into the hundreds on real data.
+    with warnings.catch_warnings():
+        # sparse @ sparse goes through torch's CSR kernels, which warn that CSR is in beta.
+        warnings.simplefilter("ignore", UserWarning)
+        gram = torch.sparse.mm(x_t, x_t.t().coalesce()).to_dense().double()
+    gram.diagonal().add_(l2)
+    precision = torch.linalg.inv(gram)
+    weights = precision / -precision.diagonal()[None, :]  # column j divided by -P_jj
+    weights.diagonal().zero_()
+    return weights.float()
