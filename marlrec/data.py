@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +82,15 @@ class RecData:
         if target == "test" and self.split.valid_item[user] >= 0:
             history = np.append(history, self.split.valid_item[user])
         return history
+
+
+def fill_histories(matrix: torch.Tensor, histories: list[np.ndarray], value: float) -> torch.Tensor:
+    """Set `matrix[b, item] = value` for every item in row b's history, in place; return it."""
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    if len(rows):
+        cols = torch.as_tensor(np.concatenate(histories), dtype=torch.long, device=matrix.device)
+        matrix[torch.as_tensor(rows, device=matrix.device), cols] = value
+    return matrix
 
 
 def leave_one_out(interactions: Interactions, n_users: int) -> Split:

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from marlrec.baselines import Baseline
-from marlrec.baselines.itemknn import train_pairs
+from marlrec.baselines import Baseline, train_pairs
 from marlrec.data import RecData
 
 # Show a progress bar only when training is expected to be long enough to watch.

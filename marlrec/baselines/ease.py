@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from marlrec.baselines import Baseline
-from marlrec.baselines.itemknn import binary_rows, item_user_matrix
+from marlrec.baselines import Baseline, binary_rows, item_user_matrix
 from marlrec.data import RecData
 
 

@@ -7,37 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from marlrec.baselines import Baseline
+from marlrec.baselines import Baseline, binary_rows, item_user_matrix, train_pairs
 from marlrec.data import RecData
-
-
-def train_pairs(data: RecData) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (user, item) train pairs sorted by item: repeats count once (implicit feedback)."""
-    keys = np.unique(data.split.train.item * data.n_users + data.split.train.user)
-    return keys % data.n_users, keys // data.n_users
-
-
-def binary_rows(data: RecData, users: np.ndarray) -> torch.Tensor:
-    """Dense 0/1 train rows (len(users), n_items) float32.
-
-    Scoring uses the train history only, as RecBole's memory-based models do (their user
-    vectors are rows of the train `inter_matrix`), even when ranking for the test split.
-    """
-    rows = torch.zeros(len(users), data.n_items)
-    histories = [data.train_histories[int(u)] for u in users]
-    index = np.repeat(np.arange(len(users)), [len(h) for h in histories])
-    if len(index):
-        rows[index, np.concatenate(histories)] = 1.0
-    return rows
-
-
-def item_user_matrix(data: RecData) -> torch.Tensor:
-    """Sparse COO (n_items, n_users) 0/1 train matrix, i.e. X transposed."""
-    users, items = train_pairs(data)
-    indices = torch.from_numpy(np.stack([items, users]))
-    ones = torch.ones(len(items))
-    shape = (data.n_items, data.n_users)
-    return torch.sparse_coo_tensor(indices, ones, shape, check_invariants=False).coalesce()
 
 
 class ItemKNNBaseline(Baseline):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from pettingzoo import AECEnv
 
+from marlrec.data import fill_histories
 from marlrec.envs import CandidateScorer, EnvContext, Environment, EnvSpec, ObsLayout
 from marlrec.registry import PluginError
 from marlrec.rewards import SlateOutcome
@@ -67,12 +68,7 @@ class SlateCore:
     def retrieval_scores(self, states: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
         """Cosine similarity of each state to every item, -inf on items already consumed."""
         scores = F.normalize(states, dim=-1) @ self.item_unit.T
-        rows = torch.repeat_interleave(
-            torch.arange(len(histories)), torch.tensor([len(h) for h in histories])
-        )
-        cols = torch.as_tensor(np.concatenate(histories) if histories else [], dtype=torch.long)
-        scores[rows.to(scores.device), cols.to(scores.device)] = -torch.inf
-        return scores
+        return fill_histories(scores, histories, -torch.inf)
 
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         top = scores.topk(self.n_candidates, dim=-1)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from marlrec.agents import Agent
 from marlrec.baselines import Baseline
-from marlrec.data import RecData
+from marlrec.data import RecData, fill_histories
 from marlrec.envs import Environment
 from marlrec.evaluation.metrics import ranking_metrics
 
@@ -42,9 +42,7 @@ def agent_ranker(env: Environment, agent: Agent) -> Ranker:
 
 def baseline_ranker(baseline: Baseline) -> Ranker:
     def rank(users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
-        scores = baseline.scores(users).clone().float()
-        rows = np.repeat(np.arange(len(users)), [len(h) for h in histories])
-        scores[rows, np.concatenate(histories)] = -torch.inf
+        scores = fill_histories(baseline.scores(users).clone().float(), histories, -torch.inf)
         return scores.topk(k, dim=1).indices
 
     return rank
