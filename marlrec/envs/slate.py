@@ -207,6 +207,8 @@ class SlateAEC(AECEnv):
             roles=np.asarray(self._slot_roles),
             clicks=np.asarray(response.clicks, dtype=bool),
             step=self.slate_number,
+            leave=response.leave,
+            ratings=response.ratings,
         )
         terms = {name: reward.score(outcome) for name, reward in self.ctx.rewards.items()}
         total = sum(self.ctx.rewards[name].weight * value for name, value in terms.items())

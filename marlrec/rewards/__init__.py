@@ -25,6 +25,8 @@ class SlateOutcome:
     roles: np.ndarray  # (slate_size,) index of the role that filled each slot
     clicks: np.ndarray  # (slate_size,) bool
     step: int  # 0-based slate number within the session
+    leave: bool = False  # the user ends the session after this slate
+    ratings: np.ndarray | None = None  # (slate_size,) the simulator's rating per slot, if it has one
 
 
 @dataclass(kw_only=True)

@@ -18,6 +18,7 @@ class Response:
 
     clicks: np.ndarray  # (slate_size,) bool, in slot order
     leave: bool  # the user ends the session after this slate
+    ratings: np.ndarray | None = None  # (slate_size,) rating per slot where the simulator knows one
 
 
 class Simulator(Plugin):
