@@ -101,6 +101,11 @@ class CandidateQNet(nn.Module):
         self.device = device
         # The catalog's embeddings are data, not parameters: kept out of checkpoints.
         self.register_buffer("item_emb", spec.item_emb.to(device), persistent=False)
+        # A trainable state model (shared by every role's network) is recomputed from the
+        # observation's recent history so that it learns with the agents; a fixed one is read
+        # from the observation as the environment computed it.
+        trainable = any(p.requires_grad for p in spec.state.parameters())
+        self.state_model = spec.state if trainable and spec.layout.history_len else None
         d, ds, n_roles = spec.item_emb.shape[1], spec.layout.state_dim, spec.layout.n_roles
         # Candidates are embedded with their scalar features, so the slate summary that the
         # value head reads also knows how popular and how well retrieved the chosen items are.
@@ -122,7 +127,7 @@ class CandidateQNet(nn.Module):
         chosen = parts["chosen"]
         scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)
         cand = self.item_proj(torch.cat([raw, scalars], dim=-1))
-        user = self.state_proj(parts["state"])
+        user = self.state_proj(self._user_state(parts))
         slate = (chosen[..., None] * cand).sum(1) / chosen.sum(1, keepdim=True).clamp(min=1)
         context = torch.cat([user, slate, parts["role"], parts["progress"]], dim=-1)
         unit = F.normalize(raw, dim=-1)
@@ -136,3 +141,10 @@ class CandidateQNet(nn.Module):
         available = 1.0 - chosen
         mean = (advantage * available).sum(1, keepdim=True) / available.sum(1, keepdim=True)
         return self.value(context) + advantage - mean, state
+
+    def _user_state(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.state_model is None:
+            return parts["state"]
+        history = parts["history"]
+        lengths = (history >= 0).sum(dim=1)
+        return self.state_model(self.item_emb[history.clamp(min=0)], lengths)

@@ -33,25 +33,39 @@ class EnvContext:
 class ObsLayout:
     """Where each part sits in an agent's flat float32 observation.
 
-    [state | candidate ids | retrieval scores | popularity | chosen flags | role one-hot | progress]
+    [state | recent history ids | candidate ids | retrieval scores | popularity | chosen flags |
+     role one-hot | progress]
 
-    Popularity is the candidate's log training count scaled to [0, 1]; progress is the slot's and
-    the slate's position in the slate and the session, each in [0, 1).
+    The recent history holds the user's last `history_len` item ids in time order, padded with -1
+    at the end, so that a trainable state model can be recomputed inside an agent's network and
+    learn with it. Popularity is the candidate's log training count scaled to [0, 1]; progress is
+    the slot's and the slate's position in the slate and the session, each in [0, 1).
     """
 
     state_dim: int
     n_candidates: int
     n_roles: int
+    history_len: int = 0
 
     @property
     def size(self) -> int:
-        return self.state_dim + 4 * self.n_candidates + self.n_roles + 2
+        return self.state_dim + self.history_len + 4 * self.n_candidates + self.n_roles + 2
 
     def split(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of a (B, size) observation batch by part."""
-        sizes = [self.state_dim, *[self.n_candidates] * 4, self.n_roles, 2]
-        names = ["state", "candidates", "scores", "popularity", "chosen", "role", "progress"]
+        sizes = [self.state_dim, self.history_len, *[self.n_candidates] * 4, self.n_roles, 2]
+        names = [
+            "state",
+            "history",
+            "candidates",
+            "scores",
+            "popularity",
+            "chosen",
+            "role",
+            "progress",
+        ]
         parts = dict(zip(names, torch.split(obs, sizes, dim=-1), strict=True))
+        parts["history"] = parts["history"].long()
         parts["candidates"] = parts["candidates"].long()
         return parts
 
@@ -63,6 +77,7 @@ class EnvSpec:
     roles: tuple[str, ...]
     layout: ObsLayout
     item_emb: torch.Tensor
+    state: StateModel  # the run's state model; trainable ones learn inside the agents' networks
 
 
 # Scores candidates for one role: (obs (B, size) float tensor, role index) -> (B, n_candidates).

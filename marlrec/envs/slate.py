@@ -35,6 +35,8 @@ class SlateConfig:
     """M, the number of retrieved candidates the roles choose from."""
     max_slates: int = 5
     """Slates per session before it ends, if the user has not left earlier."""
+    history_len: int = 50
+    """Most recent history items in each observation, read by trainable state models."""
 
 
 class SlateCore:
@@ -51,7 +53,10 @@ class SlateCore:
         self.n_candidates = config.n_candidates
         self.max_slates = config.max_slates
         self.turn_order = [slot % self.n_roles for slot in range(self.slate_size)]
-        self.layout = ObsLayout(ctx.state.dim, config.n_candidates, self.n_roles)
+        self.history_len = config.history_len
+        self.layout = ObsLayout(
+            ctx.state.dim, config.n_candidates, self.n_roles, config.history_len
+        )
         log_count = torch.log1p(torch.as_tensor(ctx.data.item_popularity, device=ctx.device))
         self.popularity = log_count / log_count.max().clamp(min=1e-9)
 
@@ -63,6 +68,14 @@ class SlateCore:
             padded[b, : len(h)] = torch.as_tensor(h, dtype=torch.long)
         emb = self.ctx.item_emb[padded.to(self.ctx.device)]
         return self.ctx.state(emb, lengths)
+
+    def recent(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Each history's last `history_len` item ids in time order, padded with -1 at the end."""
+        ids = torch.full((len(histories), self.history_len), -1, dtype=torch.long)
+        for b, h in enumerate(histories):
+            tail = h[len(h) - self.history_len :] if self.history_len else h[:0]
+            ids[b, : len(tail)] = torch.as_tensor(tail, dtype=torch.long)
+        return ids.to(self.ctx.device)
 
     @torch.no_grad()
     def retrieval_scores(self, states: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
@@ -77,6 +90,7 @@ class SlateCore:
     def observe(
         self,
         states: torch.Tensor,
+        recent: torch.Tensor,
         candidates: torch.Tensor,
         cand_scores: torch.Tensor,
         chosen: torch.Tensor,
@@ -93,6 +107,7 @@ class SlateCore:
         finite_scores = torch.nan_to_num(cand_scores, neginf=-1.0)
         parts = [
             states,
+            recent.float(),
             candidates.float(),
             finite_scores,
             self.popularity[candidates],
@@ -155,6 +170,7 @@ class SlateAEC(AECEnv):
     def _start_slate(self) -> None:
         history = np.asarray(self.history, dtype=np.int64)
         self._state = self.core.states([history])
+        self._recent = self.core.recent([history])
         scores = self.core.retrieval_scores(self._state, [history])
         self._candidates, self._cand_scores = self.core.candidates(scores)
         self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
@@ -166,6 +182,7 @@ class SlateAEC(AECEnv):
         role = self.possible_agents.index(agent)
         obs = self.core.observe(
             self._state,
+            self._recent,
             self._candidates,
             self._cand_scores,
             self._chosen,
@@ -244,7 +261,9 @@ class SlateEnvironment(Environment):
 
     @property
     def spec(self) -> EnvSpec:
-        return EnvSpec(tuple(self.config.roles), self.core.layout, self.ctx.item_emb)
+        return EnvSpec(
+            tuple(self.config.roles), self.core.layout, self.ctx.item_emb, self.ctx.state
+        )
 
     def make(self) -> SlateAEC:
         return SlateAEC(self.core, self.config.roles)
@@ -255,6 +274,7 @@ class SlateEnvironment(Environment):
     ) -> torch.Tensor:
         core = self.core
         states = core.states(histories)
+        recent = core.recent(histories)
         scores = core.retrieval_scores(states, histories)
         cand, cand_scores = core.candidates(scores)
         chosen = torch.zeros_like(cand, dtype=torch.bool)
@@ -262,12 +282,12 @@ class SlateEnvironment(Environment):
         # Rank keys: slate slots above remaining candidates above the rest (retrieval in [-1, 1]).
         key = scores.clone()
         for slot, role in enumerate(core.turn_order):
-            obs = core.observe(states, cand, cand_scores, chosen, role, slot, 0)
+            obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, 0)
             q = scorer(obs, role).masked_fill(~core.action_mask(cand_scores, chosen), -torch.inf)
             pick = q.argmax(dim=-1)
             chosen[rows, pick] = True
             key[rows, cand[rows, pick]] = 1e4 - slot
-        obs = core.observe(states, cand, cand_scores, chosen, 0, core.slate_size, 0)
+        obs = core.observe(states, recent, cand, cand_scores, chosen, 0, core.slate_size, 0)
         q = scorer(obs, 0).masked_fill(~core.action_mask(cand_scores, chosen), -torch.inf)
         order = q.argsort(dim=-1, descending=True).argsort(dim=-1).float()
         rest = core.action_mask(cand_scores, chosen)

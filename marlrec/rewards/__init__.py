@@ -26,7 +26,7 @@ class SlateOutcome:
     clicks: np.ndarray  # (slate_size,) bool
     step: int  # 0-based slate number within the session
     leave: bool = False  # the user ends the session after this slate
-    ratings: np.ndarray | None = None  # (slate_size,) the simulator's rating per slot, if it has one
+    ratings: np.ndarray | None = None  # (slate_size,) the rating per slot, if the simulator knows
 
 
 @dataclass(kw_only=True)
