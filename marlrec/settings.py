@@ -21,6 +21,8 @@ class TrainerConfig:
     """Environment steps collected between two update phases."""
     updates_per_env_step: float = 0.25
     """Gradient steps per collected environment step (off-policy agents)."""
+    update_repetitions: int = 4
+    """Passes over each collected batch of episodes (on-policy agents)."""
     batch_size: int = 128
     """Transitions per gradient step."""
     buffer_size: int = 20000

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,13 +11,12 @@ from gymnasium import spaces
 from tianshou.algorithm import DQN
 from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
-from tianshou.data import Batch, Collector, ReplayBuffer, VectorReplayBuffer
-from tianshou.env import DummyVectorEnv, PettingZooEnv, SubprocVectorEnv
-from tianshou.trainer import OffPolicyTrainerParams
-from tianshou.utils import TensorboardLogger
+from tianshou.data import Batch, ReplayBuffer
+from tianshou.env import PettingZooEnv
 
 from marlrec.agents import Agent, TrainRun
 from marlrec.agents.marl import CandidateQNet, CooperativeOffPolicyAlgorithm, own_turn_transitions
+from marlrec.agents.training import tianshou_env, train_with_tianshou
 from marlrec.envs import Environment, EnvSpec
 
 
@@ -114,17 +111,8 @@ class IndependentDQN(Agent):
         return CooperativeOffPolicyAlgorithm(algorithms=algorithms, env=env)
 
     def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
-        t = run.trainer
-        vector_env = SubprocVectorEnv if t.vector_env == "subproc" else DummyVectorEnv
-        train_envs = vector_env([lambda: PettingZooEnv(env.make())] * t.num_train_envs)
-        test_envs = DummyVectorEnv([lambda: PettingZooEnv(env.make())])
-        train_envs.seed(run.seed)
-        test_envs.seed(run.seed + 10_000)
-        algorithm = self._algorithm(PettingZooEnv(env.make()))
-        buffer = VectorReplayBuffer(t.buffer_size, t.num_train_envs)
-        train_collector = Collector(algorithm.policy, train_envs, buffer, exploration_noise=True)
-        test_collector = Collector(algorithm.policy, test_envs)
-        total_steps = t.max_epochs * t.epoch_num_env_steps
+        algorithm = self._algorithm(tianshou_env(env))
+        total_steps = run.trainer.max_epochs * run.trainer.epoch_num_env_steps
         policies = [algorithm.get_algorithm(role).policy for role in self.spec.roles]
 
         def decay_exploration(epoch: int, env_step: int) -> None:
@@ -133,39 +121,6 @@ class IndependentDQN(Agent):
             for policy in policies:
                 policy.set_eps_training(c.eps_start + progress * (c.eps_end - c.eps_start))
 
-        logger = TensorboardLogger(
-            run.writer,
-            training_interval=run.logger.interval_env_steps,
-            update_interval=run.logger.interval_env_steps,
-            save_interval=1,
+        return train_with_tianshou(
+            algorithm, env, run, off_policy=True, training_hook=decay_exploration
         )
-        params = OffPolicyTrainerParams(
-            training_collector=train_collector,
-            test_collector=test_collector,
-            max_epochs=t.max_epochs,
-            epoch_num_steps=t.epoch_num_env_steps,
-            collection_step_num_env_steps=t.collect_num_env_steps,
-            test_step_num_episodes=t.test_episodes,
-            batch_size=t.batch_size,
-            update_step_num_gradient_steps_per_sample=t.updates_per_env_step,
-            training_fn=decay_exploration,
-            multi_agent_return_reduction=lambda returns: returns.mean(axis=1),
-            save_checkpoint_fn=lambda epoch, env_step, grad_step: run.save_checkpoint(epoch),
-            save_best_fn=lambda algorithm: run.save_best(),
-            logger=logger,
-            verbose=False,
-            show_progress=t.show_progress,
-        )
-        # Tianshou warns on every 2-D (episode x role) return array; the reduction above handles it.
-        logging.getLogger("tianshou.data.stats").setLevel(logging.ERROR)
-        start = time.perf_counter()
-        stats = algorithm.run_training(params)
-        seconds = time.perf_counter() - start
-        train_envs.close()
-        test_envs.close()
-        return {
-            "train_seconds": seconds,
-            "train_env_steps": float(stats.train_step),
-            "train_env_steps_per_second": stats.train_step / seconds,
-            "best_test_return": float(stats.best_reward),
-        }
