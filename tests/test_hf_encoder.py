@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
 import yaml
-from transformers import BertConfig, BertModel, BertTokenizer
 
+from marlrec import registry
 from marlrec.encoders import hf
-from marlrec.encoders.hf import HFEncoder
+from marlrec.encoders.hf import HFEncoder, pool
+from marlrec.encoders.tiny import Architecture, save_tiny_model
+from marlrec.pipeline import sections
 from marlrec.registry import PluginError, build_config
+from tests.conftest import compose_config
 
 TEXTS = ["the cat sat on the mat", "a space ship", "love story", "the dog ran fast", "heist"]
 WORDS = sorted({word for text in [*TEXTS, "crime story"] for word in text.split()})
@@ -17,22 +22,24 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Saves each (architecture, padding side) once per module, on first request."""
+    saved: dict[tuple[str, str], Path] = {}
+
+    def get(architecture: Architecture, padding_side: Literal["left", "right"] = "right") -> Path:
+        key = (architecture, padding_side)
+        if key not in saved:
+            folder = tmp_path_factory.mktemp(f"tiny-{architecture}-{padding_side}")
+            saved[key] = save_tiny_model(architecture, folder, WORDS, padding_side=padding_side)
+        return saved[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_models: Callable[..., Path]) -> Path:
     """A randomly initialised two-layer BERT with a word-level vocabulary, saved to disk."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tiny_models("bert")
 
 
 def make(model: Path | str, cache_dir: Path, **options: object) -> HFEncoder:
@@ -148,3 +155,215 @@ def test_yaml_defaults_match_config() -> None:
     section = yaml.safe_load(path.read_text())
     assert section.pop("name") == "hf"
     assert build_config("encoder", "hf", HFEncoder.Config, section) == HFEncoder.Config()
+
+
+DECODERS: list[Architecture] = ["gpt2", "llama"]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "kind", "pooling"),
+    [
+        ("bert", "encoder", "mean"),
+        ("gpt2", "decoder", "last"),
+        ("llama", "decoder", "last"),
+        ("t5", "encoder-decoder", "mean"),
+    ],
+)
+def test_auto_pooling_follows_the_architecture(
+    tiny_models: Callable[..., Path],
+    tmp_path: Path,
+    architecture: Architecture,
+    kind: str,
+    pooling: str,
+) -> None:
+    encoder = make(tiny_models(architecture), tmp_path)
+    assert (encoder.architecture, encoder.pooling) == (kind, pooling)
+    out = encoder.encode(TEXTS)
+    assert out.shape == (len(TEXTS), 32)
+    assert torch.isfinite(out).all()
+
+
+def test_model_given_as_encoder_model_override_loads_by_path(
+    tiny_models: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = tiny_models("gpt2")
+    (section,) = sections(compose_config([f"encoder.model={path}"]), "encoder")
+    encoder = registry.create("encoder", section, cache_dir=tmp_path, device=CPU)
+    assert isinstance(encoder, HFEncoder)
+    assert encoder.model_path == path.resolve()
+    assert encoder.encode(TEXTS).shape == (len(TEXTS), 32)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("architecture", DECODERS)
+def test_decoder_text_alone_equals_text_in_a_padded_batch(
+    tiny_models: Callable[..., Path],
+    tmp_path: Path,
+    architecture: Architecture,
+    pooling: str,
+    padding_side: str,
+) -> None:
+    path = tiny_models(architecture, padding_side)
+    batched = make(path, tmp_path / "batch", pooling=pooling)
+    tokenizer, _ = batched.load()
+    assert tokenizer.padding_side == padding_side
+    assert tokenizer.pad_token == tokenizer.eos_token  # these tokenizers ship without one
+    batch = batched.encode(TEXTS)
+    for i, text in enumerate(TEXTS):
+        alone = make(path, tmp_path / f"alone{i}", pooling=pooling).encode([text])
+        torch.testing.assert_close(alone[0], batch[i], atol=1e-5, rtol=0)
+
+
+def test_encoder_only_models_pad_on_the_right_whatever_their_tokenizer_says(
+    tiny_models: Callable[..., Path], tmp_path: Path
+) -> None:
+    encoder = make(tiny_models("bert", "left"), tmp_path / "a", pooling="cls")
+    assert encoder.load()[0].padding_side == "right"
+    batch = encoder.encode(TEXTS)
+    alone = make(tiny_models("bert", "left"), tmp_path / "b", pooling="cls").encode(TEXTS[-1:])
+    torch.testing.assert_close(alone[0], batch[-1], atol=1e-5, rtol=0)
+
+
+def test_pool_reads_first_and_last_real_tokens_on_either_side() -> None:
+    hidden = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)  # token t of row r: 4r + t
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    assert pool(hidden, right, "cls").flatten().tolist() == [0.0, 4.0]
+    assert pool(hidden, right, "last").flatten().tolist() == [2.0, 5.0]
+    assert pool(hidden, left, "cls").flatten().tolist() == [1.0, 6.0]
+    assert pool(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert pool(hidden, left, "mean").flatten().tolist() == [2.0, 6.5]
+
+
+def test_pool_ignores_nan_in_padding_and_zeroes_rows_without_tokens() -> None:
+    hidden = torch.tensor([[[float("nan")], [2.0]], [[float("nan")], [float("nan")]]])
+    mask = torch.tensor([[0, 1], [0, 0]])
+    for pooling in ("mean", "cls", "last"):
+        assert pool(hidden, mask, pooling).flatten().tolist() == [2.0, 0.0]  # type: ignore[arg-type]
+
+
+def test_text_without_tokens_gets_a_zero_vector(
+    tiny_models: Callable[..., Path], tmp_path: Path
+) -> None:
+    encoder = make(tiny_models("gpt2"), tmp_path)  # GPT-2 adds no BOS: "" has no token at all
+    out = encoder.encode(["", "heist"])
+    assert torch.equal(out[0], torch.zeros(32))
+    assert out[1].norm() > 0.5
+    assert torch.equal(make(tiny_models("gpt2"), tmp_path / "alone").encode([""]), out[:1])
+
+
+def test_cls_and_mean_pooling_differ(tiny_model: Path, tmp_path: Path) -> None:
+    cls = make(tiny_model, tmp_path, pooling="cls").encode(TEXTS)
+    mean = make(tiny_model, tmp_path, pooling="mean").encode(TEXTS)
+    assert cls.shape == mean.shape
+    assert not torch.allclose(cls, mean, atol=1e-3)
+
+
+@pytest.mark.parametrize("architecture", ["bert", "llama"])
+def test_bfloat16_runs_and_stays_close_to_float32(
+    tiny_models: Callable[..., Path], tmp_path: Path, architecture: Architecture
+) -> None:
+    path = tiny_models(architecture)
+    full = make(path, tmp_path).encode(TEXTS)
+    half = make(path, tmp_path, dtype="bfloat16")
+    assert half.load()[1].dtype == torch.bfloat16
+    out = half.encode(TEXTS)
+    assert half.last_misses == len(TEXTS)  # another dtype: another cache
+    assert out.dtype == torch.float32
+    assert (out * full).sum(1).min() > 0.98  # cosine: unit vectors, bfloat16 rounding only
+    assert not torch.equal(out, full)
+
+
+def test_pooling_change_invalidates_the_cache(tiny_model: Path, tmp_path: Path) -> None:
+    mean = make(tiny_model, tmp_path, pooling="mean")
+    mean.encode(TEXTS)
+    auto = make(tiny_model, tmp_path, pooling="auto")  # BERT: auto is mean, so the same cache
+    auto.encode(TEXTS)
+    assert (auto.identity, auto.last_hits) == (mean.identity, len(TEXTS))
+    cls = make(tiny_model, tmp_path, pooling="cls")
+    cls.encode(TEXTS)
+    assert (cls.last_hits, cls.last_misses) == (0, len(TEXTS))
+    assert cls.cache_file != mean.cache_file
+
+
+def test_changed_text_in_a_decoder_cache_is_the_only_one_reencoded(
+    tiny_models: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = tiny_models("llama")
+    before = make(path, tmp_path).encode(TEXTS)
+    encoder = make(path, tmp_path)
+    after = encoder.encode(["crime story", *TEXTS[1:]])
+    assert (encoder.last_hits, encoder.last_misses) == (len(TEXTS) - 1, 1)
+    assert torch.equal(after[1:], before[1:])
+    assert not torch.allclose(after[0], before[0])
+
+
+def test_model_files_changing_invalidates_the_cache(tmp_path: Path) -> None:
+    path = save_tiny_model("bert", tmp_path / "model", WORDS, seed=0)
+    first = make(path, tmp_path / "cache")
+    first.encode(TEXTS)
+    save_tiny_model("bert", path, WORDS, seed=1, hidden_size=48)  # retrained in place
+    second = make(path, tmp_path / "cache")
+    assert second.identity != first.identity
+    assert second.encode(TEXTS).shape == (len(TEXTS), 48)
+    assert second.last_misses == len(TEXTS)
+
+
+def test_interrupted_encode_keeps_finished_batches(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hf, "CHECKPOINT_SECONDS", -1.0)  # save after every batch
+    encoder = make(tiny_model, tmp_path, batch_size=2)
+    forward = encoder._forward
+    calls = []
+
+    def fail_third_batch(*args: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return forward(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(encoder, "_forward", fail_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        encoder.encode(TEXTS)
+    resumed = make(tiny_model, tmp_path, batch_size=2)
+    resumed.encode(TEXTS)
+    assert (resumed.last_hits, resumed.last_misses) == (4, 1)
+
+
+def test_explicit_cpu_device_and_bad_devices(tiny_model: Path, tmp_path: Path) -> None:
+    assert make(tiny_model, tmp_path, device="cpu").device == CPU
+    with pytest.raises(PluginError, match="device 'nonsense'") as info:
+        make(tiny_model, tmp_path, device="nonsense")
+    assert "\n" not in str(info.value)
+    if not torch.cuda.is_available():
+        with pytest.raises(PluginError, match="CUDA"):
+            make(tiny_model, tmp_path, device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"max_length": 0}, "max_length must be at least 1"),
+        ({"revision": "v1"}, "revision 'v1' applies to hub model names"),
+    ],
+)
+def test_bad_options_are_one_line_plugin_errors(
+    tiny_model: Path, tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PluginError, match=message) as info:
+        make(tiny_model, tmp_path, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_folder_without_a_model_config_is_a_plugin_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PluginError, match=r"no readable config\.json"):
+        make(tmp_path / "empty", tmp_path)
+
+
+def test_bad_pooling_in_yaml_is_rejected_by_the_registry() -> None:
+    with pytest.raises(PluginError, match=r"encoder\.pooling"):
+        build_config("encoder", "hf", HFEncoder.Config, {"pooling": "max"})

