@@ -367,3 +367,30 @@ def test_folder_without_a_model_config_is_a_plugin_error(tmp_path: Path) -> None
 def test_bad_pooling_in_yaml_is_rejected_by_the_registry() -> None:
     with pytest.raises(PluginError, match=r"encoder\.pooling"):
         build_config("encoder", "hf", HFEncoder.Config, {"pooling": "max"})
+
+
+@pytest.mark.parametrize(
+    ("dtype", "error", "message"),
+    [
+        ("float16", RuntimeError("\"LayerNormKernelImpl\" not implemented for 'Half'"), "float32"),
+        ("float32", torch.OutOfMemoryError("CUDA out of memory"), "lower encoder.batch_size"),
+    ],
+)
+def test_device_failures_are_one_line_plugin_errors(
+    tiny_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: str,
+    error: RuntimeError,
+    message: str,
+) -> None:
+    encoder = make(tiny_model, tmp_path, dtype=dtype)
+    _, model = encoder.load()
+
+    def fail(**inputs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(model, "forward", fail)
+    with pytest.raises(PluginError, match=message) as info:
+        encoder.encode(TEXTS)
+    assert "\n" not in str(info.value)

@@ -173,10 +173,11 @@ class HFEncoder(Encoder):
     def _embed_into(self, cache: dict[str, np.ndarray], missing: dict[str, str]) -> None:
         """Encode `missing` (key: text) into `cache` in batches of similar length (less padding).
 
-        The cache is saved at the end and every `CHECKPOINT_SECONDS` in between.
+        Longest texts go first, so a batch size too large for the device fails at once. The
+        cache is saved at the end and every `CHECKPOINT_SECONDS` in between.
         """
         tokenizer, model = self.load()
-        keys = sorted(missing, key=lambda k: len(missing[k]))
+        keys = sorted(missing, key=lambda k: len(missing[k]), reverse=True)
         size = self.config.batch_size
         saved_at = time.monotonic()
         with tqdm(
@@ -198,7 +199,8 @@ class HFEncoder(Encoder):
             texts,
             padding=True,
             truncation=True,
-            max_length=self.config.max_length,
+            # A tokenizer that knows its model's limit keeps longer settings from overflowing it.
+            max_length=min(self.config.max_length, tokenizer.model_max_length),
             return_tensors="pt",
         )
         mask = tokens["attention_mask"].to(self.device)
@@ -209,6 +211,11 @@ class HFEncoder(Encoder):
             inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
         try:
             hidden = model(**inputs).last_hidden_state.float()
+        except torch.OutOfMemoryError as exc:
+            raise PluginError(
+                f"encoder 'hf': out of memory on {self.device} with batch_size="
+                f"{self.config.batch_size}; lower encoder.batch_size or encoder.max_length"
+            ) from exc
         except RuntimeError as exc:
             if self.config.dtype == "float32":
                 raise
