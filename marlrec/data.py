@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Literal, get_args
 
 import numpy as np
 import torch
+
+SplitMethod = Literal["loo", "temporal", "random"]
+SPLIT_METHODS: tuple[str, ...] = get_args(SplitMethod)
+# Per-interaction labels of a split, as cached on disk.
+TRAIN, VALID, TEST = 0, 1, 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,17 +33,64 @@ class Interactions:
         bounds = np.searchsorted(self.user, np.arange(n_users + 1))
         return [self.item[bounds[u] : bounds[u + 1]] for u in range(n_users)]
 
+    def subset(self, keep: np.ndarray) -> Interactions:
+        """The interactions where the boolean mask `keep` is set (order kept)."""
+        return Interactions(
+            user=self.user[keep], item=self.item[keep], time=self.time[keep], value=self.value[keep]
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class Split:
-    """Chronological leave-one-out: per user, the last item is test, the one before it valid.
+    """Training interactions and, per user, the held-out validation and test items.
 
-    `valid_item` and `test_item` hold -1 for a user who has none.
+    `valid_item` and `test_item` hold each user's first held-out item in time order (-1 for a
+    user who has none): under leave-one-out it is the only one. `valid` and `test` hold every
+    held-out interaction, sorted by (user, time), when a split holds out several per user
+    (temporal, random); None means exactly `valid_item` / `test_item`.
     """
 
     train: Interactions
     valid_item: np.ndarray
     test_item: np.ndarray
+    valid: Interactions | None = None
+    test: Interactions | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.test_item)
+
+    def held_out(self, target: str) -> list[np.ndarray]:
+        """Per user, the ground-truth items of `target` ("valid" or "test") in time order."""
+        return self._valid_items if _target(target) == "valid" else self._test_items
+
+    def held_out_interactions(self, target: str) -> Interactions:
+        """The held-out interactions of `target`; from `*_item` alone, they come after training."""
+        part = self.valid if _target(target) == "valid" else self.test
+        if part is not None:
+            return part
+        items = self.valid_item if target == "valid" else self.test_item
+        users = np.flatnonzero(items >= 0)
+        return Interactions(
+            user=users.astype(np.int64),
+            item=items[users].astype(np.int64),
+            time=np.full(len(users), np.inf),  # unknown: later than anything in training
+            value=np.ones(len(users), dtype=np.float32),
+        )
+
+    @cached_property
+    def _valid_items(self) -> list[np.ndarray]:
+        return self.held_out_interactions("valid").histories(self.n_users)
+
+    @cached_property
+    def _test_items(self) -> list[np.ndarray]:
+        return self.held_out_interactions("test").histories(self.n_users)
+
+
+def _target(target: str) -> str:
+    if target not in ("valid", "test"):
+        raise ValueError(f"target must be 'valid' or 'test', got {target!r}")
+    return target
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,11 +131,29 @@ class RecData:
         return np.bincount(self.split.train.item, minlength=self.n_items).astype(np.float32)
 
     def history_before(self, user: int, target: str) -> np.ndarray:
-        """The items a user had consumed before the `valid` or `test` item."""
-        history = self.train_histories[user]
-        if target == "test" and self.split.valid_item[user] >= 0:
-            history = np.append(history, self.split.valid_item[user])
-        return history
+        """What a user had consumed before the `valid` or `test` items, in time order.
+
+        Before `valid`: the training items. Before `test`: the training and validation items,
+        merged by time (training first among equal times).
+        """
+        if _target(target) == "valid":
+            return self.train_histories[user]
+        return self._histories_before_test[user]
+
+    @cached_property
+    def _histories_before_test(self) -> list[np.ndarray]:
+        train, valid = self.split.train, self.split.held_out_interactions("valid")
+        user = np.concatenate([train.user, valid.user])
+        time = np.concatenate([train.time, valid.time])
+        is_valid = np.repeat([False, True], [len(train), len(valid)])
+        order = np.lexsort((is_valid, time, user))
+        merged = Interactions(
+            user=user[order],
+            item=np.concatenate([train.item, valid.item])[order],
+            time=time[order],
+            value=np.concatenate([train.value, valid.value])[order],
+        )
+        return merged.histories(self.n_users)
 
 
 def fill_histories(matrix: torch.Tensor, histories: list[np.ndarray], value: float) -> torch.Tensor:
@@ -93,27 +165,138 @@ def fill_histories(matrix: torch.Tensor, histories: list[np.ndarray], value: flo
     return matrix
 
 
+# --- splits ----------------------------------------------------------------------------------
+
+
 def leave_one_out(interactions: Interactions, n_users: int) -> Split:
     """Split sorted interactions: the last item of each user is test, the one before it valid.
 
     Users with fewer than three interactions keep everything in training.
     """
+    return split_from_labels(interactions, n_users, leave_one_out_labels(interactions, n_users))
+
+
+def split_interactions(
+    interactions: Interactions,
+    n_users: int,
+    *,
+    method: SplitMethod = "loo",
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int | Sequence[int] = 0,
+) -> Split:
+    """Split interactions sorted by (user, time) by `method`; see `split_labels`."""
+    labels = split_labels(interactions, n_users, method=method, ratios=ratios, seed=seed)
+    return split_from_labels(interactions, n_users, labels)
+
+
+def split_labels(
+    interactions: Interactions,
+    n_users: int,
+    *,
+    method: SplitMethod = "loo",
+    ratios: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: int | Sequence[int] = 0,
+) -> np.ndarray:
+    """TRAIN, VALID or TEST for each interaction (int8).
+
+    - `loo`: chronological leave-one-out (RecBole's `LS: valid_and_test` in time order): each
+      user's last interaction is test, the one before it valid; users with fewer than three
+      keep all in training.
+    - `temporal`: one global clock: interactions at or after the time below which a fraction
+      `ratios[0]` of all interactions lie are valid, at or after the `ratios[0] + ratios[1]`
+      point test. Equal times fall on the same side. A user first seen after the cutoff is a
+      cold-start user: held-out items, an empty history.
+    - `random`: per user, a seeded shuffle split by `ratios` with RecBole's rounding (`RS`,
+      grouped by user): each part with a non-zero ratio gets at least one interaction while
+      more than one remains for training, so every user keeps a training interaction.
+    """
+    if method == "loo":
+        return leave_one_out_labels(interactions, n_users)
+    if method == "temporal":
+        return _temporal_labels(interactions.time, ratios)
+    if method == "random":
+        return _random_labels(interactions.user, n_users, ratios, seed)
+    raise ValueError(f"split must be one of {', '.join(SPLIT_METHODS)}, got {method!r}")
+
+
+def check_split_ratios(ratios: Sequence[float]) -> str | None:
+    """What is wrong with (train, valid, test) ratios, or None."""
+    if len(ratios) != 3 or any(not r > 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        return (
+            "split_ratios must be three positive fractions (train, valid, test) summing to 1, "
+            f"got {list(ratios)}"
+        )
+    return None
+
+
+def leave_one_out_labels(interactions: Interactions, n_users: int) -> np.ndarray:
     bounds = np.searchsorted(interactions.user, np.arange(n_users + 1))
-    counts = np.diff(bounds)
-    held = counts >= 3
-    test_pos = bounds[1:] - 1
-    valid_pos = bounds[1:] - 2
-    keep = np.ones(len(interactions), dtype=bool)
-    keep[test_pos[held]] = False
-    keep[valid_pos[held]] = False
-    test_item = np.full(n_users, -1, dtype=np.int64)
-    valid_item = np.full(n_users, -1, dtype=np.int64)
-    test_item[held] = interactions.item[test_pos[held]]
-    valid_item[held] = interactions.item[valid_pos[held]]
-    train = Interactions(
-        user=interactions.user[keep],
-        item=interactions.item[keep],
-        time=interactions.time[keep],
-        value=interactions.value[keep],
+    held = np.diff(bounds) >= 3
+    labels = np.full(len(interactions), TRAIN, dtype=np.int8)
+    labels[bounds[1:][held] - 1] = TEST
+    labels[bounds[1:][held] - 2] = VALID
+    return labels
+
+
+def _temporal_labels(time: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
+    ordered = np.sort(time)
+    n = len(ordered)
+    labels = np.full(n, TRAIN, dtype=np.int8)
+    if n == 0:
+        return labels
+    valid_from = ordered[min(n - 1, round(n * ratios[0]))]
+    test_from = ordered[min(n - 1, round(n * (ratios[0] + ratios[1])))]
+    labels[time >= valid_from] = VALID
+    labels[time >= test_from] = TEST
+    return labels
+
+
+def _random_labels(
+    user: np.ndarray, n_users: int, ratios: Sequence[float], seed: int | Sequence[int]
+) -> np.ndarray:
+    counts = np.bincount(user, minlength=n_users)
+    n_valid, n_test = _random_part_sizes(counts, ratios)
+    # A random rank within each user: shuffle, then stable-sort by user.
+    order = np.lexsort((np.random.default_rng(seed).random(len(user)), user))
+    starts = np.searchsorted(user, np.arange(n_users))
+    rank = np.empty(len(user), dtype=np.int64)
+    rank[order] = np.arange(len(user)) - starts[user[order]]
+    n_train = counts - n_valid - n_test
+    labels = np.full(len(user), TRAIN, dtype=np.int8)
+    labels[rank >= n_train[user]] = VALID
+    labels[rank >= (n_train + n_valid)[user]] = TEST
+    return labels
+
+
+def _random_part_sizes(counts: np.ndarray, ratios: Sequence[float]) -> tuple[np.ndarray, ...]:
+    """Valid and test sizes per user, rounded as RecBole's `_calcu_split_ids` rounds them."""
+    # The epsilon keeps 0.7 * 10 = 6.999... from rounding down to 6.
+    n_valid = np.floor(ratios[1] * counts + 1e-9).astype(np.int64)
+    n_test = np.floor(ratios[2] * counts + 1e-9).astype(np.int64)
+    # Then, test first: a part whose share is below one interaction gets one, taken from
+    # training, as long as training keeps more than one.
+    for part, ratio in ((n_test, ratios[2]), (n_valid, ratios[1])):
+        share = ratio * counts
+        grow = (counts - n_valid - n_test > 1) & (share > 0) & (share < 1)
+        part += grow
+    return n_valid, n_test
+
+
+def split_from_labels(interactions: Interactions, n_users: int, labels: np.ndarray) -> Split:
+    """The split that per-interaction TRAIN / VALID / TEST labels describe."""
+    valid = interactions.subset(labels == VALID)
+    test = interactions.subset(labels == TEST)
+    return Split(
+        train=interactions.subset(labels == TRAIN),
+        valid_item=_first_item(valid, n_users),
+        test_item=_first_item(test, n_users),
+        valid=valid,
+        test=test,
     )
-    return Split(train=train, valid_item=valid_item, test_item=test_item)
+
+
+def _first_item(part: Interactions, n_users: int) -> np.ndarray:
+    first = np.full(n_users, -1, dtype=np.int64)
+    users, at = np.unique(part.user, return_index=True)
+    first[users] = part.item[at]
+    return first

@@ -164,6 +164,7 @@ def error(c: CsvDataset.Config, tmp_path: Path) -> str:
         load(c, tmp_path / "cache")
     message = str(err.value)
     assert "\n" not in message and message.startswith("dataset 'csv': ")
+    assert not (tmp_path / "cache" / "datasets").exists()  # a failed load caches nothing
     return message
 
 

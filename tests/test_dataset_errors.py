@@ -1,13 +1,18 @@
-"""Bad input to the `movielens` dataset: one line that names the file, and the line or column."""
+"""Bad input to the `movielens` dataset: one line that names the file, and the line or column.
+
+The `csv`, `amazon_reviews` and split-specific cases are in their own test files.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import pytest
 
+from marlrec import io
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.registry import PluginError
 from tests.test_movielens import RATINGS, write_csv_family, write_ml100k
@@ -23,6 +28,8 @@ def error(tmp_path: Path, folder: Path, **options: object) -> str:
         load(tmp_path, folder, **options)
     message = str(err.value)
     assert "\n" not in message and message.startswith("dataset 'movielens': ")
+    # A load that fails caches nothing, not even a temporary file.
+    assert not (tmp_path / "cache" / "datasets").exists()
     return message
 
 
@@ -262,3 +269,41 @@ def test_download_of_something_not_a_zip(tmp_path: Path) -> None:
     with pytest.raises(PluginError, match=r"ml-100k\.zip from .* is not a zip archive"):
         MovieLensDataset(config).load(seed=0, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache" / "datasets").iterdir()) == []
+
+
+# --- the cache -----------------------------------------------------------------------------
+
+
+def test_a_write_that_fails_leaves_no_cache_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_ml100k(tmp_path / "ml")
+
+    def half_then_fail(file: IO[bytes], **arrays: Any) -> None:
+        file.write(b"PK\x03\x04 half an archive")
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(io.np, "savez", half_then_fail)
+        with pytest.raises(OSError, match="No space left"):
+            load(tmp_path, folder)
+    assert list((tmp_path / "cache" / "datasets").iterdir()) == []
+    dataset = MovieLensDataset(MovieLensDataset.Config(path=str(folder)))
+    dataset.load(seed=0, cache_dir=tmp_path / "cache")
+    assert not dataset.loaded_from_cache
+    assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir()] == [
+        dataset.cache_file.name if dataset.cache_file else ""
+    ]
+
+
+def test_a_damaged_cache_file_is_rebuilt(tmp_path: Path) -> None:
+    folder = write_ml100k(tmp_path / "ml")
+    dataset = MovieLensDataset(MovieLensDataset.Config(path=str(folder)))
+    first = dataset.load(seed=0, cache_dir=tmp_path)
+    assert dataset.cache_file is not None
+    dataset.cache_file.write_bytes(dataset.cache_file.read_bytes()[:100])
+    again = dataset.load(seed=0, cache_dir=tmp_path)
+    assert not dataset.loaded_from_cache
+    np.testing.assert_array_equal(again.split.test_item, first.split.test_item)
+    dataset.load(seed=0, cache_dir=tmp_path)
+    assert dataset.loaded_from_cache

@@ -16,6 +16,7 @@ import yaml
 import marlrec
 from marlrec import registry
 from marlrec.data import RecData
+from marlrec.datasets import movielens
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.registry import PluginError
 
@@ -145,6 +146,65 @@ def test_ml100k_second_load_hits_the_cache(ml100k: tuple[RecData, Path]) -> None
     assert dataset.cache_file is not None and dataset.cache_file.is_file()
     assert dataset.cache_file.parent == cache / "datasets"
     assert_same(again, data)
+
+
+@needs_ml100k
+def test_ml100k_cached_load_does_not_parse(
+    ml100k: tuple[RecData, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, cache = ml100k
+
+    def no_parsing(table: object) -> None:
+        raise AssertionError(f"parsed {table} although the load is cached")
+
+    monkeypatch.setattr(movielens, "read_table", no_parsing)
+    again, dataset = load(MovieLensDataset.Config(path=str(ML100K)), cache)
+    assert dataset.loaded_from_cache
+    assert again.split.held_out("test")[0].tolist() == [data.split.test_item[0]]
+
+
+@needs_ml100k
+def test_ml100k_temporal_split(ml100k: tuple[RecData, Path]) -> None:
+    _, cache = ml100k
+    config = MovieLensDataset.Config(path=str(ML100K), split="temporal")
+    data, _ = load(config, cache)
+    split = data.split
+    assert split.valid is not None and split.test is not None
+    assert len(split.train) + len(split.valid) + len(split.test) == 100000
+    assert abs(len(split.valid) - 10000) < 200 and abs(len(split.test) - 10000) < 200
+    # One global clock: every training time is before every valid one, before every test one.
+    assert split.train.time.max() < split.valid.time.min()
+    assert split.valid.time.max() < split.test.time.min()
+    held = split.held_out("test")
+    assert sum(len(h) for h in held) == len(split.test)
+    users = np.flatnonzero(split.test_item >= 0)
+    assert all(held[u][0] == split.test_item[u] for u in users)
+    for user in users[:50]:
+        before = data.history_before(int(user), "test")
+        assert len(before) == (data.interactions.user == user).sum() - len(held[user])
+
+
+@needs_ml100k
+def test_ml100k_random_split(ml100k: tuple[RecData, Path]) -> None:
+    _, cache = ml100k
+    config = MovieLensDataset.Config(path=str(ML100K), split="random")
+    data, _ = load(config, cache)
+    split = data.split
+    assert split.valid is not None and split.test is not None
+    assert len(split.train) + len(split.valid) + len(split.test) == 100000
+    # Per user, floor(0.1 * n) each: a little under a tenth overall; every user keeps training.
+    assert 9000 < len(split.valid) <= 10000 and 9000 < len(split.test) <= 10000
+    assert (np.bincount(split.train.user, minlength=943) > 0).all()
+    assert (split.test_item >= 0).all() and (split.valid_item >= 0).all()
+    pairs = [
+        set(zip(p.user.tolist(), p.item.tolist(), strict=True)) for p in (split.valid, split.test)
+    ]
+    assert not pairs[0] & pairs[1]
+    other_seed = MovieLensDataset(config).load(seed=1, cache_dir=cache)
+    assert not np.array_equal(other_seed.split.test.item, split.test.item)
+    same_seed, dataset = load(config, cache)
+    assert dataset.loaded_from_cache
+    np.testing.assert_array_equal(same_seed.split.test.item, split.test.item)
 
 
 @needs_ml100k

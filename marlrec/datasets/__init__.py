@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
+from typing import Any
 
-from marlrec.data import RecData
+from marlrec.data import SPLIT_METHODS, RecData, check_split_ratios
 from marlrec.plugin import Plugin
+from marlrec.registry import PluginError
 
 
 class Dataset(Plugin):
@@ -15,3 +17,14 @@ class Dataset(Plugin):
     @abstractmethod
     def load(self, *, seed: int, cache_dir: Path) -> RecData:
         """Read or generate the data, remap ids densely and split it, reproducibly for `seed`."""
+
+
+def validate_split(config: Any, where: str) -> None:
+    """A dataset config's `split` and `split_ratios`: a known method and sound ratios."""
+    if config.split not in SPLIT_METHODS:
+        raise PluginError(
+            f"{where}: split must be one of {', '.join(SPLIT_METHODS)}, got {config.split!r}"
+        )
+    problem = check_split_ratios(config.split_ratios)
+    if problem is not None:
+        raise PluginError(f"{where}: {problem}")

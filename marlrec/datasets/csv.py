@@ -4,8 +4,8 @@ Columns are named in the config. Ids may be numbers or strings (numbers are orde
 strings alphabetically, when they are remapped to dense ids); the time column may hold numbers or
 ISO-8601 dates, and without one the file order is the time order. Without a value column every
 row counts 1.0. Only delimited text is read: Parquet would need pyarrow, which marlrec does not
-install. Filtering, remapping, the stable (user, time) sort, the leave-one-out split, the cache
-and the error messages are those of the `movielens` plugin (`marlrec.datasets.tabular`).
+install. Filtering, remapping, the stable (user, time) sort, the split, the cache and the error
+messages are those of the `movielens` plugin (`marlrec.datasets.tabular`).
 
 `item_attributes["raw_id"]` holds each dense item's id as it appears in the file.
 """
@@ -19,25 +19,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from marlrec.data import RecData
-from marlrec.datasets import Dataset
+from marlrec.data import SplitMethod
 from marlrec.datasets.tabular import (
+    FileDataset,
     Filters,
     Kind,
+    Parsed,
     RawInteractions,
     Table,
     apply_filters,
     as_text,
-    assemble,
-    cache_file,
     catalog_rows,
     check_unique,
     densify,
     header,
-    load_cache,
     read_table,
     render,
-    save_cache,
     template_fields,
     times_in_seconds,
 )
@@ -46,7 +43,7 @@ from marlrec.registry import PluginError
 WHERE = "dataset 'csv'"
 
 
-class CsvDataset(Dataset):
+class CsvDataset(FileDataset):
     """Interactions from a CSV file; item texts from a second one, or "item <id>" without it."""
 
     @dataclass(kw_only=True)
@@ -79,30 +76,29 @@ class CsvDataset(Dataset):
         """Drop items with fewer interactions (iterated with the user minimum until stable)."""
         rating_threshold: float | None = None
         """Keep only values >= this (needs value_col); None keeps every interaction."""
+        split: SplitMethod = "loo"
+        """loo (each user's last item is test, the one before valid), temporal or random."""
+        split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+        """Train, valid and test fractions of the temporal and random splits (not loo)."""
 
     config: Config
+    plugin = "csv"
+    where = WHERE
 
     def __init__(self, config: Config) -> None:
-        super().__init__(config)
         _validate(config)
-        self.loaded_from_cache = False
-        self.cache_file: Path | None = None
+        super().__init__(config)
 
-    def load(self, *, seed: int, cache_dir: Path) -> RecData:
-        """Read the files (the seed plays no part); from the cache if they are unchanged."""
+    def sources(self, cache_dir: Path) -> list[Path]:
         c = self.config
-        sources = [_existing(c.path, "path")]
+        files = [_existing(c.path, "path")]
         if c.items_path:
-            sources.append(_existing(c.items_path, "items_path"))
-        self.cache_file = cache_file(cache_dir, "csv", sources, c)
-        cached = load_cache(self.cache_file, WHERE)
-        self.loaded_from_cache = cached is not None
-        if cached is not None:
-            return cached
+            files.append(_existing(c.items_path, "items_path"))
+        return files
+
+    def parse(self, sources: list[Path]) -> Parsed:
         raw = self._interactions(sources[0])
-        data = self._assemble(raw, sources[1] if c.items_path else None)
-        save_cache(self.cache_file, data, raw.table)
-        return data
+        return self._assemble(raw, sources[1] if len(sources) > 1 else None)
 
     def _interactions(self, path: Path) -> RawInteractions:
         c = self.config
@@ -135,7 +131,7 @@ class CsvDataset(Dataset):
             value=value.astype(np.float32),
         )
 
-    def _assemble(self, raw: RawInteractions, items_path: Path | None) -> RecData:
+    def _assemble(self, raw: RawInteractions, items_path: Path | None) -> Parsed:
         c = self.config
         filters = Filters(
             min_user_interactions=c.min_user_interactions,
@@ -156,7 +152,7 @@ class CsvDataset(Dataset):
             interactions, user_ids, item_ids = densify(raw)
             rows = catalog.get_indexer(item_ids)
             texts = self._texts(items.iloc[rows], text_cols)
-        return assemble(
+        return Parsed(
             name="csv",
             interactions=interactions,
             n_users=len(user_ids),

@@ -10,7 +10,8 @@ The layout is recognised from the files in `path` (or in the downloaded release)
 
 Each rating is one interaction with the rating as its value. Users and movies get dense ids in
 the order of their raw ids (only movies someone rated are kept), each user's interactions are
-sorted by time with file order kept among equal times, and the split is leave-one-out.
+sorted by time with file order kept among equal times, and the split is chronological
+leave-one-out unless `split` picks the temporal or the random one.
 `item_attributes` holds `raw_id` (the movie id), `year` (-1 when unknown) and `genres`, a multi-hot
 matrix whose columns follow `u.genre` for ML-100K and are alphabetical otherwise; the labels
 "unknown" and "(no genres listed)" are not genres and are left out.
@@ -27,32 +28,29 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from marlrec.data import RecData
-from marlrec.datasets import Dataset
+from marlrec.data import SplitMethod
 from marlrec.datasets.tabular import (
+    FileDataset,
     Filters,
     Kind,
+    Parsed,
     RawInteractions,
     Table,
     apply_filters,
     as_text,
-    assemble,
-    cache_file,
     catalog_rows,
     check_unique,
     densify,
     line_of,
-    load_cache,
     read_table,
     render,
-    save_cache,
     template_fields,
 )
 from marlrec.registry import PluginError
@@ -107,7 +105,7 @@ class Movies:
     tags: pd.Series | None = None  # joined tags, indexed by movie id
 
 
-class MovieLensDataset(Dataset):
+class MovieLensDataset(FileDataset):
     """MovieLens ratings as implicit interactions, movies described by title, year and genres."""
 
     @dataclass(kw_only=True)
@@ -132,14 +130,18 @@ class MovieLensDataset(Dataset):
         """Keep only ratings >= this; None keeps every rating as an implicit interaction."""
         text_template: str = "{title} ({year}). Genres: {genres}."
         """Item text from {title}, {year}, {genres} and {tags} (tags: CSV family and tags.dat)."""
+        split: SplitMethod = "loo"
+        """loo (each user's last item is test, the one before valid), temporal or random."""
+        split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+        """Train, valid and test fractions of the temporal and random splits (not loo)."""
 
     config: Config
+    plugin = "movielens"
+    where = WHERE
 
     def __init__(self, config: Config) -> None:
-        super().__init__(config)
         _validate(config)
-        self.loaded_from_cache = False
-        self.cache_file: Path | None = None
+        super().__init__(config)
 
     @property
     def filters(self) -> Filters:
@@ -150,19 +152,10 @@ class MovieLensDataset(Dataset):
             rating_threshold=c.rating_threshold,
         )
 
-    def load(self, *, seed: int, cache_dir: Path) -> RecData:
-        """Read the release (the seed plays no part); from the cache if the files are unchanged."""
+    def sources(self, cache_dir: Path) -> list[Path]:
+        """The release's files, downloaded first with download=true."""
         folder = download(self.config, cache_dir) if self.config.download else self.folder()
-        layout = detect_layout(folder)
-        sources = layout.sources(folder)
-        self.cache_file = cache_file(cache_dir, "movielens", sources, self.config)
-        cached = load_cache(self.cache_file, WHERE)
-        self.loaded_from_cache = cached is not None
-        if cached is not None:
-            return cached
-        data, ratings = self._parse(folder, layout)
-        save_cache(self.cache_file, data, ratings)
-        return data
+        return detect_layout(folder).sources(folder)
 
     def folder(self) -> Path:
         folder = Path(self.config.path).expanduser()
@@ -170,14 +163,15 @@ class MovieLensDataset(Dataset):
             raise PluginError(f"{WHERE}: data.path {str(folder)!r} is not a folder")
         return folder
 
-    def _parse(self, folder: Path, layout: Layout) -> tuple[RecData, Table]:
-        raw, movies = READERS[layout.label](folder)
+    def parse(self, sources: list[Path]) -> Parsed:
+        folder = sources[0].parent
+        raw, movies = READERS[detect_layout(folder).label](folder)
         check_unique(movies.table, movies.movie_id, "movie id")
         catalog = catalog_rows(raw, movies.movie_id, movies.table, "movie id")
         raw = apply_filters(raw, self.filters)
         interactions, user_ids, item_ids = densify(raw)
         rows = catalog.get_indexer(item_ids)
-        data = assemble(
+        return Parsed(
             name="movielens",
             interactions=interactions,
             n_users=len(user_ids),
@@ -189,7 +183,6 @@ class MovieLensDataset(Dataset):
             },
             source=raw.table,
         )
-        return data, raw.table
 
 
 def _validate(c: MovieLensDataset.Config) -> None:

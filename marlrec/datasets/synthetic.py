@@ -14,13 +14,13 @@ preferred mood up to `mood_strength`, and quality is Normal(0, popularity_streng
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from marlrec.data import GroundTruth, Interactions, RecData, leave_one_out
-from marlrec.datasets import Dataset
+from marlrec.data import GroundTruth, Interactions, RecData, SplitMethod, split_interactions
+from marlrec.datasets import Dataset, validate_split
 from marlrec.registry import PluginError
 
 
@@ -269,6 +269,10 @@ class SyntheticDataset(Dataset):
         """Spread (std) of item quality, the log-popularity propensity shared by all users."""
         momentum: float = 1.0
         """Short-term logit bonus for items sharing the previous item's topics (0 disables)."""
+        split: SplitMethod = "loo"
+        """loo (each user's last item is test, the one before valid), temporal or random."""
+        split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+        """Train, valid and test fractions of the temporal and random splits (not loo)."""
 
     config: Config
 
@@ -289,7 +293,14 @@ class SyntheticDataset(Dataset):
             n_items=c.n_items,
             interactions=interactions,
             item_text=_describe(catalog, rng),
-            split=leave_one_out(interactions, c.n_users),
+            # The split's shuffle draws from its own stream, apart from the generation's.
+            split=split_interactions(
+                interactions,
+                c.n_users,
+                method=c.split,
+                ratios=c.split_ratios,
+                seed=[seed, 1],
+            ),
             item_attributes={k: catalog[k] for k in ("topic", "secondary_topic", "mood", "format")},
             truth=truth,
         )
@@ -312,6 +323,7 @@ def _validate(c: SyntheticDataset.Config) -> None:
         raise PluginError(f"{where}: taste_concentration must be positive")
     if not 0 <= c.secondary_weight <= 0.5:
         raise PluginError(f"{where}: secondary_weight must be between 0 and 0.5")
+    validate_split(c, where)
 
 
 def _make_catalog(c: SyntheticDataset.Config, rng: np.random.Generator) -> dict[str, np.ndarray]:

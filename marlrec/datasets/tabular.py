@@ -1,12 +1,14 @@
-"""Shared machinery of the table-file dataset plugins (`movielens`, `csv`).
+"""Shared machinery of the file-based dataset plugins (`movielens`, `csv`, `amazon_reviews`).
 
 Reading: pandas' C parser with explicit dtypes does the work. Only when it fails, or leaves a
 required field empty, is the file scanned again record by record to name the exact line and what
 is wrong with it; that slow path never runs on a good file.
 
 Then: filtering (rating threshold, iterated k-core), remapping raw ids to dense ids ordered by raw
-id, a stable (user, time) sort that keeps file order among equal times, the leave-one-out split,
-and a cache of the result keyed by the source files' names, sizes and mtimes plus the config.
+id, a stable (user, time) sort that keeps file order among equal times, the split (`loo`,
+`temporal` or `random`, see `marlrec.data.split_labels`), and a cache of the result keyed by the
+source files' names, sizes and mtimes, the config (split options included) and, for the random
+split, the seed.
 """
 
 from __future__ import annotations
@@ -21,15 +23,26 @@ import re
 import string
 import warnings
 import zipfile
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
-from marlrec.data import Interactions, RecData, leave_one_out
+from marlrec.data import (
+    TEST,
+    TRAIN,
+    VALID,
+    Interactions,
+    RecData,
+    SplitMethod,
+    split_from_labels,
+    split_labels,
+)
+from marlrec.datasets import Dataset, validate_split
 from marlrec.io import write_npz
 from marlrec.registry import PluginError
 
@@ -39,15 +52,30 @@ _DTYPES = {"int": "int64", "float": "float64", "str": "object"}
 # A stand-in for multi-character separators (MovieLens' "::"), which pandas' C parser lacks.
 _UNIT_SEP = "\x1f"
 # Bump when the cache layout or the parsing changes, so that stale entries are never read.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
-class Table:
-    """One delimited text file and how to read it."""
+class Source:
+    """A file that data comes from, as messages name it."""
 
     path: Path
     where: str  # who reads it, for messages: "dataset 'movielens'"
+
+    def error(self, what: str, line: int | None = None) -> PluginError:
+        """A one-line error naming this file and, when known, the line."""
+        at = f", line {line}" if line is not None else ""
+        return PluginError(f"{self.where}: {self.path}{at}: {_one_line(what)}")
+
+    def line_of(self, row: int) -> int | None:
+        """The line of data row `row` (0-based), where the file has lines to name."""
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Table(Source):
+    """One delimited text file and how to read it."""
+
     sep: str
     columns: Mapping[str, Kind]  # the columns to return, and how to parse each
     names: tuple[str, ...] = ()  # every field's name for a headerless file; () means a header row
@@ -56,10 +84,8 @@ class Table:
     nullable: frozenset[str] = frozenset()  # returned columns that may be empty
     every_field: bool = True  # parse all fields so a row's field count is checked; False: usecols
 
-    def error(self, what: str, line: int | None = None) -> PluginError:
-        """A one-line error naming this file and, when known, the line."""
-        at = f", line {line}" if line is not None else ""
-        return PluginError(f"{self.where}: {self.path}{at}: {_one_line(what)}")
+    def line_of(self, row: int) -> int:
+        return line_of(self, row)
 
 
 def _one_line(text: str) -> str:
@@ -270,7 +296,7 @@ def times_in_seconds(table: Table, column: str, values: pd.Series) -> np.ndarray
 class RawInteractions:
     """Interactions with the file's own ids, in file order."""
 
-    table: Table
+    table: Source
     user: np.ndarray
     item: np.ndarray
     time: np.ndarray  # float64
@@ -294,6 +320,7 @@ class Filters:
     min_user_interactions: int = 0
     min_item_interactions: int = 0
     rating_threshold: float | None = None
+    k_core_setting: str = ""  # how the config names the minimums, for messages; "" spells both
 
     def validate(self, where: str) -> None:
         if self.min_user_interactions < 0 or self.min_item_interactions < 0:
@@ -302,14 +329,14 @@ class Filters:
             )
 
 
-def catalog_rows(raw: RawInteractions, ids: pd.Series, catalog: Table, label: str) -> pd.Index:
+def catalog_rows(raw: RawInteractions, ids: pd.Series, catalog: Source, label: str) -> pd.Index:
     """Index the item file's ids; every interaction must name one of them (else its line)."""
     index = pd.Index(ids)
     missing = index.get_indexer(raw.item) < 0
     if missing.any():
         row = int(missing.argmax())
         raise raw.table.error(
-            f"{label} {show(raw.item[row])} is not in {catalog.path.name}", line_of(raw.table, row)
+            f"{label} {show(raw.item[row])} is not in {catalog.path.name}", raw.table.line_of(row)
         )
     return index
 
@@ -328,11 +355,11 @@ def apply_filters(raw: RawInteractions, filters: Filters) -> RawInteractions:
     if filters.min_user_interactions > 1 or filters.min_item_interactions > 1:
         raw = raw.subset(_k_core(raw, filters))
         if len(raw) == 0:
-            raise source.error(
-                "k-core filtering (min_user_interactions="
-                f"{filters.min_user_interactions}, min_item_interactions="
-                f"{filters.min_item_interactions}) left no interactions"
+            setting = filters.k_core_setting or (
+                f"min_user_interactions={filters.min_user_interactions}, "
+                f"min_item_interactions={filters.min_item_interactions}"
             )
+            raise source.error(f"k-core filtering ({setting}) left no interactions")
     return raw
 
 
@@ -390,31 +417,121 @@ def _user_time_order(users: np.ndarray, n_users: int, time: np.ndarray) -> np.nd
     return np.lexsort((time, users))
 
 
-def assemble(
-    *,
-    name: str,
-    interactions: Interactions,
-    n_users: int,
-    item_text: list[str],
-    item_attributes: dict[str, np.ndarray],
-    source: Table,
-) -> RecData:
-    """Split leave-one-out; fail when no user has the three interactions a held-out item needs."""
-    split = leave_one_out(interactions, n_users)
-    if not (split.test_item >= 0).any():
-        most = int(np.bincount(interactions.user, minlength=n_users).max())
-        raise source.error(
+@dataclass(frozen=True, kw_only=True)
+class SplitOptions:
+    """How a dataset is split; the seed only counts for the random split."""
+
+    method: SplitMethod = "loo"
+    ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+    @classmethod
+    def of(cls, config: Any, seed: int) -> SplitOptions:
+        """From a dataset config's `split` and `split_ratios` fields."""
+        method = config.split
+        ratios = tuple(float(r) for r in config.split_ratios)
+        return cls(method=method, ratios=ratios, seed=seed if method == "random" else 0)
+
+    def labels(self, interactions: Interactions, n_users: int) -> np.ndarray:
+        return split_labels(
+            interactions, n_users, method=self.method, ratios=self.ratios, seed=self.seed
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Parsed:
+    """A dataset read, filtered and remapped to dense ids, but not yet split."""
+
+    name: str
+    interactions: Interactions
+    n_users: int
+    item_text: list[str]
+    item_attributes: dict[str, np.ndarray]
+    source: Source  # the interactions file, which messages about the result name
+
+    def with_split(self, labels: np.ndarray) -> RecData:
+        return RecData(
+            name=self.name,
+            n_users=self.n_users,
+            n_items=len(self.item_text),
+            interactions=self.interactions,
+            item_text=self.item_text,
+            split=split_from_labels(self.interactions, self.n_users, labels),
+            item_attributes=self.item_attributes,
+        )
+
+
+class FileDataset(Dataset):
+    """A dataset read from files, then split and cached; its config has `split` fields.
+
+    `loaded_from_cache` tells whether the last `load` was served from the cache, whose file is
+    `cache_file`.
+    """
+
+    plugin: ClassVar[str]  # the entry-point name, which also names the cache files
+    where: ClassVar[str]  # "dataset '<plugin>'", for messages
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        validate_split(config, self.where)
+        self.loaded_from_cache = False
+        self.cache_file: Path | None = None
+
+    def load(self, *, seed: int, cache_dir: Path) -> RecData:
+        """Parse, split and cache; served from the cache while the files and options are the same.
+
+        The seed plays a part in the random split only.
+        """
+        sources = self.sources(cache_dir)
+        split = SplitOptions.of(self.config, seed)
+        self.cache_file = cache_file(cache_dir, self.plugin, sources, self.config, split)
+        cached = load_cache(self.cache_file, self.where)
+        self.loaded_from_cache = cached is not None
+        if cached is not None:
+            return cached
+        return split_and_cache(self.parse(sources), split, self.cache_file)
+
+    @abstractmethod
+    def sources(self, cache_dir: Path) -> list[Path]:
+        """The files to read (the first holds the interactions); their stamps key the cache."""
+
+    @abstractmethod
+    def parse(self, sources: list[Path]) -> Parsed:
+        """Read, filter and remap the files that `sources` returned."""
+
+
+def split_and_cache(parsed: Parsed, split: SplitOptions, path: Path) -> RecData:
+    """Split, check that every part has something in it, cache the result, and return it."""
+    labels = split.labels(parsed.interactions, parsed.n_users)
+    check_parts(parsed, split, labels)
+    save_cache(path, parsed, labels)
+    return parsed.with_split(labels)
+
+
+def check_parts(parsed: Parsed, split: SplitOptions, labels: np.ndarray) -> None:
+    """An empty train, valid or test part is an error naming the source and the reason."""
+    counts = np.bincount(labels, minlength=3)
+    parts = (("train", TRAIN), ("valid", VALID), ("test", TEST))
+    empty = [name for name, part in parts if not counts[part]]
+    if not empty:
+        return
+    most = int(np.bincount(parsed.interactions.user, minlength=parsed.n_users).max())
+    if split.method == "loo":
+        raise parsed.source.error(
             "no user has the 3 interactions that leave-one-out needs for a valid and a test "
             f"item (most per user: {most})"
         )
-    return RecData(
-        name=name,
-        n_users=n_users,
-        n_items=len(item_text),
-        interactions=interactions,
-        item_text=item_text,
-        split=split,
-        item_attributes=item_attributes,
+    if split.method == "random":
+        raise parsed.source.error(
+            f"split=random with split_ratios={list(split.ratios)} leaves no {empty[0]} "
+            "interactions: a user needs 3 interactions for a train, a valid and a test one "
+            f"(most per user: {most})"
+        )
+    distinct = len(np.unique(parsed.interactions.time))
+    raise parsed.source.error(
+        f"split=temporal with split_ratios={list(split.ratios)} leaves no {empty[0]} "
+        f"interactions: equal times fall on one side of a cutoff, and the "
+        f"{len(parsed.interactions)} interactions have {distinct} distinct times"
     )
 
 
@@ -450,8 +567,10 @@ def as_text(values: pd.Series) -> list[str]:
 # --- cache ---------------------------------------------------------------------------------
 
 
-def cache_file(cache_dir: Path, plugin: str, sources: Sequence[Path], config: Any) -> Path:
-    """Where the parsed and remapped data of these files under this config is cached."""
+def cache_file(
+    cache_dir: Path, plugin: str, sources: Sequence[Path], config: Any, split: SplitOptions
+) -> Path:
+    """Where the parsed, remapped and split data of these files under this config is cached."""
     stamps = []
     for p in sources:
         st = p.stat()
@@ -462,6 +581,7 @@ def cache_file(cache_dir: Path, plugin: str, sources: Sequence[Path], config: An
             "version": CACHE_VERSION,
             "files": stamps,
             "config": dataclasses.asdict(config),
+            "split": dataclasses.asdict(split),
         },
         sort_keys=True,
         default=str,
@@ -470,19 +590,20 @@ def cache_file(cache_dir: Path, plugin: str, sources: Sequence[Path], config: An
     return Path(cache_dir).expanduser() / "datasets" / f"{plugin}-{digest}.npz"
 
 
-def save_cache(path: Path, data: RecData, source: Table) -> None:
-    """Write the interactions, texts and attributes; the split is recomputed on load (cheap)."""
+def save_cache(path: Path, parsed: Parsed, labels: np.ndarray) -> None:
+    """Write interactions, split labels, texts and attributes in one atomic step."""
     arrays: dict[str, np.ndarray] = {
-        "name": np.array(data.name),
-        "n_users": np.array(data.n_users),
-        "source": np.array(str(source.path)),
-        "user": data.interactions.user,
-        "item": data.interactions.item,
-        "time": data.interactions.time,
-        "value": data.interactions.value,
+        "name": np.array(parsed.name),
+        "n_users": np.array(parsed.n_users),
+        "source": np.array(str(parsed.source.path)),
+        "user": parsed.interactions.user,
+        "item": parsed.interactions.item,
+        "time": parsed.interactions.time,
+        "value": parsed.interactions.value,
+        "split_labels": labels,
     }
-    arrays["text_blob"], arrays["text_offsets"] = _pack(data.item_text)
-    for key, value in data.item_attributes.items():
+    arrays["text_blob"], arrays["text_offsets"] = _pack(parsed.item_text)
+    for key, value in parsed.item_attributes.items():
         if value.dtype.kind in "UO":
             arrays[f"sattr_{key}_blob"], arrays[f"sattr_{key}_offsets"] = _pack(value.tolist())
         else:
@@ -508,16 +629,19 @@ def load_cache(path: Path, where: str) -> RecData | None:
         interactions = Interactions(
             user=arrays["user"], item=arrays["item"], time=arrays["time"], value=arrays["value"]
         )
-        source = Table(path=Path(str(arrays["source"])), where=where, sep=",", columns={})
-        return assemble(
+        labels = arrays["split_labels"]
+        if len(labels) != len(interactions):
+            return None
+        parsed = Parsed(
             name=str(arrays["name"]),
             interactions=interactions,
             n_users=int(arrays["n_users"]),
             item_text=_unpack(arrays["text_blob"], arrays["text_offsets"]),
             item_attributes=attributes,
-            source=source,
+            source=Source(path=Path(str(arrays["source"])), where=where),
         )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, PluginError):
+        return parsed.with_split(labels)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
 
