@@ -24,6 +24,14 @@ class Baseline(Plugin):
     def scores(self, users: np.ndarray) -> torch.Tensor:
         """Scores (len(users), n_items) for ranking; higher is better. History is masked later."""
 
+    def rank_scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        """Scores given what each user had consumed before the held-out items being ranked.
+
+        Models fitted on the train split score from what they learned (`scores`), as RecBole's
+        general models do; sequence and content models override this to read `histories`.
+        """
+        return self.scores(users)
+
 
 def train_pairs(data: RecData) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user, item) train pairs sorted by item: repeats count once (implicit feedback)."""

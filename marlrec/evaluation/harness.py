@@ -1,8 +1,19 @@
-"""One harness for the trained policy and every baseline: full ranking plus simulated sessions."""
+"""One harness for the trained policy and every baseline: ranking plus simulated sessions.
+
+Ranking protocols (`eval.protocol`):
+- `full` (default): chronological leave-one-out as RecBole's `LS: valid_and_test`, order `TO`,
+  mode `full`: every item outside the user's history is ranked; keys `{split}/{metric}@{k}`.
+- `sampled`: each held-out item is ranked among `num_negatives` items drawn uniformly (seeded)
+  from those the user has not consumed; accuracy metrics only, keys
+  `{split}/sampled/{metric}@{k}` so that a report can never pass them off as full ranking.
+
+Held-out items come from `data.split` (several per user under temporal and random splits).
+The validation split is for model selection and early stopping; report the test split once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -15,19 +26,74 @@ from marlrec.agents import Agent
 from marlrec.baselines import Baseline
 from marlrec.data import RecData, fill_histories
 from marlrec.envs import Environment
-from marlrec.evaluation.metrics import ranking_metrics
+from marlrec.evaluation.metrics import (
+    METRICS,
+    CatalogMetric,
+    MetricContext,
+    RankedChunk,
+    RankingAccumulator,
+    SessionMetric,
+    UserMetric,
+    select,
+    session_results,
+)
+from marlrec.evaluation.ranking import HeldOut, sample_negatives, top_k
+from marlrec.registry import MarlrecError, PluginError
+
+RankingProtocol = Literal["full", "sampled"]
+SAMPLED_PREFIX = "sampled/"
 
 
 @dataclass(kw_only=True)
 class EvalConfig:
     """The `eval` config group."""
 
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    """Metrics to report (see `marlrec.evaluation.metrics`); ranking ones at every cut-off."""
     ks: list[int] = field(default_factory=lambda: [10])
-    """Cut-offs for HR@k and NDCG@k."""
+    """Cut-offs K for the ranking metrics; the first is the one runs optimise and print."""
+    protocol: RankingProtocol = "full"
+    """`full`: rank all items but the history; `sampled`: rank targets among sampled negatives."""
+    num_negatives: int = 100
+    """Negatives per user under the sampled protocol (seeded by the run's seed)."""
     sessions: int = 200
     """Simulated sessions per policy for return, clicks and depth."""
     chunk_users: int = 1024
     """Users ranked per batch (bounds memory: chunk_users x n_items scores)."""
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.metrics if name not in METRICS]
+        if unknown:
+            raise PluginError(
+                f"unknown metric '{unknown[0]}' in eval.metrics; known: {', '.join(METRICS)}"
+            )
+        if not self.ks or min(self.ks) < 1:
+            raise PluginError(
+                f"eval.ks must be a non-empty list of positive cut-offs, got {self.ks}"
+            )
+        if self.protocol not in ("full", "sampled"):
+            raise PluginError(f"eval.protocol must be 'full' or 'sampled', got {self.protocol!r}")
+        for key in ("num_negatives", "sessions", "chunk_users"):
+            if getattr(self, key) < 1:
+                raise PluginError(f"eval.{key} must be at least 1, got {getattr(self, key)}")
+
+    def ranking_metrics(self) -> list[UserMetric | CatalogMetric]:
+        """The selected ranking metrics; the sampled protocol keeps the accuracy ones only,
+        since coverage, diversity, novelty and Gini describe full top-K lists."""
+        chosen = [m for m in select(self.metrics) if not isinstance(m, SessionMetric)]
+        if self.protocol == "sampled":
+            chosen = [m for m in chosen if isinstance(m, UserMetric) and m.over == "targets"]
+        return chosen
+
+    def session_metrics(self) -> list[SessionMetric]:
+        return [m for m in select(self.metrics) if isinstance(m, SessionMetric)]
+
+    def key(self, split: str, metric: str, k: int | None = None) -> str:
+        """Where a ranking metric lands in a policy's results, e.g. `valid/NDCG@10` (or
+        `valid/sampled/NDCG@10`); `k` defaults to the first cut-off."""
+        label = METRICS[metric].label if metric in METRICS else metric
+        prefix = SAMPLED_PREFIX if self.protocol == "sampled" else ""
+        return f"{split}/{prefix}{label}@{self.ks[0] if k is None else k}"
 
 
 # Ranks users: (users, histories, k) -> top-k item ids (len(users), k), history excluded.
@@ -36,16 +102,30 @@ Ranker = Callable[[np.ndarray, list[np.ndarray], int], torch.Tensor]
 Actor = Callable[[AECEnv, str, dict[str, np.ndarray]], int]
 
 
+class ScoreRanker:
+    """Ranks by a score function (users, histories) -> (len(users), n_items), history masked."""
+
+    def __init__(self, score: Callable[[np.ndarray, list[np.ndarray]], torch.Tensor]) -> None:
+        self.score = score
+
+    def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        scores = self.score(users, histories).float()
+        if bool(torch.isnan(scores).any()):
+            raise MarlrecError(f"a ranker produced NaN scores for users {users[:5].tolist()}...")
+        return scores
+
+    def __call__(self, users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
+        # A copy: scorers may return views (e.g. one popularity row expanded to every user).
+        scores = fill_histories(self.scores(users, histories).clone(), histories, -torch.inf)
+        return top_k(scores, k)
+
+
 def agent_ranker(env: Environment, agent: Agent) -> Ranker:
     return lambda users, histories, k: env.rank(agent.candidate_scores, users, histories, k)
 
 
-def baseline_ranker(baseline: Baseline) -> Ranker:
-    def rank(users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
-        scores = fill_histories(baseline.scores(users).clone().float(), histories, -torch.inf)
-        return scores.topk(k, dim=1).indices
-
-    return rank
+def baseline_ranker(baseline: Baseline) -> ScoreRanker:
+    return ScoreRanker(baseline.rank_scores)
 
 
 def agent_actor(env: Environment, agent: Agent) -> Actor:
@@ -76,24 +156,96 @@ def baseline_actor(env: Environment, baseline: Baseline) -> Actor:
 
 
 def ranking_eval(
-    data: RecData, rank: Ranker, split: Literal["valid", "test"], cfg: EvalConfig
+    data: RecData,
+    rank: Ranker,
+    split: Literal["valid", "test"],
+    cfg: EvalConfig,
+    *,
+    item_emb: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """Full ranking over all items but the user's history, for users with a held-out item."""
-    target_all = data.split.test_item if split == "test" else data.split.valid_item
-    users = np.flatnonzero(target_all >= 0)
-    tops = []
+    """The selected ranking metrics of one policy on one split, users ranked in chunks.
+
+    Accuracy metrics average over users with a held-out item; list metrics (coverage, ILD,
+    novelty, Gini) over every user, so all users are ranked when one of those is selected.
+    `item_emb` is needed for ILD; `seed` draws the sampled protocol's negatives (the same
+    for every policy given the same seed).
+    """
+    metrics = cfg.ranking_metrics()
+    if not metrics:
+        return {}
+    if item_emb is None and any("list_embeddings" in m.needs for m in metrics):
+        raise MarlrecError("metric 'ild' needs item embeddings: pass item_emb to ranking_eval")
+    held_out = HeldOut.of(data, split)
+    everyone = any(isinstance(m, CatalogMetric) or m.over == "all" for m in metrics)
+    users = np.arange(data.n_users) if everyone else np.flatnonzero(held_out.counts > 0)
+    if not (held_out.counts > 0).any():
+        raise MarlrecError(f"no user has a held-out {split} item to evaluate")
+    accumulator = RankingAccumulator(metrics, cfg.ks)
+    generator = torch.Generator().manual_seed(seed)
+    ctx: MetricContext | None = None
     for start in range(0, len(users), cfg.chunk_users):
         chunk = users[start : start + cfg.chunk_users]
         histories = [data.history_before(int(u), split) for u in chunk]
-        tops.append(rank(chunk, histories, max(cfg.ks)).cpu())
-    target = torch.as_tensor(target_all[users])
-    return ranking_metrics(torch.cat(tops), target, tuple(cfg.ks))
+        if cfg.protocol == "full":
+            top = rank(chunk, histories, accumulator.max_k)
+            targets = held_out.mask(chunk, data.n_items, top.device)
+        else:
+            top, targets = _sampled_top(
+                rank, chunk, histories, held_out, data.n_items, cfg, generator
+            )
+        if ctx is None:
+            ctx = MetricContext.build(data.item_popularity, item_emb, top.device)
+        accumulator.add(RankedChunk(top, targets, ctx))
+    results = accumulator.results()
+    if cfg.protocol == "sampled":
+        return {SAMPLED_PREFIX + key: value for key, value in results.items()}
+    return results
 
 
-def session_eval(env: Environment, act: Actor, n_sessions: int, seed: int) -> dict[str, float]:
-    """Mean return, clicks per session, session depth (slates) and each reward term's mean."""
+def _sampled_top(
+    rank: Ranker,
+    users: np.ndarray,
+    histories: list[np.ndarray],
+    held_out: HeldOut,
+    n_items: int,
+    cfg: EvalConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K among each user's targets and sampled negatives, and the target mask."""
+    scores = policy_scores(rank, users, histories, n_items)
+    targets = held_out.mask(users, n_items, scores.device)
+    consumed = fill_histories(torch.zeros_like(targets), histories, True)
+    negatives = sample_negatives(consumed | targets, cfg.num_negatives, generator)
+    candidates = targets | negatives
+    return top_k(scores.masked_fill(~candidates, -torch.inf), max(cfg.ks)), targets
+
+
+def policy_scores(
+    rank: Ranker, users: np.ndarray, histories: list[np.ndarray], n_items: int
+) -> torch.Tensor:
+    """A policy's scores over all items: its own when it has them, else n_items - position
+    in its full ranking (history last)."""
+    own = getattr(rank, "scores", None)
+    if callable(own):
+        return own(users, histories)
+    order = rank(users, histories, n_items)
+    scores = torch.empty(order.shape, dtype=torch.float32, device=order.device)
+    descending = torch.arange(n_items, 0, -1, dtype=torch.float32, device=order.device)
+    return scores.scatter_(1, order, descending.expand_as(order))
+
+
+def session_eval(
+    env: Environment,
+    act: Actor,
+    n_sessions: int,
+    seed: int,
+    metrics: Sequence[SessionMetric] | None = None,
+) -> dict[str, float]:
+    """Session metrics (default: mean return, clicks per session, session depth in slates)
+    and each reward term's mean per session."""
     aec = env.make()
-    returns, clicks, depths = [], [], []
+    statistics: dict[str, list[float]] = {"return": [], "clicks": [], "depth": []}
     terms: dict[str, list[float]] = {}
     for episode in range(n_sessions):
         aec.reset(seed=seed + episode)
@@ -111,16 +263,13 @@ def session_eval(env: Environment, act: Actor, n_sessions: int, seed: int) -> di
                 n_clicks += aec.infos[agent]["clicks"]
                 for name, value in aec.infos[agent]["reward_terms"].items():
                     episode_terms[name] += value
-        returns.append(total)
-        clicks.append(n_clicks)
-        depths.append(depth)
+        statistics["return"].append(total)
+        statistics["clicks"].append(n_clicks)
+        statistics["depth"].append(depth)
         for name, value in episode_terms.items():
             terms.setdefault(name, []).append(value)
-    results = {
-        "mean_return": float(np.mean(returns)),
-        "clicks_per_session": float(np.mean(clicks)),
-        "session_depth": float(np.mean(depths)),
-    }
+    chosen = EvalConfig().session_metrics() if metrics is None else metrics
+    results = session_results(chosen, statistics)
     results.update({f"reward/{name}": float(np.mean(v)) for name, v in terms.items()})
     return results
 
@@ -135,19 +284,21 @@ def evaluate_policies(
     splits: tuple[Literal["valid", "test"], ...] = ("valid", "test"),
     show_progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Every policy through the same ranking protocol and the same simulated sessions."""
+    """Every policy through the same ranking protocol and the same simulated sessions.
+
+    Keys: `{split}/{metric}@{k}` (`{split}/sampled/...` under the sampled protocol) and
+    `sim/{metric}`, `sim/reward/{term}`.
+    """
     results: dict[str, dict[str, float]] = {}
+    item_emb = env.ctx.item_emb
+    session_metrics = cfg.session_metrics()
     for name in tqdm(rankers, desc="evaluating", disable=not show_progress, leave=False):
         row: dict[str, float] = {}
         for split in splits:
-            row.update(
-                {
-                    f"{split}/{k}": v
-                    for k, v in ranking_eval(data, rankers[name], split, cfg).items()
-                }
-            )
-        row.update(
-            {f"sim/{k}": v for k, v in session_eval(env, actors[name], cfg.sessions, seed).items()}
-        )
+            figures = ranking_eval(data, rankers[name], split, cfg, item_emb=item_emb, seed=seed)
+            row.update({f"{split}/{k}": v for k, v in figures.items()})
+        if session_metrics:
+            sessions = session_eval(env, actors[name], cfg.sessions, seed, session_metrics)
+            row.update({f"sim/{k}": v for k, v in sessions.items()})
         results[name] = row
     return results

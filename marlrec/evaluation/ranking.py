@@ -1,0 +1,104 @@
+"""Ranking primitives: deterministic top-k, held-out targets as masks, sampled negatives.
+
+Ties: items with equal scores are ordered by item id, lower id first, on every device. torch's
+own `topk` leaves the order of equal values unspecified (and it differs between CPU and CUDA),
+which would make a popularity ranking, full of ties, depend on the hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from marlrec.data import RecData
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Item ids (rows, k) of each row's k highest scores, best first, ties by lower id.
+
+    Fast path: one `topk`, then one pass that checks whether any row has more items tied with
+    its k-th score than `topk` kept; only those rows are resolved by id order.
+    """
+    n_items = scores.shape[1]
+    k = min(k, n_items)
+    if k == n_items:
+        return scores.sort(dim=1, descending=True, stable=True).indices
+    values, indices = scores.topk(k, dim=1)
+    kth = values[:, -1:]
+    tied_kept = (values == kth).sum(dim=1)
+    tied_all = (scores == kth).sum(dim=1)
+    spill = torch.nonzero(tied_all > tied_kept).flatten()
+    if len(spill):
+        indices[spill] = _top_k_by_id(scores[spill], kth[spill], k)
+    # Order the k kept items by (score desc, id asc): sort by id, then stable by score.
+    indices = indices.sort(dim=1).values
+    order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
+    return indices.gather(1, order)
+
+
+def _top_k_by_id(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows whose k-th score is tied beyond the cut: every item above it, then ties by id."""
+    above = scores > kth
+    tied = scores == kth
+    room = k - above.sum(dim=1, keepdim=True)
+    keep = above | (tied & (tied.cumsum(dim=1) <= room))
+    # nonzero is row-major, so each row's k kept ids come out in ascending order.
+    return torch.nonzero(keep)[:, 1].view(len(scores), k)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Each user's held-out items of one split, as CSR: `items[offsets[u]:offsets[u + 1]]`."""
+
+    offsets: np.ndarray  # (n_users + 1,) int64
+    items: np.ndarray  # int64
+
+    @classmethod
+    def of(cls, data: RecData, split: str) -> HeldOut:
+        """Every held-out item (several per user under temporal or random splits)."""
+        held_out = getattr(data.split, "held_out_interactions", None)
+        if held_out is not None:
+            part = held_out(split)
+            offsets = np.searchsorted(part.user, np.arange(data.n_users + 1))
+            return cls(offsets.astype(np.int64), np.asarray(part.item, dtype=np.int64))
+        single = data.split.test_item if split == "test" else data.split.valid_item
+        has = single >= 0
+        offsets = np.concatenate([[0], np.cumsum(has)]).astype(np.int64)
+        return cls(offsets, single[has].astype(np.int64))
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def mask(self, users: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
+        """(len(users), n_items) bool: True at each user's held-out items."""
+        starts, stops = self.offsets[users], self.offsets[users + 1]
+        lengths = stops - starts
+        rows = np.repeat(np.arange(len(users)), lengths)
+        # Positions of every selected item in `items`, without a loop over users.
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = self.items[np.repeat(starts, lengths) + within]
+        mask = torch.zeros(len(users), n_items, dtype=torch.bool, device=device)
+        if len(rows):
+            mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = True
+        return mask
+
+
+def sample_negatives(
+    excluded: torch.Tensor, num_negatives: int, generator: torch.Generator
+) -> torch.Tensor:
+    """(rows, n_items) bool: `num_negatives` items per row drawn uniformly, without replacement,
+    among the items not `excluded` (history and targets); fewer when fewer are left.
+
+    Drawn as the smallest of i.i.d. uniform keys, which is a uniform sample without replacement.
+    The keys come from a CPU generator, so the same seed gives the same negatives on any device.
+    """
+    keys = torch.rand(excluded.shape, generator=generator).to(excluded.device)
+    keys.masked_fill_(excluded, 2.0)
+    count = min(num_negatives, excluded.shape[1])
+    chosen = keys.topk(count, dim=1, largest=False)
+    negatives = torch.zeros_like(excluded)
+    negatives.scatter_(1, chosen.indices, chosen.values <= 1.0)
+    return negatives
