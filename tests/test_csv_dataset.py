@@ -211,6 +211,23 @@ def test_duplicate_item_id(tmp_path: Path) -> None:
     assert f"{c.items_path}, line 7: duplicate id 20 (first on line 3)" in message
 
 
+def test_nothing_left_after_filtering(tmp_path: Path) -> None:
+    c = config(tmp_path, min_user_interactions=5)
+    message = error(c, tmp_path)
+    assert (
+        f"{c.path}: k-core filtering (min_user_interactions=5, min_item_interactions=0)" in message
+    )
+    message = error(config(tmp_path, rating_threshold=9.0), tmp_path)
+    assert f"{c.path}: no rating is >= rating_threshold=9.0" in message
+
+
+def test_too_few_interactions_for_leave_one_out(tmp_path: Path) -> None:
+    c = config(tmp_path, rating_threshold=4.0)  # leaves bob two ratings and alice one
+    message = error(c, tmp_path)
+    assert f"{c.path}: no user has the 3 interactions that leave-one-out needs" in message
+    assert "most per user: 2" in message
+
+
 def test_template_field_not_in_the_item_file(tmp_path: Path) -> None:
     c = config(tmp_path, text_template="{title}: {summary}")
     message = error(c, tmp_path)

@@ -19,8 +19,8 @@ from marlrec.data import RecData
 from marlrec.datasets import movielens
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.registry import PluginError
+from tests.conftest import ML100K
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 needs_ml100k = pytest.mark.skipif(
     not (ML100K / "u.data").is_file(), reason="MovieLens-100K is not at ../shared/data/ml-100k"
 )
