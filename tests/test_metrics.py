@@ -65,6 +65,8 @@ def evaluate(c: RankedChunk, names: list[str], ks: list[int]) -> dict[str, float
 
 # User 0: targets {1, 3} hit at ranks 2 and 4; user 1: no target; user 2: target 5, missed.
 HAND = chunk([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]], [[1, 3], [], [5]])
+HAND_MASK = torch.zeros(3, 10, dtype=torch.bool)
+HAND_MASK[0, [1, 3]] = HAND_MASK[2, 5] = True
 ACCURACY = ["hr", "recall", "precision", "f1", "ndcg", "mrr", "map"]
 
 
@@ -123,7 +125,7 @@ def test_accumulating_chunks_equals_one_chunk() -> None:
     whole = evaluate(HAND, [*ACCURACY, "coverage", "ild"], [2, 4])
     split = RankingAccumulator(select([*ACCURACY, "coverage", "ild"]), [2, 4])
     for rows in ([0], [1, 2]):
-        split.add(RankedChunk(HAND.top_items[rows], HAND.target_mask[rows], HAND.ctx))
+        split.add(RankedChunk(HAND.top_items[rows], HAND_MASK[rows], HAND.ctx))
     assert split.results() == pytest.approx(whole)
 
 

@@ -37,7 +37,7 @@ from marlrec.evaluation.metrics import (
     select,
     session_results,
 )
-from marlrec.evaluation.ranking import HeldOut, sample_negatives, top_k
+from marlrec.evaluation.ranking import ChunkTargets, HeldOut, sample_negatives, top_k
 from marlrec.registry import MarlrecError, PluginError
 
 RankingProtocol = Literal["full", "sampled"]
@@ -109,10 +109,8 @@ class ScoreRanker:
         self.score = score
 
     def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        scores = self.score(users, histories).float()
-        if bool(torch.isnan(scores).any()):
-            raise MarlrecError(f"a ranker produced NaN scores for users {users[:5].tolist()}...")
-        return scores
+        scores = self.score(users, histories)
+        return scores if scores.is_floating_point() else scores.float()
 
     def __call__(self, users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
         # A copy: scorers may return views (e.g. one popularity row expanded to every user).
@@ -189,7 +187,7 @@ def ranking_eval(
         histories = [data.history_before(int(u), split) for u in chunk]
         if cfg.protocol == "full":
             top = rank(chunk, histories, accumulator.max_k)
-            targets = held_out.mask(chunk, data.n_items, top.device)
+            targets = held_out.targets(chunk, data.n_items, top.device)
         else:
             top, targets = _sampled_top(
                 rank, chunk, histories, held_out, data.n_items, cfg, generator
@@ -211,14 +209,15 @@ def _sampled_top(
     n_items: int,
     cfg: EvalConfig,
     generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-K among each user's targets and sampled negatives, and the target mask."""
+) -> tuple[torch.Tensor, ChunkTargets]:
+    """Top-K among each user's targets and sampled negatives, and the targets."""
     scores = policy_scores(rank, users, histories, n_items)
     targets = held_out.mask(users, n_items, scores.device)
     consumed = fill_histories(torch.zeros_like(targets), histories, True)
     negatives = sample_negatives(consumed | targets, cfg.num_negatives, generator)
     candidates = targets | negatives
-    return top_k(scores.masked_fill(~candidates, -torch.inf), max(cfg.ks)), targets
+    top = top_k(scores.masked_fill(~candidates, -torch.inf), max(cfg.ks))
+    return top, held_out.targets(users, n_items, scores.device)
 
 
 def policy_scores(

@@ -41,6 +41,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from marlrec.evaluation.ranking import ChunkTargets
+
 # What a metric may need; the chunk computes each at most once.
 Need = Literal[
     "hits",
@@ -72,6 +74,12 @@ class MetricContext:
         return cls(len(popularity), pop, unit)
 
     @cached_property
+    def squared_norms(self) -> torch.Tensor:
+        """(n_items,) 1 for every item, 0 for an all-zero embedding."""
+        assert self.item_unit is not None
+        return self.item_unit.pow(2).sum(-1)
+
+    @cached_property
     def self_information(self) -> torch.Tensor:
         share = (self.popularity + 1.0) / (self.popularity.sum() + self.n_items)
         return -torch.log2(share)
@@ -81,21 +89,24 @@ class RankedChunk:
     """A chunk of users' top-K lists and their targets; shared inputs are computed lazily."""
 
     def __init__(
-        self, top_items: torch.Tensor, target_mask: torch.Tensor, ctx: MetricContext
+        self, top_items: torch.Tensor, targets: ChunkTargets | torch.Tensor, ctx: MetricContext
     ) -> None:
         self.top_items = top_items  # (users, K) long, best first
-        self.target_mask = target_mask  # (users, n_items) bool
+        # Held-out items: as sorted keys, or a (users, n_items) bool mask.
+        self.targets = (
+            targets if isinstance(targets, ChunkTargets) else ChunkTargets.from_mask(targets)
+        )
         self.ctx = ctx
 
     @cached_property
     def hits(self) -> torch.Tensor:
         """(users, K) float: 1 where the listed item is a held-out target."""
-        return self.target_mask.gather(1, self.top_items).float()
+        return self.targets.hits(self.top_items)
 
-    @cached_property
+    @property
     def n_targets(self) -> torch.Tensor:
         """(users,) float: number of held-out targets."""
-        return self.target_mask.sum(dim=1).float()
+        return self.targets.counts
 
     @cached_property
     def has_target(self) -> torch.Tensor:
@@ -113,7 +124,7 @@ class RankedChunk:
         if self.ctx.item_unit is None:
             raise ValueError("no item embeddings were given to the evaluation")
         vectors = self.ctx.item_unit[self.top_items]  # (users, K, d)
-        return vectors.cumsum(dim=1), vectors.pow(2).sum(-1).cumsum(dim=1)
+        return vectors.cumsum(dim=1), self.ctx.squared_norms[self.top_items].cumsum(dim=1)
 
     def rec_counts(self, k: int) -> torch.Tensor:
         """(n_items,) how many of this chunk's top-k lists contain each item."""

@@ -13,29 +13,35 @@ import numpy as np
 import torch
 
 from marlrec.data import RecData
+from marlrec.registry import MarlrecError
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Item ids (rows, k) of each row's k highest scores, best first, ties by lower id.
 
-    Fast path: one `topk`, then one pass that checks whether any row has more items tied with
-    its k-th score than `topk` kept; only those rows are resolved by id order.
+    One `topk` for k + 1 items: a row needs its ties resolved by id only when its k-th and
+    (k + 1)-th scores are equal; the few rows where that happens are redone exactly.
     """
     n_items = scores.shape[1]
-    k = min(k, n_items)
-    if k == n_items:
-        return scores.sort(dim=1, descending=True, stable=True).indices
-    values, indices = scores.topk(k, dim=1)
-    kth = values[:, -1:]
-    tied_kept = (values == kth).sum(dim=1)
-    tied_all = (scores == kth).sum(dim=1)
-    spill = torch.nonzero(tied_all > tied_kept).flatten()
+    if k >= n_items:
+        order = scores.sort(dim=1, descending=True, stable=True)
+        _check_finite(order.values[:, :1])
+        return order.indices
+    values, indices = scores.topk(k + 1, dim=1)
+    _check_finite(values[:, :1])  # topk ranks NaN above everything: it would be first
+    spill = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()
+    indices = indices[:, :k]
     if len(spill):
-        indices[spill] = _top_k_by_id(scores[spill], kth[spill], k)
+        indices[spill] = _top_k_by_id(scores[spill], values[spill, k - 1 : k], k)
     # Order the k kept items by (score desc, id asc): sort by id, then stable by score.
     indices = indices.sort(dim=1).values
     order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
     return indices.gather(1, order)
+
+
+def _check_finite(best: torch.Tensor) -> None:
+    if bool(torch.isnan(best).any()):
+        raise MarlrecError("a model produced NaN scores: cannot rank its items")
 
 
 def _top_k_by_id(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:
@@ -72,18 +78,59 @@ class HeldOut:
     def counts(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def mask(self, users: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
-        """(len(users), n_items) bool: True at each user's held-out items."""
+    def rows_and_items(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in `users`, item) for every held-out item of these users, row-major."""
         starts, stops = self.offsets[users], self.offsets[users + 1]
         lengths = stops - starts
         rows = np.repeat(np.arange(len(users)), lengths)
         # Positions of every selected item in `items`, without a loop over users.
         within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        cols = self.items[np.repeat(starts, lengths) + within]
+        return rows, self.items[np.repeat(starts, lengths) + within]
+
+    def targets(self, users: np.ndarray, n_items: int, device: torch.device) -> ChunkTargets:
+        rows, items = self.rows_and_items(users)
+        keys = np.sort(rows * n_items + items)
+        counts = np.diff(self.offsets)[users]
+        return ChunkTargets(
+            keys=torch.as_tensor(keys, device=device),
+            counts=torch.as_tensor(counts, dtype=torch.float32, device=device),
+            n_items=n_items,
+        )
+
+    def mask(self, users: np.ndarray, n_items: int, device: torch.device) -> torch.Tensor:
+        """(len(users), n_items) bool: True at each user's held-out items."""
+        rows, items = self.rows_and_items(users)
         mask = torch.zeros(len(users), n_items, dtype=torch.bool, device=device)
         if len(rows):
-            mask[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = True
+            mask[torch.as_tensor(rows, device=device), torch.as_tensor(items, device=device)] = True
         return mask
+
+
+@dataclass(frozen=True)
+class ChunkTargets:
+    """The held-out items of a chunk of users as sorted keys `row * n_items + item`.
+
+    Hits are then a binary search per listed item: no (users x n_items) matrix is built.
+    """
+
+    keys: torch.Tensor  # (n_targets_in_chunk,) long, sorted
+    counts: torch.Tensor  # (users,) float: held-out items per user
+    n_items: int
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> ChunkTargets:
+        rows, items = torch.nonzero(mask, as_tuple=True)
+        keys = rows * mask.shape[1] + items  # nonzero is row-major: already sorted
+        return cls(keys, mask.sum(dim=1).float(), mask.shape[1])
+
+    def hits(self, top_items: torch.Tensor) -> torch.Tensor:
+        """(users, K) float: 1 where a listed item is one of the user's held-out items."""
+        if len(self.keys) == 0:
+            return torch.zeros(top_items.shape, device=top_items.device)
+        rows = torch.arange(len(top_items), device=top_items.device)[:, None]
+        query = rows * self.n_items + top_items
+        at = torch.searchsorted(self.keys, query).clamp(max=len(self.keys) - 1)
+        return (self.keys[at] == query).float()
 
 
 def sample_negatives(
