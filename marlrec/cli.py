@@ -1,9 +1,12 @@
-"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend` and `plugins`."""
+"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `serve`, `compare`
+and `plugins`."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -20,6 +23,8 @@ commands:
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
   recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
   serve       a JSON HTTP API over a run: marlrec serve run_dir=... [host=127.0.0.1 port=8000]
+  compare     runs side by side, mean ± std over seeds: marlrec compare <run or multirun
+              dirs...> [--out compare/] [--metrics test/HR@10,test/NDCG@10] [--force]
   plugins     list installed plugins by kind, with the package each comes from
 """
 
@@ -89,6 +94,30 @@ def serve_command(args: list[str]) -> int:
     return 0
 
 
+class _Arguments(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one MarlrecError line, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise MarlrecError(f"{self.prog}: {message}")
+
+
+def compare_command(args: list[str]) -> int:
+    from marlrec.compare import compare
+
+    parser = _Arguments(prog="marlrec compare", description="Runs side by side, over seeds.")
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
+    parser.add_argument("--out", type=Path, default=Path("compare"), help="output directory")
+    parser.add_argument("--metrics", help="comma-separated metric keys, e.g. test/HR@10")
+    parser.add_argument("--force", action="store_true", help="overwrite earlier outputs")
+    options = parser.parse_args(args)
+    metrics = (
+        [m.strip() for m in options.metrics.split(",") if m.strip()] if options.metrics else None
+    )
+    print(compare(options.dirs, options.out, metrics, options.force))
+    print(f"wrote compare.csv, compare.json and plots to {options.out}")
+    return 0
+
+
 def plugins_command(args: list[str]) -> int:
     if args:
         raise MarlrecError("`marlrec plugins` takes no arguments")
@@ -107,6 +136,7 @@ COMMANDS = {
     "evaluate": evaluate_command,
     "recommend": recommend_command,
     "serve": serve_command,
+    "compare": compare_command,
     "plugins": plugins_command,
 }
 
