@@ -1,18 +1,33 @@
-"""User-state plugins (entry-point group `marlrec.states`): item-embedding history to a vector."""
+"""User-state plugins (entry-point group `marlrec.states`): a user's history to one vector."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 
 import torch
 
+from marlrec.encoders import Encoder
 from marlrec.plugin import Plugin
 
 
 class StateModel(Plugin, torch.nn.Module):
-    """Constructed as `StateModel(config, item_dim=...)`; a torch module so it can train."""
+    """Constructed as `StateModel(config, item_dim=..., item_text=..., encoder=...)`.
 
-    def __init__(self, config: object, *, item_dim: int) -> None:
+    A torch module, so that a state with parameters trains inside the agents' networks.
+    `item_dim` is the width of the item embeddings. `item_text` (the catalog's texts by item id)
+    and `encoder` (the run's encoder, which embedded them) serve states that read the history as
+    text; states over embeddings ignore them and can be built without them.
+    """
+
+    def __init__(
+        self,
+        config: object,
+        *,
+        item_dim: int,
+        item_text: Sequence[str] | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
         Plugin.__init__(self, config)
         torch.nn.Module.__init__(self)
         self.item_dim = item_dim
@@ -29,3 +44,35 @@ class StateModel(Plugin, torch.nn.Module):
         Position i < lengths[b] holds the b-th user's i-th item in time order; an empty
         history (length 0) must give a finite state.
         """
+
+
+def real_positions(history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, L): which positions of a right-padded (B, L, ...) batch hold real items."""
+    positions = torch.arange(history.shape[1], device=history.device)
+    return positions < lengths.to(history.device).unsqueeze(1)
+
+
+def masked_mean(history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean over each history's first `lengths[b]` items (B, d); zeros for an empty one."""
+    real = real_positions(history, lengths)
+    # masked_fill, not a product: padding may hold anything, even NaN, and must not leak.
+    total = history.masked_fill(~real.unsqueeze(-1), 0.0).sum(1)
+    # clamp: an empty history sums to zero and stays zero instead of 0/0.
+    return total / real.sum(1, keepdim=True).clamp(min=1).to(history.dtype)
+
+
+def last_items(
+    history: torch.Tensor, lengths: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each history's last `window` items, still right-padded: (B, min(L, window), ...), lengths.
+
+    Works for embeddings (B, L, d) and ids (B, L) alike.
+    """
+    lengths = lengths.to(history.device)
+    if history.shape[1] <= window:
+        return history, lengths
+    start = (lengths - window).clamp(min=0)
+    # start + window - 1 <= max(lengths, window) - 1 <= L - 1: the index never runs past L.
+    index = start.unsqueeze(1) + torch.arange(window, device=history.device)
+    rows = torch.arange(history.shape[0], device=history.device).unsqueeze(1)
+    return history[rows, index], lengths.clamp(max=window)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from marlrec.states import StateModel
+from marlrec.states import StateModel, masked_mean
 
 
 class MeanState(StateModel):
@@ -21,8 +21,4 @@ class MeanState(StateModel):
         return self.item_dim
 
     def forward(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(history.shape[1], device=history.device)
-        mask = (positions < lengths.to(history.device).unsqueeze(1)).to(history.dtype)
-        total = (history * mask.unsqueeze(-1)).sum(1)
-        # clamp: an empty history sums to zero and stays zero instead of 0/0.
-        return total / mask.sum(1, keepdim=True).clamp(min=1.0)
+        return masked_mean(history, lengths)
