@@ -30,7 +30,7 @@ from marlrec.encoders import Encoder
 from marlrec.registry import MarlrecError, PluginError
 from marlrec.states import StateModel, last_items, real_positions
 
-# Catalog rows compared at once by the nearest-row lookup, to bound its memory.
+# Distinct history rows compared with the whole catalog at once, to bound the lookup's memory.
 LOOKUP_CHUNK = 4096
 # Trailing characters dropped from an item's text before it joins the rendered list.
 TRAILING = " .;,:-\u2013\u2014"
