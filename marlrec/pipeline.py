@@ -102,7 +102,13 @@ def build(cfg: DictConfig) -> Pipeline:
     encoder = registry.create("encoder", encoder_section, cache_dir=cache_dir(cfg), device=device)
     item_emb = encoder.encode(data.item_text).to(device)
     (state_section,) = sections(cfg, "state")
-    state = registry.create("state", state_section, item_dim=item_emb.shape[1]).to(device)
+    state = registry.create(
+        "state",
+        state_section,
+        item_dim=item_emb.shape[1],
+        item_text=data.item_text,
+        encoder=encoder,
+    ).to(device)
     (simulator_section,) = sections(cfg, "simulator")
     simulator = registry.create("simulator", simulator_section, data=data, item_emb=item_emb)
     rewards = {
