@@ -5,10 +5,12 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from pettingzoo import AECEnv
+from tianshou.env import BaseVectorEnv, DummyVectorEnv, PettingZooEnv
 
 from marlrec.data import RecData
 from marlrec.plugin import Plugin
@@ -97,8 +99,32 @@ class Environment(Plugin):
         """Roles, observation layout and item embeddings for the agents' networks."""
 
     @abstractmethod
-    def make(self) -> AECEnv:
-        """A new PettingZoo AEC env (seed it through `reset(seed=...)`)."""
+    def make(self) -> Any:
+        """A new env copy as Tianshou steps it (seed it through `reset(seed=...)`).
+
+        A PettingZoo AEC env for multi-agent environments, a gymnasium Env for single-agent ones.
+        """
+
+    def make_aec(self) -> AECEnv:
+        """A new PettingZoo AEC env of one session, turn by turn, for simulated evaluation.
+
+        The same as `make()` for multi-agent environments; single-agent ones give their one
+        agent's view as a one-agent AEC env.
+        """
+        return self.make()
+
+    def make_vector(self, num_envs: int) -> BaseVectorEnv:
+        """`num_envs` env copies stepped together, as Tianshou's collectors take them.
+
+        This default steps `make()` copies one by one (AEC envs wrapped in Tianshou's
+        `PettingZooEnv`); environments with a batched form override it.
+        """
+        return DummyVectorEnv([self.tianshou_env] * num_envs)
+
+    def tianshou_env(self) -> Any:
+        """One env copy as Tianshou steps it: AEC envs through `PettingZooEnv`, others as is."""
+        made = self.make()
+        return PettingZooEnv(made) if isinstance(made, AECEnv) else made
 
     @abstractmethod
     def rank(

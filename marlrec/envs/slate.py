@@ -2,14 +2,23 @@
 
 Each episode is one user's session. A slate starts with retrieval: the top-M items by cosine
 similarity between the user's state and the item embeddings, never an item already consumed.
-The roles then fill the slate's slots in a fixed interleaved order, each choosing a candidate not
-yet chosen (action mask). The simulator answers the full slate, the reward plugins score it, and
-every role receives the cooperative global reward. Clicked items join the history, the state is
-recomputed, and the next slate begins, until the user leaves or `max_slates` is reached.
+A share of the M candidates (`explore_share`) can instead be exploration items, drawn at random
+from the unconsumed catalog and from its least popular half. The roles then fill the slate's
+slots in a fixed interleaved order, each choosing a candidate not yet chosen (action mask). The
+simulator answers the full slate and the reward plugins score it: every role receives the
+cooperative global reward (the weighted sum of the terms) plus `role_mix` times its own term
+(`role_terms`). Clicked items join the history, the state is recomputed, and the next slate
+begins, until the user leaves or `max_slates` is reached.
+
+`SlateCore` holds the mechanics as tensor operations over many users at once; the AEC env here
+is the per-user reference, `slate_parallel` and `single` reuse the core, and `make_vector`
+steps many users at once (`marlrec.envs.batched`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +33,13 @@ from marlrec.envs import CandidateScorer, EnvContext, Environment, EnvSpec, ObsL
 from marlrec.registry import PluginError
 from marlrec.rewards import SlateOutcome
 
+# Exploration draws this many items per slot to fill at once, plus a margin, before falling
+# back to an exact draw: rejections (consumed, retrieved, repeated) are rare in a large catalog.
+OVERSAMPLE, DRAW_MARGIN = 2, 8
+# Rows per state-model call when many users start a slate at once: rows are grouped by history
+# length so that padding stays small.
+STATE_CHUNK_ROWS = 64
+
 
 @dataclass(kw_only=True)
 class SlateConfig:
@@ -37,16 +53,37 @@ class SlateConfig:
     """Slates per session before it ends, if the user has not left earlier."""
     history_len: int = 50
     """Most recent history items in each observation, read by trainable state models."""
+    explore_share: float = 0.0
+    """Fraction of the M candidates replaced by exploration items (0 keeps pure retrieval)."""
+    explore_long_tail: float = 0.5
+    """Share of the exploration items drawn from the least popular half of the catalog; the
+    others are drawn uniformly from every unconsumed item."""
+    role_terms: dict[str, str] = field(default_factory=dict)
+    """Role -> reward name: the term that role receives on top of the global reward."""
+    role_mix: float = 0.0
+    """lambda: each role's reward is the global reward plus lambda times its own term."""
+
+
+@dataclass(frozen=True)
+class SlateScore:
+    """The rewards of one answered slate."""
+
+    terms: dict[str, float]  # every reward term, unweighted
+    total: float  # the global reward: the weighted sum of the terms
+    role_rewards: np.ndarray  # (n_roles,) total + role_mix * the role's own term
 
 
 class SlateCore:
     """The environment's mechanics as batched tensor operations over B users at once.
 
-    The AEC env uses it with B = 1; ranking evaluation uses it for many users in one call.
+    The AEC env uses it with B = 1; ranking evaluation and the batched env use it for many
+    users in one call. Exploration draws use one numpy generator per row, so a row's
+    candidates depend only on its own generator whatever the batch.
     """
 
     def __init__(self, ctx: EnvContext, config: SlateConfig) -> None:
         self.ctx = ctx
+        self.roles = list(config.roles)
         self.item_unit = F.normalize(ctx.item_emb, dim=-1)
         self.n_roles = len(config.roles)
         self.slate_size = self.n_roles * config.slots_per_role
@@ -57,25 +94,63 @@ class SlateCore:
         self.layout = ObsLayout(
             ctx.state.dim, config.n_candidates, self.n_roles, config.history_len
         )
-        log_count = torch.log1p(torch.as_tensor(ctx.data.item_popularity, device=ctx.device))
+        counts = torch.as_tensor(ctx.data.item_popularity, device=ctx.device)
+        log_count = torch.log1p(counts)
         self.popularity = log_count / log_count.max().clamp(min=1e-9)
+        self.n_explore = round(config.explore_share * config.n_candidates)
+        self.n_long_tail = round(self.n_explore * config.explore_long_tail)
+        # The least popular half, ties broken by id: the pool of long-tail exploration items.
+        by_count = torch.argsort(counts.cpu(), stable=True).to(ctx.device)
+        self.long_tail_items = by_count[: max(1, ctx.data.n_items // 2)]
+        self.reward_weights = {name: r.weight for name, r in ctx.rewards.items()}
+        self.role_terms = [config.role_terms.get(role) for role in self.roles]
+        self.role_mix = float(config.role_mix)
+
+    # --- user state and retrieval ---------------------------------------------------------
 
     @torch.no_grad()
     def states(self, histories: list[np.ndarray]) -> torch.Tensor:
-        lengths = torch.tensor([len(h) for h in histories], device=self.ctx.device)
-        padded = torch.zeros(len(histories), max(1, int(lengths.max())), dtype=torch.long)
-        for b, h in enumerate(histories):
-            padded[b, : len(h)] = torch.as_tensor(h, dtype=torch.long)
-        emb = self.ctx.item_emb[padded.to(self.ctx.device)]
-        return self.ctx.state(emb, lengths)
+        ids, lengths = self.pad_histories(histories)
+        return self.states_padded(ids, lengths)
+
+    def pad_histories(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Histories as (B, L) item ids padded with -1 at the end, and their lengths (B,)."""
+        lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
+        ids = torch.full((len(histories), max(1, int(lengths.max()))), -1, dtype=torch.long)
+        if int(lengths.sum()):
+            rows = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+            cols = torch.cat([torch.arange(int(n)) for n in lengths])
+            ids[rows, cols] = torch.as_tensor(np.concatenate(histories), dtype=torch.long)
+        device = self.ctx.device
+        return ids.to(device), lengths.to(device)
+
+    @torch.no_grad()
+    def states_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The state model over padded histories, in chunks of rows of similar length."""
+        if len(ids) <= STATE_CHUNK_ROWS:
+            width = max(1, int(lengths.max()))
+            return self.ctx.state(self.ctx.item_emb[ids[:, :width].clamp(min=0)], lengths)
+        order = torch.argsort(lengths)
+        states = torch.empty(len(ids), self.ctx.state.dim, device=ids.device)
+        for chunk in order.split(STATE_CHUNK_ROWS):
+            states[chunk] = self.states_padded(ids[chunk], lengths[chunk])
+        return states
 
     def recent(self, histories: list[np.ndarray]) -> torch.Tensor:
         """Each history's last `history_len` item ids in time order, padded with -1 at the end."""
         ids = torch.full((len(histories), self.history_len), -1, dtype=torch.long)
         for b, h in enumerate(histories):
-            tail = h[len(h) - self.history_len :] if self.history_len else h[:0]
+            tail = h[max(0, len(h) - self.history_len) :]
             ids[b, : len(tail)] = torch.as_tensor(tail, dtype=torch.long)
         return ids.to(self.ctx.device)
+
+    def recent_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """`recent` for padded histories, without a loop over users."""
+        window = torch.arange(self.history_len, device=ids.device)
+        kept = lengths.clamp(max=self.history_len)
+        positions = (lengths - kept)[:, None] + window[None]
+        recent = ids.gather(1, positions.clamp(max=ids.shape[1] - 1))
+        return recent.masked_fill(window[None] >= kept[:, None], -1)
 
     @torch.no_grad()
     def retrieval_scores(self, states: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
@@ -83,9 +158,110 @@ class SlateCore:
         scores = F.normalize(states, dim=-1) @ self.item_unit.T
         return fill_histories(scores, histories, -torch.inf)
 
+    @torch.no_grad()
+    def retrieval_scores_padded(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """`retrieval_scores` for padded histories (-1 is padding)."""
+        scores = F.normalize(states, dim=-1) @ self.item_unit.T
+        rows, cols = torch.nonzero(ids >= 0, as_tuple=True)
+        scores[rows, ids[rows, cols]] = -torch.inf
+        return scores
+
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-M items by retrieval score, best first, and their scores."""
         top = scores.topk(self.n_candidates, dim=-1)
         return top.indices, top.values
+
+    @torch.no_grad()
+    def retrieve(
+        self, scores: torch.Tensor, rngs: Sequence[np.random.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The M candidates of a slate, best retrieval score first, and their scores.
+
+        Without exploration they are `candidates(scores)`. With it, the top M - E retrieved
+        items are joined by E exploration items: long-tail ones (uniform over the least popular
+        half of the catalog) and random ones (uniform over the whole catalog), never an item
+        consumed, retrieved or drawn already. Row b draws from `rngs[b]`. Exploration items keep
+        their real cosine score. When too few eligible items remain for a row, the best
+        retrieved items not yet taken fill in.
+        """
+        if self.n_explore == 0:
+            return self.candidates(scores)
+        taken = scores.topk(self.n_candidates - self.n_explore, dim=-1).indices
+        tail = self._draw_distinct(scores, taken, self.long_tail_items, self.n_long_tail, rngs)
+        taken = torch.cat([taken, tail], dim=1)
+        n_uniform = self.n_explore - self.n_long_tail
+        uniform = self._draw_distinct(scores, taken, None, n_uniform, rngs)
+        candidates = torch.cat([taken, uniform], dim=1)
+        cand_scores = scores.gather(1, candidates)
+        order = cand_scores.argsort(dim=1, descending=True, stable=True)
+        return candidates.gather(1, order), cand_scores.gather(1, order)
+
+    def _draw_distinct(
+        self,
+        scores: torch.Tensor,
+        taken: torch.Tensor,
+        pool: torch.Tensor | None,
+        n: int,
+        rngs: Sequence[np.random.Generator],
+    ) -> torch.Tensor:
+        """n distinct unconsumed items per row from `pool` (None: every item), not in `taken`.
+
+        One oversampled draw per row, checked for every row at once; a row left short (rare)
+        draws again exactly among its eligible items.
+        """
+        batch, device = scores.shape[0], scores.device
+        if n == 0:
+            return torch.empty(batch, 0, dtype=torch.long, device=device)
+        pool_size = len(pool) if pool is not None else scores.shape[1]
+        size = OVERSAMPLE * n + DRAW_MARGIN
+        draws = torch.as_tensor(
+            np.stack([rng.integers(pool_size, size=size) for rng in rngs]), device=device
+        )
+        items = pool[draws] if pool is not None else draws
+        eligible = torch.isfinite(scores.gather(1, items))
+        eligible &= ~(items[:, :, None] == taken[:, None, :]).any(-1)
+        repeated = (items[:, :, None] == items[:, None, :]).tril(diagonal=-1).any(-1)
+        eligible &= ~repeated
+        position = eligible.long().cumsum(1) - 1
+        keep = eligible & (position < n)
+        drawn = torch.full((batch, n), -1, dtype=torch.long, device=device)
+        rows, cols = torch.nonzero(keep, as_tuple=True)
+        drawn[rows, position[rows, cols]] = items[rows, cols]
+        for row in torch.nonzero(keep.sum(1) < n).flatten().tolist():
+            drawn[row] = self._draw_exactly(scores[row], taken[row], drawn[row], pool, rngs[row])
+        return drawn
+
+    def _draw_exactly(
+        self,
+        scores: torch.Tensor,
+        taken: torch.Tensor,
+        drawn: torch.Tensor,
+        pool: torch.Tensor | None,
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        """Complete one row's draw (-1 marks a free slot) over its whole eligible set."""
+        used = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+        used[taken] = True
+        used[drawn[drawn >= 0]] = True
+        allowed = torch.isfinite(scores) & ~used
+        if pool is not None:
+            in_pool = torch.zeros_like(allowed)
+            in_pool[pool] = True
+            allowed &= in_pool
+        eligible = torch.nonzero(allowed).flatten().cpu().numpy()
+        free = int((drawn < 0).sum())
+        picked = rng.choice(eligible, size=min(free, len(eligible)), replace=False)
+        used[torch.as_tensor(picked, dtype=torch.long, device=scores.device)] = True
+        # Too few eligible items left: the best retrieved items not yet taken fill in
+        # (consumed ones last: their -inf score masks them).
+        rank_key = torch.nan_to_num(scores, neginf=-2.0).masked_fill(used, -torch.inf)
+        filler = rank_key.topk(free - len(picked)).indices
+        fill = torch.cat([torch.as_tensor(picked, dtype=torch.long, device=scores.device), filler])
+        completed = drawn.clone()
+        completed[drawn < 0] = fill
+        return completed
+
+    # --- observations ---------------------------------------------------------------------
 
     def observe(
         self,
@@ -94,16 +270,25 @@ class SlateCore:
         candidates: torch.Tensor,
         cand_scores: torch.Tensor,
         chosen: torch.Tensor,
-        role: int,
-        slot: int,
-        slate_number: int,
+        role: int | torch.Tensor,
+        slot: int | torch.Tensor,
+        slate_number: int | torch.Tensor,
     ) -> torch.Tensor:
-        batch = states.shape[0]
-        role_onehot = torch.zeros(batch, self.n_roles, device=states.device)
-        role_onehot[:, role] = 1.0
-        progress = torch.tensor(
-            [slot / self.slate_size, slate_number / self.max_slates], device=states.device
-        ).expand(batch, 2)
+        """Flat observations (B, layout.size); role, slot and slate number are scalars or (B,)."""
+        batch, device = states.shape[0], states.device
+
+        def per_row(value: int | torch.Tensor) -> torch.Tensor:
+            return torch.as_tensor(value, dtype=torch.long, device=device).expand(batch)
+
+        role_onehot = F.one_hot(per_row(role), self.n_roles).float()
+        # In float64 first, so that every batch size rounds progress the same way.
+        progress = torch.stack(
+            [
+                per_row(slot).double() / self.slate_size,
+                per_row(slate_number).double() / self.max_slates,
+            ],
+            dim=-1,
+        ).float()
         finite_scores = torch.nan_to_num(cand_scores, neginf=-1.0)
         parts = [
             states,
@@ -120,6 +305,41 @@ class SlateCore:
     def action_mask(self, cand_scores: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         return ~chosen & torch.isfinite(cand_scores)
 
+    # --- answering a slate ----------------------------------------------------------------
+
+    def answer(
+        self, user: int, items: np.ndarray, step: int, rng: np.random.Generator
+    ) -> tuple[SlateOutcome, SlateScore]:
+        """The simulator's answer to a full slate (item ids in slot order) and its rewards."""
+        response = self.ctx.simulator.respond(user, items, rng)
+        outcome = SlateOutcome(
+            user=user,
+            items=items,
+            roles=np.asarray(self.turn_order),
+            clicks=np.asarray(response.clicks, dtype=bool),
+            step=step,
+            leave=response.leave,
+            ratings=response.ratings,
+        )
+        return outcome, self.score(outcome)
+
+    def score(self, outcome: SlateOutcome) -> SlateScore:
+        """Every reward term, the global weighted sum, and each role's mixed reward."""
+        terms = {name: float(r.score(outcome)) for name, r in self.ctx.rewards.items()}
+        total = float(sum(self.reward_weights[name] * value for name, value in terms.items()))
+        own = np.array([terms[t] if t is not None else 0.0 for t in self.role_terms])
+        return SlateScore(terms, total, total + self.role_mix * own)
+
+    def slate_info(self, outcome: SlateOutcome, score: SlateScore) -> dict[str, Any]:
+        """What every agent's info carries after a slate: each term logged on its own."""
+        return {
+            "reward_terms": dict(score.terms),
+            "reward_global": score.total,
+            "role_rewards": dict(zip(self.roles, score.role_rewards.tolist(), strict=True)),
+            "clicks": int(outcome.clicks.sum()),
+            "user": outcome.user,
+        }
+
 
 class SlateAEC(AECEnv):
     """One user's session; the reference implementation checked by PettingZoo's api_test."""
@@ -132,17 +352,11 @@ class SlateAEC(AECEnv):
         self.ctx = core.ctx
         self.possible_agents = list(roles)
         self.render_mode = render_mode
-        size, m = core.layout.size, core.n_candidates
-        obs_space = spaces.Dict(
-            {
-                "observation": spaces.Box(-np.inf, np.inf, (size,), np.float32),
-                "action_mask": spaces.Box(0, 1, (m,), np.int8),
-            }
-        )
+        obs_space = observation_space(core)
         self.observation_spaces = {a: obs_space for a in roles}
-        self.action_spaces = {a: spaces.Discrete(m) for a in roles}
-        self._users = np.flatnonzero([len(h) > 0 for h in self.ctx.data.train_histories])
-        self._rng = np.random.default_rng()
+        self.action_spaces = {a: spaces.Discrete(core.n_candidates) for a in roles}
+        self._users = session_users(core)
+        self.rng = np.random.default_rng()
 
     def observation_space(self, agent: str) -> spaces.Space:
         return self.observation_spaces[agent]
@@ -152,11 +366,10 @@ class SlateAEC(AECEnv):
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
+            self.rng = np.random.default_rng(seed)
         options = options or {}
-        self.user = (
-            int(options["user"]) if "user" in options else int(self._rng.choice(self._users))
-        )
+        self.user = int(options["user"]) if "user" in options else int(self.rng.choice(self._users))
+        self.ctx.simulator.start_session(self.user)
         self.history = list(self.ctx.data.train_histories[self.user])
         self.agents = self.possible_agents[:]
         self.rewards = dict.fromkeys(self.agents, 0.0)
@@ -172,10 +385,9 @@ class SlateAEC(AECEnv):
         self._state = self.core.states([history])
         self._recent = self.core.recent([history])
         scores = self.core.retrieval_scores(self._state, [history])
-        self._candidates, self._cand_scores = self.core.candidates(scores)
+        self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
         self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
         self._slate: list[int] = []
-        self._slot_roles: list[int] = []
         self.agent_selection = self.possible_agents[self.core.turn_order[0]]
 
     def observe(self, agent: str) -> dict[str, np.ndarray]:
@@ -208,7 +420,6 @@ class SlateAEC(AECEnv):
         self._clear_rewards()
         self._chosen[0, int(action)] = True
         self._slate.append(int(self._candidates[0, int(action)]))
-        self._slot_roles.append(self.possible_agents.index(agent))
         if len(self._slate) == self.core.slate_size:
             self._answer_slate()
         else:
@@ -217,25 +428,14 @@ class SlateAEC(AECEnv):
 
     def _answer_slate(self) -> None:
         items = np.asarray(self._slate, dtype=np.int64)
-        response = self.ctx.simulator.respond(self.user, items, self._rng)
-        outcome = SlateOutcome(
-            user=self.user,
-            items=items,
-            roles=np.asarray(self._slot_roles),
-            clicks=np.asarray(response.clicks, dtype=bool),
-            step=self.slate_number,
-            leave=response.leave,
-            ratings=response.ratings,
-        )
-        terms = {name: reward.score(outcome) for name, reward in self.ctx.rewards.items()}
-        total = sum(self.ctx.rewards[name].weight * value for name, value in terms.items())
-        info = {"reward_terms": terms, "clicks": int(outcome.clicks.sum()), "user": self.user}
-        for a in self.agents:
-            self.rewards[a] = float(total)
-            self.infos[a] = dict(info)
+        outcome, score = self.core.answer(self.user, items, self.slate_number, self.rng)
+        info = self.core.slate_info(outcome, score)
+        for role, agent in enumerate(self.possible_agents):
+            self.rewards[agent] = float(score.role_rewards[role])
+            self.infos[agent] = dict(info)
         self.history.extend(items[outcome.clicks].tolist())
         self.slate_number += 1
-        if response.leave or self.slate_number >= self.core.max_slates:
+        if outcome.leave or self.slate_number >= self.core.max_slates:
             self.terminations = dict.fromkeys(self.agents, True)
             self.agent_selection = self.possible_agents[self.core.turn_order[0]]
         else:
@@ -251,22 +451,51 @@ class SlateAEC(AECEnv):
         pass
 
 
+def observation_space(core: SlateCore) -> spaces.Dict:
+    """Every agent's observation: the flat layout and its action mask (identical for all)."""
+    return spaces.Dict(
+        {
+            "observation": spaces.Box(-np.inf, np.inf, (core.layout.size,), np.float32),
+            "action_mask": spaces.Box(0, 1, (core.n_candidates,), np.int8),
+        }
+    )
+
+
+def session_users(core: SlateCore) -> np.ndarray:
+    """Users a session can start from: those with a training history."""
+    return np.flatnonzero([len(h) > 0 for h in core.ctx.data.train_histories])
+
+
 class SlateEnvironment(Environment):
     Config = SlateConfig
 
-    def __init__(self, config: SlateConfig, *, ctx: EnvContext) -> None:
+    def __init__(self, config: Any, *, ctx: EnvContext) -> None:
         super().__init__(config, ctx=ctx)
-        _validate(config, ctx)
-        self.core = SlateCore(ctx, config)
+        self.slate_config = self.core_config(config)
+        validate_slate_config(self.slate_config, ctx)
+        self.core = SlateCore(ctx, self.slate_config)
+
+    def core_config(self, config: Any) -> SlateConfig:
+        """The `SlateConfig` behind this plugin's own config (the same object here)."""
+        return config
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.slate_config.roles)
 
     @property
     def spec(self) -> EnvSpec:
-        return EnvSpec(
-            tuple(self.config.roles), self.core.layout, self.ctx.item_emb, self.ctx.state
-        )
+        return EnvSpec(tuple(self.roles), self.core.layout, self.ctx.item_emb, self.ctx.state)
 
-    def make(self) -> SlateAEC:
-        return SlateAEC(self.core, self.config.roles)
+    def make(self) -> Any:
+        return SlateAEC(self.core, self.roles)
+
+    def make_vector(self, num_envs: int) -> Any:
+        """`num_envs` sessions stepped together as tensors: what
+        `DummyVectorEnv([PettingZooEnv(env.make())] * num_envs)` gives, much faster."""
+        from marlrec.envs.batched import BatchedSlateEnv
+
+        return BatchedSlateEnv(self.core, self.roles, num_envs)
 
     @torch.no_grad()
     def rank(
@@ -295,14 +524,38 @@ class SlateEnvironment(Environment):
         return key.topk(k, dim=-1).indices
 
 
-def _validate(config: SlateConfig, ctx: EnvContext) -> None:
+def validate_slate_config(config: SlateConfig, ctx: EnvContext) -> None:
+    """One-line `PluginError`s for a config the environment cannot run."""
     if len(config.roles) < 1 or len(set(config.roles)) != len(config.roles):
         raise PluginError(f"env.roles must be distinct role names, got {config.roles}")
     if config.slots_per_role < 1 or config.max_slates < 1:
         raise PluginError("env.slots_per_role and env.max_slates must be at least 1")
+    if config.history_len < 0:
+        raise PluginError(f"env.history_len must be at least 0, got {config.history_len}")
     slate_size = len(config.roles) * config.slots_per_role
     if not slate_size <= config.n_candidates < ctx.data.n_items:
         raise PluginError(
             f"env.n_candidates={config.n_candidates} must be at least the slate size "
             f"({slate_size}) and below the catalog size ({ctx.data.n_items})"
         )
+    for key in ("explore_share", "explore_long_tail"):
+        value = getattr(config, key)
+        if not 0.0 <= value <= 1.0:
+            raise PluginError(f"env.{key} must be in [0, 1], got {value}")
+    _validate_role_terms(config, ctx)
+
+
+def _validate_role_terms(config: SlateConfig, ctx: EnvContext) -> None:
+    if not math.isfinite(config.role_mix):
+        raise PluginError(f"env.role_mix must be a finite number, got {config.role_mix}")
+    for role, term in config.role_terms.items():
+        if role not in config.roles:
+            raise PluginError(
+                f"env.role_terms names role '{role}', which is not in env.roles {config.roles}"
+            )
+        if term not in ctx.rewards:
+            raise PluginError(
+                f"env.role_terms.{role}='{term}' is not a selected reward "
+                f"(reward=[{','.join(ctx.rewards)}]); add it, with weight 0 to keep it out of "
+                f"the global reward"
+            )
