@@ -1,0 +1,302 @@
+"""The fast path: many users' sessions stepped at once as tensors, as a Tianshou vector env.
+
+`BatchedSlateEnv(core, roles, num_envs)` gives, step for step, what
+`DummyVectorEnv([PettingZooEnv(SlateAEC(core, roles))] * num_envs)` gives: the same users, the
+same candidates, the same rewards for the same actions on the same seed, with observations as
+dicts `{"agent_id", "obs", "mask"}` (`mask` a boolean array where `PettingZooEnv` gives a list
+of booleans: the same once a collector stacks them). Per-slot work (observations, masks,
+choices) is tensor operations over every ready session; retrieval, the state model and
+exploration run once per slate for all sessions that start one. Only the simulator and the
+reward plugins, which answer one user at a time, loop over users, once per slate.
+
+With `single_agent=True` it mirrors `DummyVectorEnv([SingleSlateEnv(core)] * num_envs)`
+instead: observations `{"obs", "mask"}`, one reward per session, the mask in `info`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from tianshou.env import BaseVectorEnv
+
+from marlrec.envs.slate import SlateCore, observation_space, session_users
+from marlrec.registry import MarlrecError
+
+EnvIds = int | Sequence[int] | np.ndarray | None
+
+
+class BatchedSlateEnv(BaseVectorEnv):
+    """`num_envs` slate sessions as one Tianshou vector env; row i plays env copy i."""
+
+    def __init__(
+        self, core: SlateCore, roles: list[str], num_envs: int, *, single_agent: bool = False
+    ) -> None:
+        # BaseVectorEnv's constructor builds one worker per env copy: there are none here.
+        if num_envs < 1:
+            raise MarlrecError(f"a batched env needs at least one env copy, got {num_envs}")
+        self.core, self.roles, self.single_agent = core, list(roles), single_agent
+        self.env_num = self.wait_num = num_envs
+        self.timeout = None
+        self.is_async, self.is_closed = False, False
+        self.waiting_conn, self.waiting_id = [], []
+        self.ready_id = list(range(num_envs))
+        self._spaces = self._make_spaces(num_envs)
+        self._users_pool = session_users(core)
+        self._turn_order = torch.as_tensor(core.turn_order, device=core.ctx.device)
+        self._allocate(num_envs)
+
+    def _make_spaces(self, num_envs: int) -> dict[str, list[Any]]:
+        """Per-copy spaces, as each copy of the per-user env would have its own."""
+        m = self.core.n_candidates
+        if self.single_agent:
+            obs_space: spaces.Space = single_observation_space(self.core)
+        else:
+            obs_space = observation_space(self.core)
+        return {
+            "action_space": [spaces.Discrete(m) for _ in range(num_envs)],
+            "observation_space": [obs_space] * num_envs,
+            "metadata": [{"render_modes": ["ansi"]}] * num_envs,
+            "spec": [None] * num_envs,
+            "reward_range": [(-float("inf"), float("inf"))] * num_envs,
+        }
+
+    def _allocate(self, n: int) -> None:
+        core, device = self.core, self.core.ctx.device
+        longest = max((len(h) for h in core.ctx.data.train_histories), default=0)
+        capacity = max(1, longest + core.max_slates * core.slate_size)
+        m = core.n_candidates
+        self.rngs = [np.random.default_rng() for _ in range(n)]
+        self.users = np.zeros(n, dtype=np.int64)
+        self.history = torch.full((n, capacity), -1, dtype=torch.long, device=device)
+        self.history_len = torch.zeros(n, dtype=torch.long, device=device)
+        self.states = torch.zeros(n, core.layout.state_dim, device=device)
+        self.recent = torch.full((n, core.history_len), -1, dtype=torch.long, device=device)
+        self.candidates = torch.zeros(n, m, dtype=torch.long, device=device)
+        self.cand_scores = torch.zeros(n, m, device=device)
+        self.chosen = torch.zeros(n, m, dtype=torch.bool, device=device)
+        self.slate = torch.zeros(n, core.slate_size, dtype=torch.long, device=device)
+        self.slot = torch.zeros(n, dtype=torch.long, device=device)
+        self.slate_number = torch.zeros(n, dtype=torch.long, device=device)
+        self.done = np.zeros(n, dtype=bool)
+        self.rewards = np.zeros((n, core.n_roles), dtype=np.float64)
+        self.infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        self._slate_done = np.zeros(n, dtype=bool)  # this step answered the row's slate
+
+    # --- the vector-env interface ---------------------------------------------------------
+
+    def get_env_attr(self, key: str, id: EnvIds = None) -> list[Any]:
+        ids = self._wrap_id(id)
+        if key in self._spaces:
+            return [self._spaces[key][i] for i in ids]
+        if key in ("user", "slate_number"):
+            values = self.users if key == "user" else self.slate_number.cpu().numpy()
+            return [int(values[i]) for i in ids]
+        raise AttributeError(f"the batched slate env has no per-copy attribute '{key}'")
+
+    def set_env_attr(self, key: str, value: Any, id: EnvIds = None) -> None:
+        raise AttributeError(f"the batched slate env's copies have no settable '{key}'")
+
+    def seed(self, seed: int | list[int] | None = None) -> list[list[int] | None]:
+        """Seed copy i with `seed + i` (or `seed[i]`) and restart its session, as Tianshou's
+        dummy workers do with the per-user env (seeding resets it)."""
+        self._assert_is_not_closed()
+        if seed is None:
+            seeds: list[int | None] = [None] * self.env_num
+        elif isinstance(seed, int):
+            seeds = [seed + i for i in range(self.env_num)]
+        else:
+            seeds = list(seed)
+        for i, s in enumerate(seeds):
+            self._spaces["action_space"][i].seed(s)
+            if s is not None:
+                self.rngs[i] = np.random.default_rng(s)
+        self._reset_rows(np.arange(self.env_num))
+        return [[s] if s is not None else None for s in seeds]
+
+    def reset(self, env_id: EnvIds = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        self._assert_is_not_closed()
+        ids = np.asarray(self._wrap_id(env_id), dtype=np.int64)
+        seed, options = kwargs.get("seed"), kwargs.get("options") or {}
+        if seed is not None:
+            for i in ids:
+                self._spaces["action_space"][i].seed(seed)
+                self.rngs[i] = np.random.default_rng(seed)
+        self._reset_rows(ids, options.get("user"))
+        observations = self._observations(ids)
+        if self.single_agent:
+            infos = [{"action_mask": obs["mask"]} for obs in observations]
+        else:
+            infos = [{} for _ in ids]
+        return _object_array(observations), _object_array(infos)
+
+    def step(self, action: np.ndarray | torch.Tensor | None, id: EnvIds = None) -> tuple:
+        self._assert_is_not_closed()
+        if action is None:
+            raise ValueError("action must be given: the batched env is synchronous")
+        ids = np.asarray(self._wrap_id(id), dtype=np.int64)
+        actions = torch.as_tensor(np.asarray(action), dtype=torch.long).reshape(-1)
+        if len(actions) != len(ids):
+            raise ValueError(f"{len(actions)} actions for {len(ids)} env copies")
+        self._apply(ids, actions.to(self.core.ctx.device))
+        observations = self._observations(ids)
+        infos = [self._info(i, obs) for i, obs in zip(ids.tolist(), observations, strict=True)]
+        done = self.done[ids]
+        rewards = self.rewards[ids, 0] if self.single_agent else self.rewards[ids].copy()
+        return (
+            _object_array(observations),
+            rewards,
+            done.copy(),
+            np.zeros(len(ids), dtype=bool),
+            _object_array(infos),
+        )
+
+    def render(self, **kwargs: Any) -> list[Any]:
+        texts = self.core.ctx.data.item_text
+        return [
+            f"user {self.users[i]}, slate {int(self.slate_number[i])}: "
+            + " | ".join(texts[item][:60] for item in self.slate[i, : self.slot[i]].tolist())
+            for i in range(self.env_num)
+        ]
+
+    def close(self) -> None:
+        self._assert_is_not_closed()
+        self.is_closed = True
+
+    # --- session mechanics ------------------------------------------------------------------
+
+    def _reset_rows(self, ids: np.ndarray, user: int | None = None) -> None:
+        data = self.core.ctx.data
+        for i in ids.tolist():
+            chosen = int(self.rngs[i].choice(self._users_pool)) if user is None else int(user)
+            self.users[i] = chosen
+            self.core.ctx.simulator.start_session(chosen)
+            history = torch.as_tensor(data.train_histories[chosen], dtype=torch.long)
+            self.history[i] = -1
+            self.history[i, : len(history)] = history.to(self.history.device)
+            self.history_len[i] = len(history)
+            self.infos[i] = {}
+        rows = torch.as_tensor(ids, device=self.history.device)
+        self.slate_number[rows] = 0
+        self.done[ids] = False
+        self.rewards[ids] = 0.0
+        self._slate_done[ids] = False
+        self._start_slates(ids)
+
+    def _start_slates(self, ids: np.ndarray) -> None:
+        """Retrieval, state and exploration for every row in `ids` at once."""
+        if len(ids) == 0:
+            return
+        core = self.core
+        rows = torch.as_tensor(ids, device=self.history.device)
+        width = max(1, int(self.history_len[rows].max()))
+        history, lengths = self.history[rows, :width], self.history_len[rows]
+        states = core.states_padded(history, lengths)
+        self.states[rows] = states
+        self.recent[rows] = core.recent_padded(history, lengths)
+        scores = core.retrieval_scores_padded(states, history)
+        candidates, cand_scores = core.retrieve(scores, [self.rngs[i] for i in ids.tolist()])
+        self.candidates[rows], self.cand_scores[rows] = candidates, cand_scores
+        self.chosen[rows] = False
+        self.slot[rows] = 0
+
+    def _apply(self, ids: np.ndarray, actions: torch.Tensor) -> None:
+        """Each row in `ids` fills its next slot with its action; full slates are answered."""
+        if self.done[ids].any():
+            stale = ids[self.done[ids]].tolist()
+            raise ValueError(f"env copies {stale} ended their session: reset them first")
+        rows = torch.as_tensor(ids, device=self.history.device)
+        m = self.core.n_candidates
+        mask = self.core.action_mask(self.cand_scores[rows], self.chosen[rows])
+        in_range = (actions >= 0) & (actions < m)
+        allowed = in_range & mask.gather(1, actions.clamp(0, m - 1)[:, None]).squeeze(1)
+        if not bool(allowed.all()):
+            bad = int(torch.nonzero(~allowed)[0])
+            raise ValueError(
+                f"env copy {int(ids[bad])}: action {int(actions[bad])} is not an available "
+                f"candidate"
+            )
+        self.chosen[rows, actions] = True
+        self.slate[rows, self.slot[rows]] = self.candidates[rows, actions]
+        self.slot[rows] += 1
+        self.rewards[ids] = 0.0
+        self._slate_done[ids] = False
+        full = ids[(self.slot[rows] == self.core.slate_size).cpu().numpy()]
+        if len(full):
+            self._answer(full)
+
+    def _answer(self, ids: np.ndarray) -> None:
+        """The simulator answers each full slate (one user at a time), then the next begins."""
+        core = self.core
+        slates = self.slate[torch.as_tensor(ids, device=self.slate.device)].cpu().numpy()
+        numbers = self.slate_number.cpu().numpy()
+        for i, items in zip(ids.tolist(), slates, strict=True):
+            outcome, score = core.answer(int(self.users[i]), items, int(numbers[i]), self.rngs[i])
+            self.rewards[i] = score.role_rewards
+            self.infos[i] = core.slate_info(outcome, score)
+            clicked = torch.as_tensor(items[outcome.clicks], device=self.history.device)
+            start = int(self.history_len[i])
+            self.history[i, start : start + len(clicked)] = clicked
+            self.history_len[i] = start + len(clicked)
+            self.done[i] = outcome.leave or int(numbers[i]) + 1 >= core.max_slates
+        self.slate_number[torch.as_tensor(ids, device=self.slate_number.device)] += 1
+        self._slate_done[ids] = True
+        self._start_slates(ids[~self.done[ids]])
+
+    def _observations(self, ids: np.ndarray) -> list[dict[str, Any]]:
+        """What each row's acting agent observes: the next slot's role, or after the session's
+        last slate, the first role looking at the answered slate (as the per-user env does)."""
+        core = self.core
+        rows = torch.as_tensor(ids, device=self.history.device)
+        slot = self.slot[rows]
+        role = self._turn_order[slot % core.slate_size]
+        obs = core.observe(
+            self.states[rows],
+            self.recent[rows],
+            self.candidates[rows],
+            self.cand_scores[rows],
+            self.chosen[rows],
+            role,
+            slot,
+            self.slate_number[rows],
+        )
+        mask = core.action_mask(self.cand_scores[rows], self.chosen[rows])
+        obs_np, mask_np = obs.cpu().numpy(), mask.cpu().numpy()
+        if self.single_agent:
+            return [{"obs": obs_np[k], "mask": mask_np[k]} for k in range(len(ids))]
+        agents = [self.roles[r] for r in role.tolist()]
+        return [
+            {"agent_id": agents[k], "obs": obs_np[k], "mask": mask_np[k]} for k in range(len(ids))
+        ]
+
+    def _info(self, i: int, observation: dict[str, Any]) -> dict[str, Any]:
+        if self.single_agent:
+            info = {"action_mask": observation["mask"]}
+            if self._slate_done[i]:
+                info.update(self.infos[i])
+        else:
+            # The per-user env keeps the last slate's info until the next slate is answered.
+            info = dict(self.infos[i])
+        info["env_id"] = i
+        return info
+
+
+def single_observation_space(core: SlateCore) -> spaces.Dict:
+    """The single-agent observation: the flat layout and the action mask, as Tianshou's DQN
+    reads them (`obs.obs`, `obs.mask`)."""
+    return spaces.Dict(
+        {
+            "obs": spaces.Box(-np.inf, np.inf, (core.layout.size,), np.float32),
+            "mask": spaces.Box(0, 1, (core.n_candidates,), np.bool_),
+        }
+    )
+
+
+def _object_array(items: list[Any]) -> np.ndarray:
+    """A 1-d object array of dicts, as Tianshou's vector envs stack per-copy results."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
