@@ -1,12 +1,14 @@
-"""The generic `csv` dataset: configurable columns, an optional item-text file, clear errors."""
+"""The generic `csv` dataset: CSV or Parquet, configurable columns, an item-text file, errors."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -59,6 +61,33 @@ def config(tmp_path: Path, **options: object) -> CsvDataset.Config:
 def load(c: CsvDataset.Config, cache: Path) -> tuple[RecData, CsvDataset]:
     dataset = CsvDataset(c)
     return dataset.load(seed=0, cache_dir=cache), dataset
+
+
+def as_parquet(csv_path: str, name: str) -> str:
+    """The same table as Parquet (empty cells become nulls), beside the CSV file."""
+    path = Path(csv_path).with_name(name)
+    pd.read_csv(csv_path).to_parquet(path)
+    return str(path)
+
+
+def parquet(tmp_path: Path, name: str, **columns: list[object]) -> str:
+    path = tmp_path / name
+    pd.DataFrame(columns).to_parquet(path)
+    return str(path)
+
+
+def assert_same_data(a: RecData, b: RecData) -> None:
+    assert (a.name, a.n_users, a.n_items) == (b.name, b.n_users, b.n_items)
+    assert a.item_text == b.item_text
+    for field_name in ("user", "item", "time", "value"):
+        np.testing.assert_array_equal(
+            getattr(a.interactions, field_name), getattr(b.interactions, field_name)
+        )
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(getattr(a.split, part).item, getattr(b.split, part).item)
+    np.testing.assert_array_equal(a.split.test_item, b.split.test_item)
+    np.testing.assert_array_equal(a.item_attributes["raw_id"], b.item_attributes["raw_id"])
+    assert a.item_attributes["raw_id"].dtype == b.item_attributes["raw_id"].dtype
 
 
 def test_columns_times_and_texts(tmp_path: Path) -> None:
@@ -145,6 +174,71 @@ def test_second_load_hits_the_cache(tmp_path: Path) -> None:
     assert again.item_text == first.item_text
     np.testing.assert_array_equal(again.interactions.item, first.interactions.item)
     np.testing.assert_array_equal(again.split.test_item, first.split.test_item)
+
+
+# --- Parquet -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interactions", "items"),
+    [("interactions.parquet", "items.pq"), ("interactions.parquet", ""), ("", "items.parquet")],
+)
+def test_parquet_gives_the_same_data_as_csv(tmp_path: Path, interactions: str, items: str) -> None:
+    text = config(tmp_path)
+    expected, _ = load(text, tmp_path / "text")
+    c = dataclasses.replace(
+        text,
+        path=as_parquet(text.path, interactions) if interactions else text.path,
+        items_path=as_parquet(text.items_path, items) if items else text.items_path,
+        sep=";" if interactions and items else ",",  # a text-file option Parquet ignores
+    )
+    data, dataset = load(c, tmp_path / "parquet")
+    assert not dataset.loaded_from_cache
+    assert_same_data(data, expected)
+    again, dataset = load(c, tmp_path / "parquet")
+    assert dataset.loaded_from_cache
+    assert_same_data(again, expected)
+
+
+def test_parquet_found_by_its_magic_bytes(tmp_path: Path) -> None:
+    text = config(tmp_path)
+    expected, _ = load(text, tmp_path / "text")
+    path = Path(as_parquet(text.path, "interactions.parquet")).rename(tmp_path / "interactions.dat")
+    data, _ = load(dataclasses.replace(text, path=str(path)), tmp_path / "parquet")
+    assert_same_data(data, expected)
+
+
+def test_parquet_types_timestamps_lists_and_an_index(tmp_path: Path) -> None:
+    times = pd.to_datetime(["2024-01-02", "2024-01-01", "2024-01-03"] * 2).tz_localize("UTC")
+    path = parquet(
+        tmp_path,
+        "i.parquet",
+        user=["u1", "u1", "u1", "u2", "u2", "u2"],
+        item=["b", "a", "c", "c", "b", "a"],
+        at=list(times),
+    )
+    items = pd.DataFrame(
+        {
+            "title": ["Ay", "Bee", "See"],
+            "year": pd.array([1999, None, 2001], dtype="Int64"),  # 1999, not 1999.0
+            "genres": [["x", "y"], [], None],
+        },
+        index=pd.Index(["a", "b", "c"], name="iid"),  # written as the index, read as a column
+    )
+    items.to_parquet(tmp_path / "items.parquet")
+    c = CsvDataset.Config(
+        path=path,
+        user_col="user",
+        item_col="item",
+        time_col="at",
+        items_path=str(tmp_path / "items.parquet"),
+        item_id_col="iid",
+    )
+    data, _ = load(c, tmp_path)
+    np.testing.assert_array_equal(data.item_attributes["raw_id"], ["a", "b", "c"])
+    assert data.item_text == ["Ay. 1999. x, y", "Bee", "See. 2001"]
+    assert data.interactions.time[0] == 1704067200.0  # 2024-01-01T00:00:00Z
+    np.testing.assert_array_equal(data.interactions.item, [0, 1, 2, 1, 2, 0])
 
 
 def test_yaml_matches_config_and_entry_point() -> None:
@@ -239,11 +333,99 @@ def test_missing_file(tmp_path: Path) -> None:
     assert f"items_path '{tmp_path / 'absent.csv'}' is not a file" in error(c, tmp_path)
 
 
+# --- Parquet errors: the file, then the data row (from 1) where there is one ----------------
+
+
+def parquet_config(tmp_path: Path, **options: object) -> CsvDataset.Config:
+    text = config(tmp_path)
+    return dataclasses.replace(
+        text,
+        path=as_parquet(text.path, "interactions.parquet"),
+        items_path=as_parquet(text.items_path, "items.parquet"),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_parquet_missing_column(tmp_path: Path) -> None:
+    c = parquet_config(tmp_path, user_col="user")
+    message = error(c, tmp_path)
+    assert f"{c.path}: no column 'user' (columns: when, who, what, stars, extra)" in message
+    c = parquet_config(tmp_path, text_cols=["title", "summary"])
+    assert f"{c.items_path}: no column 'summary' (columns: id, title, plot, genre)" in error(
+        c, tmp_path
+    )
+
+
+def damaged(path: Path) -> None:
+    """Overwrite the first page header, which every reader must decode."""
+    data = bytearray(path.read_bytes())
+    data[4:40] = b"\xff" * 36
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda p: p.write_text("who,what\nbob,10\n"),  # text under a Parquet name
+        lambda p: p.write_bytes(p.read_bytes()[:-30]),  # cut short: no footer
+        lambda p: p.write_bytes(b""),
+        damaged,  # a readable footer over broken data
+    ],
+    ids=["text", "truncated", "empty", "damaged"],
+)
+def test_unreadable_parquet_file(tmp_path: Path, spoil: Callable[[Path], object]) -> None:
+    c = parquet_config(tmp_path)
+    spoil(Path(c.items_path))
+    assert f"{c.items_path}: not a readable Parquet file (" in error(c, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "what"),
+    [
+        ("who", ["bob", "alice", None, "bob"], ", row 3: who is null"),
+        ("who", ["bob", "alice", "", "bob"], ", row 3: empty who"),
+        ("what", [30, 10, 20, None], ", row 4: what is null"),
+        ("when", ["2024-01-03", None, "2024-01-02", "2024-01-02"], ", row 2: when is null"),
+        (
+            "when",
+            ["2024-01-03", "soon", "2024-01-02", "2024-01-02"],
+            ", row 2: when 'soon' is neither a number nor an ISO-8601 date",
+        ),
+        ("stars", ["4", "5", "3", "two"], ", row 4: stars 'two' is not a number"),
+        ("stars", [4.0, 5.0, None, 2.0], ", row 3: stars is null"),
+        ("what", [30, 10, 99, 20], ", row 3: what 99 is not in items.csv"),
+        (
+            "what",
+            [[30], [10], [20], [20]],
+            ": column 'what' holds list<element: int64> values, not single values",
+        ),
+    ],
+)
+def test_bad_parquet_cell(tmp_path: Path, column: str, values: list[object], what: str) -> None:
+    columns: dict[str, list[object]] = {
+        "when": ["2024-01-03", "2024-01-01", "2024-01-02", "2024-01-02"],
+        "who": ["bob", "alice", "alice", "bob"],
+        "what": [30, 10, 20, 20],
+        "stars": [4, 5, 3, 2],
+    }
+    c = config(tmp_path, path=parquet(tmp_path, "i.parquet", **{**columns, column: values}))
+    assert f"{c.path}{what}" in error(c, tmp_path)
+
+
+def test_parquet_item_file_ids(tmp_path: Path) -> None:
+    ids = [10, 20, 30, 40, 20]
+    items = parquet(tmp_path, "items.parquet", id=ids, title=["a", "b", "c", "d", "e"])
+    assert f"{items}, row 5: duplicate id 20 (first on row 2)" in error(
+        config(tmp_path, items_path=items), tmp_path
+    )
+    items = parquet(tmp_path, "items.parquet", id=[10, 20, None, 40], title=["a", "b", "c", "d"])
+    assert f"{items}, row 3: id is null" in error(config(tmp_path, items_path=items), tmp_path)
+
+
 @pytest.mark.parametrize(
     ("options", "what"),
     [
-        ({}, "set data.path=<interactions CSV file>"),
-        ({"path": "x.parquet"}, "Parquet would need pyarrow"),
+        ({}, "set data.path=<interactions CSV or Parquet file>"),
         ({"path": "x", "user_col": "a", "item_col": "a"}, "two different column names"),
         ({"path": "x", "rating_threshold": 3.0}, "rating_threshold needs value_col"),
         ({"path": "x", "text_template": "{a}"}, "text_template needs items_path"),

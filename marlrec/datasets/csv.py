@@ -1,11 +1,15 @@
-"""`csv`: any interactions table in a delimited text file, with an optional item-text table.
+"""`csv`: any interactions table, CSV or Parquet, with an optional item-text table.
 
-Columns are named in the config. Ids may be numbers or strings (numbers are ordered numerically,
-strings alphabetically, when they are remapped to dense ids); the time column may hold numbers or
-ISO-8601 dates, and without one the file order is the time order. Without a value column every
-row counts 1.0. Only delimited text is read: Parquet would need pyarrow, which marlrec does not
-install. Filtering, remapping, the stable (user, time) sort, the split, the cache and the error
-messages are those of the `movielens` plugin (`marlrec.datasets.tabular`).
+Either file may be delimited text (with a header row) or Parquet: a `.parquet` or `.pq` name, or
+a file that starts with Parquet's magic bytes, is read as Parquet, whatever `sep` and `encoding`
+say. Columns are named in the config. Ids may be numbers or strings (numbers are ordered
+numerically, strings alphabetically, when they are remapped to dense ids); the time column may
+hold numbers, ISO-8601 dates or, in Parquet, timestamps and dates, and without one the file order
+is the time order. Without a value column every row counts 1.0. A Parquet text column may hold
+lists (say, of genres), whose items are joined by ", ". Filtering, remapping, the stable
+(user, time) sort, the split, the cache and the error messages are those of the `movielens`
+plugin (`marlrec.datasets.tabular`); messages about a Parquet file name the data row, from 1,
+where those about text name the line.
 
 `item_attributes["raw_id"]` holds each dense item's id as it appears in the file.
 """
@@ -24,8 +28,10 @@ from marlrec.datasets.tabular import (
     FileDataset,
     Filters,
     Kind,
+    ParquetTable,
     Parsed,
     RawInteractions,
+    Source,
     Table,
     apply_filters,
     as_text,
@@ -33,6 +39,7 @@ from marlrec.datasets.tabular import (
     check_unique,
     densify,
     header,
+    is_parquet,
     read_table,
     render,
     template_fields,
@@ -44,26 +51,26 @@ WHERE = "dataset 'csv'"
 
 
 class CsvDataset(FileDataset):
-    """Interactions from a CSV file; item texts from a second one, or "item <id>" without it."""
+    """Interactions from a CSV or Parquet file; item texts from a second one, or "item <id>"."""
 
     @dataclass(kw_only=True)
     class Config:
         path: str = ""
-        """The interactions file (one row per interaction, with a header row)."""
+        """The interactions file, CSV with a header row or Parquet (one row per interaction)."""
         sep: str = ","
-        """Field separator of both files; "\\t" (as typed on a command line) means a tab."""
+        """Field separator of text files; "\\t" (as typed on a command line) means a tab."""
         encoding: str = "utf-8"
-        """Text encoding of both files."""
+        """Text encoding of text files (Parquet text is always UTF-8)."""
         user_col: str = "user_id"
         """Column of user ids."""
         item_col: str = "item_id"
         """Column of item ids."""
         time_col: str = ""
-        """Column of times (numbers or ISO-8601 dates); empty: file order is time order."""
+        """Column of times (numbers, ISO-8601 dates, Parquet timestamps); empty: file order."""
         value_col: str = ""
         """Column of ratings or other values; empty: every interaction is 1.0."""
         items_path: str = ""
-        """Optional item file with a header row: item ids and the columns that describe them."""
+        """Optional item file (CSV with a header row, or Parquet): ids and describing columns."""
         item_id_col: str = "item_id"
         """Column of item ids in the item file."""
         text_cols: list[str] = field(default_factory=list)
@@ -107,14 +114,7 @@ class CsvDataset(FileDataset):
             columns[c.time_col] = "auto"
         if c.value_col:
             columns[c.value_col] = "float"
-        table = Table(
-            path=path,
-            where=WHERE,
-            sep=_separator(c.sep),
-            columns=columns,
-            encoding=c.encoding,
-            every_field=False,  # a wide table: read only the named columns
-        )
+        table = self._table(path, columns)
         frame = read_table(table)
         n = len(frame)
         time = (
@@ -161,28 +161,34 @@ class CsvDataset(FileDataset):
             source=raw.table,
         )
 
-    def _items(self, path: Path) -> tuple[pd.DataFrame, list[str], Table]:
+    def _items(self, path: Path) -> tuple[pd.DataFrame, list[str], Table | ParquetTable]:
         c = self.config
-        probe = Table(
-            path=path, where=WHERE, sep=_separator(c.sep), columns={}, encoding=c.encoding
-        )
-        found = header(probe)
+        found = header(self._table(path, {}))
         text_cols = list(c.text_cols) or [n for n in found if n != c.item_id_col]
         allowed = [c.item_id_col, *text_cols]
         template_fields(c.text_template, allowed, f"{WHERE}: {path}")
         used = list(dict.fromkeys([c.item_id_col, *text_cols]))
         columns: dict[str, Kind] = {n: "str" for n in used}
         columns[c.item_id_col] = "auto"
-        table = Table(
+        table = self._table(path, columns, nullable=frozenset(used) - {c.item_id_col})
+        return read_table(table), text_cols, table
+
+    def _table(
+        self, path: Path, columns: dict[str, Kind], nullable: frozenset[str] = frozenset()
+    ) -> Table | ParquetTable:
+        """Parquet by name or content, else delimited text; either way only `columns` are read."""
+        if is_parquet(Source(path=path, where=WHERE)):
+            return ParquetTable(path=path, where=WHERE, columns=columns, nullable=nullable)
+        c = self.config
+        return Table(
             path=path,
             where=WHERE,
             sep=_separator(c.sep),
             columns=columns,
             encoding=c.encoding,
-            nullable=frozenset(used) - {c.item_id_col},
-            every_field=False,
+            nullable=nullable,
+            every_field=False,  # a wide table: read only the named columns
         )
-        return read_table(table), text_cols, table
 
     def _texts(self, items: pd.DataFrame, text_cols: list[str]) -> list[str]:
         c = self.config
@@ -224,13 +230,7 @@ def _existing(path: str, key: str) -> Path:
 
 def _validate(c: CsvDataset.Config) -> None:
     if not c.path:
-        raise PluginError(f"{WHERE}: set data.path=<interactions CSV file>")
-    for key in ("path", "items_path"):
-        if getattr(c, key).lower().endswith((".parquet", ".pq")):
-            raise PluginError(
-                f"{WHERE}: {key} {getattr(c, key)!r} is Parquet; this plugin reads delimited "
-                "text only (Parquet would need pyarrow, which is not installed)"
-            )
+        raise PluginError(f"{WHERE}: set data.path=<interactions CSV or Parquet file>")
     if not c.sep:
         raise PluginError(f"{WHERE}: sep must not be empty")
     if not c.user_col or not c.item_col or c.user_col == c.item_col:

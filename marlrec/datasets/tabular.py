@@ -1,8 +1,12 @@
 """Shared machinery of the file-based dataset plugins (`movielens`, `csv`, `amazon_reviews`).
 
-Reading: pandas' C parser with explicit dtypes does the work. Only when it fails, or leaves a
-required field empty, is the file scanned again record by record to name the exact line and what
-is wrong with it; that slow path never runs on a good file.
+Reading delimited text: pandas' C parser with explicit dtypes does the work. Only when it fails,
+or leaves a required field empty, is the file scanned again record by record to name the exact line
+and what is wrong with it; that slow path never runs on a good file.
+
+Reading Parquet (`ParquetTable`, chosen by `is_parquet`): `pandas.read_parquet` loads only the
+named columns, which are then checked and brought to the types the text path yields. Parquet has
+no lines, so messages name the data row instead, counted from 1.
 
 Then: filtering (rating threshold, iterated k-core), remapping raw ids to dense ids ordered by raw
 id, a stable (user, time) sort that keeps file order among equal times, the split (`loo`,
@@ -31,6 +35,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from marlrec.data import (
     TEST,
@@ -64,12 +70,24 @@ class Source:
 
     def error(self, what: str, line: int | None = None) -> PluginError:
         """A one-line error naming this file and, when known, the line."""
-        at = f", line {line}" if line is not None else ""
-        return PluginError(f"{self.where}: {self.path}{at}: {_one_line(what)}")
+        return self._error(what, None if line is None else f"line {line}")
+
+    def row_error(self, what: str, row: int) -> PluginError:
+        """A one-line error about data row `row` (0-based), placed as well as the file allows."""
+        return self._error(what, self.position(row))
 
     def line_of(self, row: int) -> int | None:
         """The line of data row `row` (0-based), where the file has lines to name."""
         return None
+
+    def position(self, row: int) -> str | None:
+        """Where data row `row` (0-based) is, as messages say it ("line 7"); None if unknown."""
+        line = self.line_of(row)
+        return None if line is None else f"line {line}"
+
+    def _error(self, what: str, position: str | None) -> PluginError:
+        at = f", {position}" if position else ""
+        return PluginError(f"{self.where}: {self.path}{at}: {_one_line(what)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,20 +106,50 @@ class Table(Source):
         return line_of(self, row)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ParquetTable(Source):
+    """One Parquet file and the columns to read from it."""
+
+    columns: Mapping[str, Kind]  # the columns to return, and what each must hold
+    nullable: frozenset[str] = frozenset()  # returned columns that may be null
+
+    def position(self, row: int) -> str:
+        return f"row {row + 1}"  # no lines to name: the data row, counted from 1
+
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_PARQUET_MAGIC = b"PAR1"  # the first (and last) four bytes of every Parquet file
+
+
+def is_parquet(source: Source) -> bool:
+    """Whether a file is Parquet: by its suffix, or else by the magic bytes it starts with."""
+    if source.path.suffix.lower() in PARQUET_SUFFIXES:
+        return True
+    try:
+        with open(source.path, "rb") as f:
+            return f.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC
+    except OSError as exc:
+        raise source.error(f"cannot be read ({exc.strerror or exc})") from None
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def header(table: Table) -> list[str]:
-    """The column names of a file with a header row."""
+def header(table: Table | ParquetTable) -> list[str]:
+    """The column names of a file with a header row, or of a Parquet file."""
+    if isinstance(table, ParquetTable):
+        return _parquet_names(_parquet_schema(table))
     for _, fields in _records(table):
         # pandas skips a UTF-8 byte-order mark, and keeps names otherwise as they are.
         return [fields[0].removeprefix("\ufeff"), *fields[1:]]
     raise table.error("the file is empty")
 
 
-def read_table(table: Table) -> pd.DataFrame:
+def read_table(table: Table | ParquetTable) -> pd.DataFrame:
     """Parse `table` into its `columns`; a malformed row raises a `PluginError` naming its line."""
+    if isinstance(table, ParquetTable):
+        return _read_parquet(table)
     if not table.names:
         found = header(table)
         missing = [c for c in table.columns if c not in found]
@@ -258,25 +306,136 @@ _PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
 }
 
 
+# --- Parquet -------------------------------------------------------------------------------
+
+# How pandas stores an unnamed, non-default index; it is not a column users name.
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+
+
+def _parquet_schema(table: ParquetTable) -> pa.Schema:
+    try:
+        return pq.read_schema(table.path)
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(table, exc) from None
+
+
+def _unreadable(table: ParquetTable, exc: Exception) -> PluginError:
+    # Arrow's reasons can carry raw bytes from the damaged file; keep the message printable.
+    reason = _one_line("".join(ch if ch.isprintable() else " " for ch in str(exc)))
+    return table.error(f"not a readable Parquet file ({reason.rstrip('.')})")
+
+
+def _parquet_names(schema: pa.Schema) -> list[str]:
+    return [n for n in schema.names if not _PANDAS_INDEX.fullmatch(n)]
+
+
+def _read_parquet(table: ParquetTable) -> pd.DataFrame:
+    """The named columns, checked, as the text path would give them (ids as int64 or str)."""
+    schema = _parquet_schema(table)
+    found = _parquet_names(schema)
+    missing = [c for c in table.columns if c not in found]
+    if missing:
+        raise table.error(f"no column '{missing[0]}' (columns: {', '.join(found)})")
+    for name, kind in table.columns.items():
+        arrow_type = schema.field(name).type
+        if kind != "str" and pa.types.is_nested(arrow_type):
+            raise table.error(f"column '{name}' holds {arrow_type} values, not single values")
+    try:
+        # Nullable dtypes keep integer columns with nulls integral (1999, not 1999.0).
+        frame = pd.read_parquet(
+            table.path, columns=list(table.columns), dtype_backend="numpy_nullable"
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise _unreadable(table, exc) from None
+    # A column that pandas had stored as the index comes back as the index.
+    lifted = [n for n in frame.index.names if n in table.columns]
+    frame = (frame.reset_index(lifted) if lifted else frame).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            name: _parquet_column(table, name, kind, frame[name])
+            for name, kind in table.columns.items()
+        }
+    )
+
+
+def _parquet_column(table: ParquetTable, name: str, kind: Kind, values: pd.Series) -> Any:
+    """One column checked for nulls and empty ids, then converted as `kind` asks."""
+    missing = values.isna().to_numpy(dtype=bool)
+    if name not in table.nullable:
+        if missing.any():
+            raise table.row_error(f"{name} is null", int(missing.argmax()))
+        if isinstance(values.dtype, pd.StringDtype):
+            empty = (values == "").to_numpy(dtype=bool)
+            if empty.any():
+                raise table.row_error(f"empty {name}", int(empty.argmax()))
+    if kind == "str":
+        return np.array([_cell_text(v) for v in values.astype(object)], dtype=object)
+    if kind == "auto":
+        return _plain(values, missing)
+    return _parquet_numbers(table, name, kind, values, missing)
+
+
+def _plain(values: pd.Series, missing: np.ndarray) -> Any:
+    """Nullable pandas types as plain NumPy ones; dates and other kinds as they are."""
+    dtype = values.dtype
+    if pd.api.types.is_integer_dtype(dtype) and not missing.any():
+        return values.to_numpy(dtype=np.int64)
+    if pd.api.types.is_integer_dtype(dtype) or pd.api.types.is_float_dtype(dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    if isinstance(dtype, pd.StringDtype):
+        return values.to_numpy(dtype=object, na_value=None)
+    return values
+
+
+def _parquet_numbers(
+    table: ParquetTable, name: str, kind: Kind, values: pd.Series, missing: np.ndarray
+) -> np.ndarray:
+    """Numbers, from numeric columns or from text that reads as numbers (as in a CSV file)."""
+    if kind == "int" and pd.api.types.is_integer_dtype(values.dtype) and not missing.any():
+        return values.to_numpy(dtype=np.int64)  # no trip through float64, which rounds
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        parsed = pd.to_numeric(values.astype(object), errors="coerce")
+        numbers = np.asarray(parsed, dtype=np.float64)
+    bad = np.isnan(numbers) & ~missing
+    if kind == "int":
+        bad |= ~missing & ~np.isnan(numbers) & (numbers != np.floor(numbers))
+    if bad.any():
+        row = int(bad.argmax())
+        raise table.row_error(f"{name} {show(values.iloc[row])} is not {_PARSERS[kind][1]}", row)
+    # An integer column with nulls (allowed only where nullable) stays float, nulls as NaN.
+    return numbers.astype(np.int64) if kind == "int" and not missing.any() else numbers
+
+
+def _cell_text(value: Any) -> str | None:
+    """A cell as text, None when missing; a list (say, of genres) is its items joined by ", "."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return ", ".join(t for t in map(_cell_text, value) if t)
+    if pd.api.types.is_scalar(value) and pd.isna(value):
+        return None
+    return str(value)
+
+
 def show(value: Any) -> str:
     """An id as a message shows it: 42, or 'u42' for text."""
     value = value.item() if isinstance(value, np.generic) else value
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def check_unique(table: Table, ids: pd.Series, label: str) -> None:
-    """Each id in an item file must appear once; name the second occurrence's line."""
+def check_unique(table: Source, ids: pd.Series, label: str) -> None:
+    """Each id in an item file must appear once; name the second occurrence's line (or row)."""
     dup = ids.duplicated(keep="first").to_numpy()
     if dup.any():
         row = int(dup.argmax())
-        first = int((ids == ids.iloc[row]).to_numpy().argmax())
-        raise table.error(
-            f"duplicate {label} {show(ids.iloc[row])} (first on line {line_of(table, first)})",
-            line_of(table, row),
+        first = table.position(int((ids == ids.iloc[row]).to_numpy().argmax()))
+        raise table.row_error(
+            f"duplicate {label} {show(ids.iloc[row])}" + (f" (first on {first})" if first else ""),
+            row,
         )
 
 
-def times_in_seconds(table: Table, column: str, values: pd.Series) -> np.ndarray:
+def times_in_seconds(table: Source, column: str, values: pd.Series) -> np.ndarray:
     """Numbers as they are; otherwise ISO-8601 dates, as seconds since 1970."""
     if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(dtype=np.float64)
@@ -284,9 +443,8 @@ def times_in_seconds(table: Table, column: str, values: pd.Series) -> np.ndarray
     bad = parsed.isna().to_numpy()
     if bad.any():
         row = int(bad.argmax())
-        raise table.error(
-            f"{column} {show(values.iloc[row])} is neither a number nor an ISO-8601 date",
-            line_of(table, row),
+        raise table.row_error(
+            f"{column} {show(values.iloc[row])} is neither a number nor an ISO-8601 date", row
         )
     epoch = pd.Timestamp(0, tz="UTC")
     return ((parsed - epoch) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
@@ -335,8 +493,8 @@ def catalog_rows(raw: RawInteractions, ids: pd.Series, catalog: Source, label: s
     missing = index.get_indexer(raw.item) < 0
     if missing.any():
         row = int(missing.argmax())
-        raise raw.table.error(
-            f"{label} {show(raw.item[row])} is not in {catalog.path.name}", raw.table.line_of(row)
+        raise raw.table.row_error(
+            f"{label} {show(raw.item[row])} is not in {catalog.path.name}", row
         )
     return index
 
