@@ -21,6 +21,11 @@ class Response:
     ratings: np.ndarray | None = None  # (slate_size,) rating per slot where the simulator knows one
 
 
+def examination(slate_size: int) -> np.ndarray:
+    """Probability that each slot is looked at, 1 / log2(position + 2): the DCG position model."""
+    return 1.0 / np.log2(np.arange(slate_size) + 2.0)
+
+
 class Simulator(Plugin):
     """Constructed as `Simulator(config, data=..., item_emb=...)`."""
 
@@ -28,6 +33,14 @@ class Simulator(Plugin):
         super().__init__(config)
         self.data = data
         self.item_emb = item_emb
+
+    def start_session(self, user: int) -> None:
+        """Hook the environment calls when a session of `user` begins, before its first slate.
+
+        Simulators with per-session state (slates without a click, clicks so far) reset it here;
+        the default does nothing. They must also behave when it is never called: such a
+        simulator opens a session at a user's first slate and again after a slate they left.
+        """
 
     @abstractmethod
     def respond(self, user: int, slate: np.ndarray, rng: np.random.Generator) -> Response:

@@ -14,7 +14,7 @@ import torch
 
 from marlrec.data import RecData
 from marlrec.registry import PluginError
-from marlrec.simulators import Response, Simulator
+from marlrec.simulators import Response, Simulator, examination
 
 
 @dataclass(kw_only=True)
@@ -52,8 +52,7 @@ class SyntheticSimulator(Simulator):
         """Probability of a click in each slot of the slate, position bias included."""
         z = (self.truth.affinity(np.full(len(slate), user), slate) - self._mean) / self._std
         attractive = 1.0 / (1.0 + np.exp(-(self.config.sharpness * z + self.config.bias)))
-        examined = 1.0 / np.log2(np.arange(len(slate)) + 2.0)
-        return attractive * examined
+        return attractive * examination(len(slate))
 
     def respond(self, user: int, slate: np.ndarray, rng: np.random.Generator) -> Response:
         clicks = rng.random(len(slate)) < self.click_probability(user, slate)
