@@ -3,7 +3,7 @@
 The model scores a user state s (the mean embedding of the user's history) against an item i
 with embedding e_i:
 
-    f(s, i) = (P s) . (Q e_i) + a (s . e_i) + v . [e_i, pop_i, rating_i] + c
+    f(s, i) = (P s) . (Q e_i) + w (s . e_i) + v . [e_i, pop_i, rating_i] + c
 
 a logistic factorisation over the state, the item's embedding, its log training popularity and
 its smoothed mean training rating (both standardised). Fitting: every training interaction is a
@@ -181,7 +181,7 @@ def pooled_auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 class _Factorisation(nn.Module):
-    """f(s, i) = (P s).(Q e_i) + a (s.e_i) + v.[e_i, features_i] + c.
+    """f(s, i) = (P s).(Q e_i) + w (s.e_i) + v.[e_i, features_i] + c.
 
     The similarity s.e_i is precomputed per pair, so a step only projects the batch's distinct
     items and never multiplies a full (pairs x dim) tensor: fitting stays fast at any dim.
