@@ -11,11 +11,14 @@ import torch
 from marlrec import registry
 from marlrec.baselines import Baseline
 from marlrec.baselines.bpr import BPRBaseline
+from marlrec.baselines.content_knn import ContentKNNBaseline
 from marlrec.baselines.ease import EASEBaseline
 from marlrec.baselines.itemknn import ItemKNNBaseline
-from marlrec.baselines.simple import PopularityBaseline
+from marlrec.baselines.sasrec import SASRecBaseline, pack_recent, training_windows
+from marlrec.baselines.simple import PopularityBaseline, RandomBaseline, recbole_batch_counts
 from marlrec.data import Interactions, RecData, Split
 from marlrec.datasets.movielens import MovieLensDataset
+from marlrec.datasets.synthetic import SyntheticDataset
 from marlrec.evaluation.harness import EvalConfig, baseline_ranker, ranking_eval
 from tests.conftest import ML100K
 
@@ -108,7 +111,7 @@ def test_bpr_is_seeded_and_learns_the_tiny_matrix() -> None:
         assert scores[user][X[user] == 1].mean() > scores[user][X[user] == 0].mean()
 
 
-@pytest.mark.parametrize("name", ["itemknn", "ease", "bpr"])
+@pytest.mark.parametrize("name", ["pop", "itemknn", "ease", "bpr", "sasrec", "content_knn"])
 def test_entry_points_and_yaml(name: str) -> None:
     import yaml
 
@@ -118,7 +121,116 @@ def test_entry_points_and_yaml(name: str) -> None:
     section = yaml.safe_load(conf.read_text())
     assert list(section) == [name]
     cls = registry.load("baseline", name)
-    assert set(section[name]) <= {f.name for f in cls.Config.__dataclass_fields__.values()}
+    assert set(section[name]) == {f.name for f in cls.Config.__dataclass_fields__.values()}
+    registry.build_config("baseline", name, cls.Config, section[name])
+
+
+# --- pop: true counts and RecBole's batch counting ---------------------------------------
+
+
+def test_pop_ranks_by_train_counts_ties_by_id() -> None:
+    # Train counts per item: 2, 3, 2, 2, 1 -> item 1, then 0, 2, 3 tied (by id), then 4.
+    pop = make(PopularityBaseline, tiny_data())
+    assert pop.scores(np.array([0]))[0].tolist() == [2.0, 3.0, 2.0, 2.0, 1.0]
+    ranked = baseline_ranker(pop)(np.array([3, 0]), [np.array([], dtype=np.int64)] * 2, 5)
+    assert ranked.tolist() == [[1, 0, 2, 3, 4]] * 2
+
+
+def test_recbole_batch_counts_count_each_item_once_per_batch() -> None:
+    data = tiny_data()  # 10 train interactions
+    # One batch (1024 positives) holds everything: each item present counts 1, whatever its
+    # number of interactions; negatives can only add items, never count twice.
+    counts = recbole_batch_counts(data, seed=0, batch_size=2048)
+    assert counts.tolist() == [1.0] * 5
+    # Two positives per batch: five batches, so no item can count more than five.
+    small = recbole_batch_counts(data, seed=0, batch_size=4)
+    assert small.max() <= 5 and small.sum() >= 5
+    assert np.array_equal(small, recbole_batch_counts(data, seed=0, batch_size=4))
+    pop = make(PopularityBaseline, data, counting="recbole_batches", batch_size=4)
+    assert pop.scores(np.array([0]))[0].tolist() == small.tolist()
+
+
+# --- content_knn and sasrec ---------------------------------------------------------------
+
+
+def test_content_knn_by_hand() -> None:
+    data = tiny_data()
+    angles = torch.tensor([0.0, 0.6435011, 1.5707964, 3.1415927, 0.0])  # cos 1, 0.8, 0, -1, 1
+    emb = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1) * 3.0  # norms do not matter
+    model = ContentKNNBaseline(ContentKNNBaseline.Config(), data=data, item_emb=emb, seed=0)
+    nearest = model.rank_scores(np.array([0]), [np.array([0])])[0]
+    assert nearest.tolist() == pytest.approx([1.0, 0.8, 0.0, -1.0, 1.0], abs=1e-6)
+    config = ContentKNNBaseline.Config(k=2)
+    two = ContentKNNBaseline(config, data=data, item_emb=emb, seed=0)
+    both = two.rank_scores(np.array([0, 1]), [np.array([0, 2]), np.array([], dtype=np.int64)])
+    assert both[0, 1].item() == pytest.approx((0.8 + 0.6) / 2, abs=1e-6)
+    assert both[0, 3].item() == pytest.approx((-1.0 + 0.0) / 2, abs=1e-6)
+    assert both[1].abs().max().item() == 0.0  # no history: every item scores 0
+    config = ContentKNNBaseline.Config(aggregate="centroid")
+    centroid = ContentKNNBaseline(config, data=data, item_emb=emb, seed=0)
+    mean = centroid.rank_scores(np.array([0]), [np.array([0, 2])])[0]
+    assert mean[1].item() == pytest.approx((0.8 + 0.6) / 2**0.5, abs=1e-6)
+
+
+def test_sasrec_packs_recent_items_and_windows() -> None:
+    sequences, lengths = pack_recent([np.array([4, 5, 6]), np.array([], dtype=np.int64)], 2)
+    assert sequences.tolist() == [[6, 7], [0, 0]]  # ids shifted by one, 0 pads
+    assert lengths.tolist() == [2, 0]
+    windows = training_windows([np.array([0, 1, 2, 3, 4]), np.array([7])], max_len=2)
+    # From the end, overlapping by one item: inputs 2, 3 -> targets 3, 4; inputs 0, 1 -> 1, 2.
+    # Item 0 starts the sequence and is never a target; a one-item history gives no window.
+    assert windows.tolist() == [[3, 4, 5], [1, 2, 3]]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[RecData, torch.Tensor]:
+    """Users with topic tastes and a pull toward the previous item's topics; the ground-truth
+    item profiles stand in for language-model embeddings."""
+    config = SyntheticDataset.Config(n_users=300, n_items=150, momentum=3.0)
+    data = SyntheticDataset(config).load(seed=0, cache_dir=tmp_path_factory.mktemp("synthetic"))
+    assert data.truth is not None
+    return data, torch.from_numpy(data.truth.item_profile)
+
+
+def test_sasrec_and_content_knn_beat_random(synthetic: tuple[RecData, torch.Tensor]) -> None:
+    data, emb = synthetic
+    random = figures(data, make(RandomBaseline, data))
+    content = figures(
+        data, ContentKNNBaseline(ContentKNNBaseline.Config(), data=data, item_emb=emb, seed=0)
+    )
+    small = {"hidden": 16, "inner": 32, "heads": 1, "layers": 1, "max_len": 20, "lr": 0.01}
+    sasrec = SASRecBaseline(
+        SASRecBaseline.Config(epochs=10, patience=0, show_progress=False, **small),
+        data=data,
+        item_emb=emb,
+        seed=0,
+    )
+    learned = figures(data, sasrec)
+    assert content[0] > 1.5 * random[0] and content[1] > 1.5 * random[1]
+    assert learned[0] > 2 * random[0] and learned[1] > 2 * random[1]
+    # Scores follow the history they are given: a different history, different scores.
+    a, b = sasrec.rank_scores(np.array([0, 0]), [np.array([1, 2]), np.array([3, 4])])
+    assert not torch.allclose(a, b)
+
+
+def test_sasrec_is_seeded_and_stops_early(synthetic: tuple[RecData, torch.Tensor]) -> None:
+    data, emb = synthetic
+    config = SASRecBaseline.Config(
+        hidden=8,
+        inner=16,
+        heads=1,
+        layers=1,
+        max_len=10,
+        epochs=40,
+        patience=1,
+        lr=0.05,
+        show_progress=False,
+    )
+    first = SASRecBaseline(config, data=data, item_emb=emb, seed=3)
+    again = SASRecBaseline(config, data=data, item_emb=emb, seed=3)
+    torch.testing.assert_close(first.scores(np.arange(5)), again.scores(np.arange(5)))
+    assert len(first.history) < 40  # stopped once validation NDCG@10 stopped improving
+    assert all("valid_ndcg@10" in row for row in first.history)
 
 
 @pytest.fixture(scope="module")

@@ -60,10 +60,12 @@ def recbole_batch_counts(data: RecData, seed: int, batch_size: int = 2048) -> np
     order is decided by the tie-break rather than by popularity.
     """
     train = data.split.train
+    positives = torch.from_numpy(np.unique(train.user * data.n_items + train.item))
+    if (np.bincount(positives.numpy() // data.n_items) >= data.n_items).any():
+        raise ValueError("pop: a user consumed every item, so no negative can be sampled")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train), generator=generator).numpy()
     users, items = train.user[order], train.item[order]
-    positives = torch.from_numpy(np.unique(train.user * data.n_items + train.item))
     negatives = sample_negatives(torch.from_numpy(users), positives, data.n_items, generator)
     batch = np.arange(len(order)) // (batch_size // 2)
     # Distinct (batch, item) pairs over positives and negatives, counted per item.
