@@ -20,6 +20,7 @@ from marlrec.data import Interactions, RecData, Split
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.datasets.synthetic import SyntheticDataset
 from marlrec.evaluation.harness import EvalConfig, baseline_ranker, ranking_eval
+from marlrec.registry import PluginError
 from tests.conftest import ML100K
 
 # 4 users x 5 items, the train split (1 = interaction).
@@ -278,3 +279,15 @@ def test_ml100k_pop_true_counts(ml100k: RecData) -> None:
     hr, ndcg = figures(ml100k, make(PopularityBaseline, ml100k))
     assert hr == pytest.approx(0.0859, abs=0.0001)
     assert ndcg == pytest.approx(0.0449, abs=0.0001)
+
+
+def test_bad_baseline_settings_are_one_line_plugin_errors() -> None:
+    data = tiny_data()
+    with pytest.raises(PluginError, match="baseline 'sasrec': hidden \\(6\\) must divide by heads"):
+        make(SASRecBaseline, data, hidden=6, heads=4)
+    with pytest.raises(PluginError, match="baseline 'content_knn': 3 item embeddings for 5 items"):
+        ContentKNNBaseline(
+            ContentKNNBaseline.Config(), data=data, item_emb=torch.ones(3, 2), seed=0
+        )
+    with pytest.raises(PluginError, match="baseline 'pop': batch_size must be at least 2"):
+        make(PopularityBaseline, data, counting="recbole_batches", batch_size=1)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from marlrec.baselines import Baseline, train_pairs
 from marlrec.data import RecData
+from marlrec.registry import PluginError
 
 # Show a progress bar only when training is expected to be long enough to watch.
 PROGRESS_AFTER_S = 3.0
@@ -44,7 +45,7 @@ class BPRBaseline(Baseline):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if min(config.dim, config.epochs, config.batch_size) < 1 or config.lr <= 0:
-            raise ValueError("bpr: dim, epochs, batch_size and lr must be positive")
+            raise PluginError("baseline 'bpr': dim, epochs, batch_size and lr must be positive")
         self.user_emb, self.item_emb_learned = fit_bpr(data, config, seed)
 
     def scores(self, users: np.ndarray) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from marlrec.baselines import Baseline
 from marlrec.data import RecData
+from marlrec.registry import PluginError
 
 
 class ContentKNNBaseline(Baseline):
@@ -39,10 +40,12 @@ class ContentKNNBaseline(Baseline):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if min(config.k, config.recent, config.chunk_users) < 1:
-            raise ValueError("content_knn: k, recent and chunk_users must be at least 1")
+            raise PluginError(
+                "baseline 'content_knn': k, recent and chunk_users must be at least 1"
+            )
         if len(item_emb) != data.n_items:
-            raise ValueError(
-                f"content_knn: {len(item_emb)} item embeddings for {data.n_items} items"
+            raise PluginError(
+                f"baseline 'content_knn': {len(item_emb)} item embeddings for {data.n_items} items"
             )
         self.unit = torch.nn.functional.normalize(item_emb.detach().float(), dim=-1)
 

@@ -10,6 +10,7 @@ import torch
 
 from marlrec.baselines import Baseline, binary_rows, item_user_matrix
 from marlrec.data import RecData
+from marlrec.registry import PluginError
 
 
 class EASEBaseline(Baseline):
@@ -28,7 +29,7 @@ class EASEBaseline(Baseline):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if config.l2 <= 0:
-            raise ValueError(f"ease: l2 must be positive, got {config.l2}")
+            raise PluginError(f"baseline 'ease': l2 must be positive, got {config.l2}")
         self.weights = ease_weights(data, config.l2)
 
     def scores(self, users: np.ndarray) -> torch.Tensor:

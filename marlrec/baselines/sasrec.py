@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from marlrec.baselines import Baseline
 from marlrec.data import RecData
+from marlrec.registry import PluginError
 
 PAD = 0  # item ids are shifted by one inside the model; 0 pads sequences
 
@@ -147,11 +148,15 @@ def _validate(config: SASRecBaseline.Config) -> None:
     sizes = ("hidden", "layers", "heads", "inner", "max_len", "batch_size", "epochs")
     small = [name for name in sizes if getattr(config, name) < 1]
     if small:
-        raise ValueError(f"sasrec: {small[0]} must be at least 1")
+        raise PluginError(f"baseline 'sasrec': {small[0]} must be at least 1")
     if config.hidden % config.heads:
-        raise ValueError(f"sasrec: hidden ({config.hidden}) must divide by heads ({config.heads})")
+        raise PluginError(
+            f"baseline 'sasrec': hidden ({config.hidden}) must divide by heads ({config.heads})"
+        )
     if not 0 <= config.dropout < 1 or config.lr <= 0 or config.patience < 0:
-        raise ValueError("sasrec: dropout must be in [0, 1), lr positive, patience >= 0")
+        raise PluginError(
+            "baseline 'sasrec': dropout must be in [0, 1), lr positive, patience >= 0"
+        )
 
 
 def pack_recent(histories: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +190,7 @@ def fit(
     """Train in place; return per-epoch loss and validation NDCG@10, best weights restored."""
     windows = training_windows(data.train_histories, config.max_len)
     if len(windows) == 0:
-        raise ValueError("sasrec: no user has two training interactions to learn from")
+        raise PluginError("baseline 'sasrec': no user has two training interactions to learn from")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     validate = _validator(model, data, config, device) if config.patience else None

@@ -11,6 +11,7 @@ import torch
 from marlrec.baselines import Baseline
 from marlrec.baselines.bpr import sample_negatives
 from marlrec.data import RecData
+from marlrec.registry import PluginError
 
 
 class RandomBaseline(Baseline):
@@ -39,7 +40,9 @@ class PopularityBaseline(Baseline):
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if config.counting == "recbole_batches":
             if config.batch_size < 2:
-                raise ValueError("pop: batch_size must be at least 2 (a positive and a negative)")
+                raise PluginError(
+                    "baseline 'pop': batch_size must be at least 2 (a positive and a negative)"
+                )
             counts = recbole_batch_counts(data, seed, config.batch_size)
         else:
             counts = data.item_popularity
@@ -62,7 +65,9 @@ def recbole_batch_counts(data: RecData, seed: int, batch_size: int = 2048) -> np
     train = data.split.train
     positives = torch.from_numpy(np.unique(train.user * data.n_items + train.item))
     if (np.bincount(positives.numpy() // data.n_items) >= data.n_items).any():
-        raise ValueError("pop: a user consumed every item, so no negative can be sampled")
+        raise PluginError(
+            "baseline 'pop': a user consumed every item, so no negative can be sampled"
+        )
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train), generator=generator).numpy()
     users, items = train.user[order], train.item[order]
