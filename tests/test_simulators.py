@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from marlrec import registry
-from marlrec.data import RecData
+from marlrec.data import Interactions, RecData, leave_one_out
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.datasets.synthetic import SyntheticDataset
 from marlrec.pipeline import Pipeline
@@ -50,23 +50,59 @@ def test_start_session_is_a_harmless_default_hook(small_pipeline: Pipeline) -> N
 # --- replay ---------------------------------------------------------------------------------
 
 
-def test_replay_clicks_exactly_the_next_held_out_item_with_its_logged_rating() -> None:
-    replay = simulator("replay", tiny_data(), EMB)  # user 0: valid item 2 (rated 5), test 3
-    first = replay.respond(0, np.array([1, 2, 3]), RNG)
-    assert first.clicks.tolist() == [False, True, False]  # horizon 1: the test item is not
+def long_log() -> RecData:
+    """User 0 consumed items 0..9 in order (item i rated i % 5 + 1); user 1 only item 9."""
+    user = np.array([0] * 10 + [1])
+    item = np.array([*range(10), 9])
+    interactions = Interactions(
+        user=user.astype(np.int64),
+        item=item.astype(np.int64),
+        time=np.arange(11, dtype=np.float64),
+        value=(item % 5 + 1).astype(np.float32),
+    )
+    return RecData(
+        name="long",
+        n_users=2,
+        n_items=10,
+        interactions=interactions,
+        item_text=[f"item {i}" for i in range(10)],
+        split=leave_one_out(interactions, 2),
+    )
+
+
+def test_replay_cut_sessions_start_inside_training_and_click_what_came_next() -> None:
+    replay = simulator("replay", long_log(), torch.zeros(10, 4), horizon=3, min_history=2)
+    train = long_log().train_histories[0].tolist()  # 0..7: items 8 and 9 are held out
+    cuts = set()
+    for seed in range(30):
+        history = replay.start_session(0, np.random.default_rng(seed))
+        cut = len(history)
+        cuts.add(cut)
+        assert history.tolist() == train[:cut] and 2 <= cut < len(train)
+        future = train[cut : cut + 3]
+        assert sorted(replay.future(0)) == sorted(future)  # never a held-out item
+    assert len(cuts) > 3  # the cut is drawn, not fixed
+    replay.start_session(0, np.random.default_rng(0))
+    nxt = sorted(replay.future(0))[0]
+    response = replay.respond(0, np.array([train[0], nxt]), RNG)
+    assert response.clicks.tolist() == [False, True]  # the past is not clicked again
+    assert response.ratings[1] == nxt % 5 + 1 and np.isnan(response.ratings[0])
+
+
+def test_replay_end_sessions_click_the_held_out_items_in_time_order() -> None:
+    replay = simulator("replay", tiny_data(), EMB, start="end", horizon=1)
+    assert replay.start_session(0).tolist() == [0, 1]  # the whole training history
+    first = replay.respond(0, np.array([1, 2, 3]), RNG)  # valid item 2 (rated 5), test 3
+    assert first.clicks.tolist() == [False, True, False]  # horizon 1: not the test item
     assert np.isnan(first.ratings[[0, 2]]).all() and first.ratings[1] == 5.0
-    assert not first.leave
-
-
-def test_replay_horizon_two_adds_the_test_item() -> None:
-    replay = simulator("replay", tiny_data(), EMB, horizon=2)
-    response = replay.respond(0, np.array([3, 0, 2]), RNG)
+    both = simulator("replay", tiny_data(), EMB, start="end", horizon=2)
+    response = both.respond(0, np.array([3, 0, 2]), RNG)
     assert response.clicks.tolist() == [True, False, True]
     assert response.ratings[[0, 2]].tolist() == [3.0, 5.0]
 
 
 def test_replay_leaves_after_patience_slates_without_a_click() -> None:
-    replay = simulator("replay", tiny_data(), EMB, patience=3, horizon=2)
+    replay = simulator("replay", tiny_data(), EMB, start="end", patience=3, horizon=2)
     answers = [replay.respond(0, np.array(slate), RNG) for slate in ([0], [1], [2], [0], [2])]
     # A miss, a miss, a click (resets the count), then item 2 again: already clicked, a miss.
     assert [a.clicks.any() for a in answers] == [False, False, True, False, False]
@@ -75,7 +111,7 @@ def test_replay_leaves_after_patience_slates_without_a_click() -> None:
 
 
 def test_replay_sessions_reset_on_start_session_and_after_leaving() -> None:
-    replay = simulator("replay", tiny_data(), EMB, patience=1)
+    replay = simulator("replay", tiny_data(), EMB, start="end", patience=1)
     assert replay.respond(0, np.array([2]), RNG).clicks.all()
     assert not replay.respond(0, np.array([2]), RNG).clicks.any()  # clicked already: leaves
     assert replay.respond(0, np.array([2]), RNG).clicks.all()  # a new session after leaving
@@ -83,13 +119,14 @@ def test_replay_sessions_reset_on_start_session_and_after_leaving() -> None:
     assert replay.respond(0, np.array([2]), RNG).clicks.all()
 
 
-def test_replay_user_without_held_out_items_never_clicks() -> None:
-    replay = simulator("replay", tiny_data(), EMB, patience=2)
-    answers = [replay.respond(1, np.array([0, 1, 2, 3]), RNG) for _ in range(2)]
+def test_replay_user_without_a_future_never_clicks() -> None:
+    replay = simulator("replay", long_log(), torch.zeros(10, 4), patience=2)
+    assert replay.start_session(1, RNG).tolist() == [9]  # one item: nothing to cut
+    answers = [replay.respond(1, np.arange(10), RNG) for _ in range(2)]
     assert not any(a.clicks.any() for a in answers) and answers[-1].leave
 
 
-@pytest.mark.parametrize(("key", "value"), [("horizon", 3), ("horizon", 0), ("patience", 0)])
+@pytest.mark.parametrize(("key", "value"), [("horizon", 0), ("patience", 0), ("min_history", -1)])
 def test_replay_rejects_bad_options(key: str, value: int) -> None:
     with pytest.raises(PluginError, match=f"simulator 'replay': {key}"):
         simulator("replay", tiny_data(), EMB, **{key: value})
@@ -97,7 +134,7 @@ def test_replay_rejects_bad_options(key: str, value: int) -> None:
 
 def test_replay_in_the_slate_env_scores_real_held_out_items(small_pipeline: Pipeline) -> None:
     base = small_pipeline.env.ctx
-    replay = simulator("replay", base.data, base.item_emb, horizon=1, patience=1)
+    replay = simulator("replay", base.data, base.item_emb, start="end", horizon=1, patience=1)
     rewards = {
         name: registry.create("reward", {"name": name}, data=base.data, item_emb=base.item_emb)
         for name in ("click", "rating", "retention")
@@ -109,7 +146,9 @@ def test_replay_in_the_slate_env_scores_real_held_out_items(small_pipeline: Pipe
         terms = _first_slate_terms(env, int(user), int(base.data.split.valid_item[user]))
         valid_shown = terms.pop("valid_shown")
         assert terms["click"] == float(valid_shown)
-        logged = replay.future(int(user))[terms.pop("item")]
+        terms.pop("item")
+        valid = base.data.split.held_out_interactions("valid")
+        logged = float(valid.value[valid.user == user][0])
         assert terms["rating"] == (logged if valid_shown else 0.0)
         assert terms["retention"] == float(valid_shown)  # patience 1: a miss ends the session
         hits += valid_shown
@@ -339,11 +378,13 @@ def test_response_model_click_auc_on_ml100k_with_minilm(ml100k: RecData, tmp_pat
 
 def test_replay_on_ml100k_reports_real_ratings(ml100k: RecData) -> None:
     no_emb = torch.zeros(ml100k.n_items, 1)  # replay reads no embeddings
-    replay = ReplaySimulator(ReplaySimulator.Config(horizon=2), data=ml100k, item_emb=no_emb)
+    config = ReplaySimulator.Config(start="end", horizon=2)
+    replay = ReplaySimulator(config, data=ml100k, item_emb=no_emb)
     log = ml100k.interactions
     user = 0
     rows = np.flatnonzero(log.user == user)
     valid, test = ml100k.split.valid_item[user], ml100k.split.test_item[user]
+    replay.start_session(user)
     assert replay.future(user) == {
         int(valid): float(log.value[rows[-2]]),
         int(test): float(log.value[rows[-1]]),

@@ -34,13 +34,15 @@ class Simulator(Plugin):
         self.data = data
         self.item_emb = item_emb
 
-    def start_session(self, user: int) -> None:
+    def start_session(self, user: int, rng: np.random.Generator | None = None) -> np.ndarray | None:
         """Hook the environment calls when a session of `user` begins, before its first slate.
 
-        Simulators with per-session state (slates without a click, clicks so far) reset it here;
-        the default does nothing. They must also behave when it is never called: such a
-        simulator opens a session at a user's first slate and again after a slate they left.
+        Returns the history the session starts from, or None for the user's whole training
+        history (the default). Simulators with per-session state (slates without a click, clicks
+        so far) reset it here. They must also behave when it is never called: such a simulator
+        opens a session at a user's first slate and again after a slate they left.
         """
+        return None
 
     @abstractmethod
     def respond(self, user: int, slate: np.ndarray, rng: np.random.Generator) -> Response:

@@ -1,30 +1,27 @@
 """`replay`: users click what they really consumed next, as the log recorded it.
 
-Definition. A session starts from the user's whole training history (that is what the
-environment shows, and its retrieval never offers an item already consumed, so the user's
-training items can never be on a slate). The user's "next-N" interactions are therefore the
-first `horizon` held-out ones in time order: the validation item, then the test item. A slot is
-clicked if and only if its item is one of those not yet clicked in this session; the answer is
-deterministic (no position bias), so a session's clicks are the offline hit-rate of its slates.
-Clicked items report their real logged rating in `Response.ratings` (NaN elsewhere).
+Definition. A session of `start: cut` (the default, for training) opens at a random point of the
+user's training sequence: the history is what came before the cut, and the user's "next-N"
+interactions are the `horizon` training items that follow it. The environment starts the
+session from that history (`start_session` returns it), so the future items are retrievable
+and nothing outside the training split is ever used. With `start: end` the session starts from
+the whole training history and the future is the first `horizon` held-out items (validation,
+then test) — comparable to offline metrics, but then not for training.
 
-The user leaves after `patience` consecutive slates without a click (L in the issue), which
-also ends a session whose future items were all found.
+A slot is clicked if and only if its item is one of the future items not yet clicked in this
+session; the answer is deterministic (no position bias), so a session's clicks are the hit-rate
+of its slates against the real log. Clicked items report their logged rating in
+`Response.ratings` (NaN elsewhere). The user leaves after `patience` consecutive slates without
+a click (L in the issue), which also ends a session whose future items were all found.
 
-Leakage trade-off: `horizon: 1` uses only the validation item, so a policy trained against
-replay never sees a test item; `horizon: 2` adds the test item, which makes rollouts longer and
-comparable to test metrics but must then not be used for training. Starting sessions from a
-truncated training history, with the cut-off training items as the future, would give a richer
-training signal without leakage, but needs the environment to start sessions from that cut.
-
-Session state is kept per user: `start_session(user)` resets it; without that hook, a session
-opens at the user's first slate and again after a slate the user left. Two concurrent sessions
-of the same user in one process share that state.
+Session state is kept per user and reset by `start_session`; two concurrent sessions of the same
+user in one process share it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,15 +30,17 @@ from marlrec.data import RecData
 from marlrec.registry import PluginError
 from marlrec.simulators import Response, Simulator
 
-MAX_HORIZON = 2  # the split holds out one validation and one test item per user
-
 
 @dataclass(kw_only=True)
 class ReplayConfig:
-    horizon: int = 1
-    """N: how many held-out items, in time order (validation, then test), the user may click."""
+    start: Literal["cut", "end"] = "cut"
+    """`cut`: sessions open inside the training sequence; `end`: after it (held-out future)."""
+    horizon: int = 10
+    """N: how many logged items after the session's start the user may click."""
     patience: int = 2
     """L: the user leaves after this many consecutive slates without a click."""
+    min_history: int = 5
+    """`cut`: the fewest training items a session's history keeps (when the user has them)."""
 
 
 @dataclass
@@ -56,30 +55,59 @@ class ReplaySimulator(Simulator):
 
     def __init__(self, config: ReplayConfig, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config, data=data, item_emb=item_emb)
-        if not 1 <= config.horizon <= MAX_HORIZON:
+        for key in ("horizon", "patience"):
+            if getattr(config, key) < 1:
+                raise PluginError(
+                    f"simulator 'replay': {key} must be >= 1, got {getattr(config, key)}"
+                )
+        if config.min_history < 0:
             raise PluginError(
-                f"simulator 'replay': horizon must be 1 (validation item) or 2 (and the test "
-                f"item), got {config.horizon}"
+                f"simulator 'replay': min_history must be >= 0, got {config.min_history}"
             )
-        if config.patience < 1:
-            raise PluginError(f"simulator 'replay': patience must be >= 1, got {config.patience}")
-        held = (data.split.valid_item, data.split.test_item)[: config.horizon]
-        self.future_items = np.stack(held, axis=1)  # (n_users, horizon), -1 where none
-        self.future_ratings = _logged_ratings(data, self.future_items)
+        train = data.split.train
+        self._bounds = np.searchsorted(train.user, np.arange(data.n_users + 1))
         self._sessions: dict[int, _Session] = {}
 
-    def future(self, user: int) -> dict[int, float]:
-        """The items `user` may click in a fresh session, with their logged ratings."""
-        items, ratings = self.future_items[user], self.future_ratings[user]
-        return {int(i): float(r) for i, r in zip(items, ratings, strict=True) if i >= 0}
+    def start_session(self, user: int, rng: np.random.Generator | None = None) -> np.ndarray | None:
+        history, future = self._session_start(user, rng or np.random.default_rng())
+        self._sessions[user] = _Session(remaining=future)
+        return history
 
-    def start_session(self, user: int) -> None:
-        self._sessions[user] = _Session(remaining=self.future(user))
+    def _session_start(
+        self, user: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, dict[int, float]]:
+        train = self.data.split.train
+        lo, hi = self._bounds[user], self._bounds[user + 1]
+        items, ratings = train.item[lo:hi], train.value[lo:hi]
+        n = self.config.horizon
+        if self.config.start == "end" or len(items) < 2:
+            return items, self._held_out(user)
+        first = max(1, min(self.config.min_history, len(items) - 1))
+        cut = int(rng.integers(first, len(items)))
+        future = zip(items[cut : cut + n].tolist(), ratings[cut : cut + n].tolist(), strict=True)
+        return items[:cut], {int(i): float(r) for i, r in future}
+
+    def _held_out(self, user: int) -> dict[int, float]:
+        split = self.data.split
+        future: dict[int, float] = {}
+        for target in ("valid", "test"):
+            part = split.held_out_interactions(target)
+            rows = part.user == user
+            for item, rating in zip(
+                part.item[rows].tolist(), part.value[rows].tolist(), strict=True
+            ):
+                if len(future) < self.config.horizon:
+                    future.setdefault(int(item), float(rating))
+        return future
+
+    def future(self, user: int) -> dict[int, float]:
+        """The items `user` may still click in the current session, with their logged ratings."""
+        return dict(self._sessions[user].remaining) if user in self._sessions else {}
 
     def respond(self, user: int, slate: np.ndarray, rng: np.random.Generator) -> Response:
         """Click the slate's items among the user's unclicked future; `rng` is not needed."""
         if user not in self._sessions:
-            self.start_session(user)
+            self.start_session(user, rng)
         session = self._sessions[user]
         slate = np.asarray(slate, dtype=np.int64)
         clicks = np.zeros(len(slate), dtype=bool)
@@ -93,16 +121,3 @@ class ReplaySimulator(Simulator):
         if leave:
             del self._sessions[user]
         return Response(clicks=clicks, leave=leave, ratings=ratings)
-
-
-def _logged_ratings(data: RecData, items: np.ndarray) -> np.ndarray:
-    """The value of each user's last logged interaction with each of `items` (NaN if none)."""
-    log = data.interactions
-    bounds = np.searchsorted(log.user, np.arange(data.n_users + 1))
-    ratings = np.full(items.shape, np.nan, dtype=np.float32)
-    for user, col in zip(*np.nonzero(items >= 0), strict=True):
-        rows = np.arange(bounds[user], bounds[user + 1])
-        match = rows[log.item[rows] == items[user, col]]
-        if len(match):
-            ratings[user, col] = log.value[match[-1]]
-    return ratings

@@ -98,11 +98,12 @@ class ResponseModelSimulator(Simulator):
         )
         self._sessions: dict[int, _Session] = {}
 
-    def start_session(self, user: int) -> None:
+    def start_session(self, user: int, rng: np.random.Generator | None = None) -> np.ndarray | None:
         history = self.data.train_histories[user]
         self._sessions[user] = _Session(
             self.emb[history].sum(axis=0, dtype=np.float64), len(history)
         )
+        return None
 
     def state(self, user: int) -> np.ndarray:
         """The user's state: the mean embedding of their history and this session's clicks."""
