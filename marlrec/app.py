@@ -157,13 +157,21 @@ def _first_line(exc: BaseException) -> str:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def train_app(cfg: DictConfig) -> float:
-    """One training job; returns the agent's validation NDCG for sweepers that optimise it."""
-    from marlrec.run import AGENT_ROW, train
+    """One training job; returns the agent's validation NDCG for sweepers that optimise it.
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    With `trainer.resume=true` the job continues the run in its run dir (`hydra.run.dir`) with
+    the config saved there.
+    """
+    from marlrec.pipeline import settings
+    from marlrec.run import AGENT_ROW, resumable_config, train
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        cfg = resumable_config(cfg, run_dir, list(hydra_cfg.overrides.task))
         metrics = train(cfg, run_dir)
     except MarlrecError as exc:
         print(f"marlrec: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    return float(metrics["eval"][AGENT_ROW][f"valid/NDCG@{cfg.eval.ks[0]}"])
+    eval_cfg = settings(cfg)[1]
+    return float(metrics["eval"][AGENT_ROW][eval_cfg.key("valid", "ndcg")])

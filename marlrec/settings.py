@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from torch.utils.tensorboard import SummaryWriter
+
+from marlrec.registry import PluginError
+
+VectorEnvKind = Literal["dummy", "subproc", "ray", "batched"]
 
 
 @dataclass(kw_only=True)
@@ -14,7 +19,7 @@ class TrainerConfig:
     """The `trainer` config group: how long and how to train, whatever the agent."""
 
     max_epochs: int = 10
-    """Training epochs; a checkpoint and a test step follow each."""
+    """Training epochs; a test step, a validation and a checkpoint follow each."""
     epoch_num_env_steps: int = 2000
     """Environment steps (one per slot filled) collected per epoch."""
     collect_num_env_steps: int = 64
@@ -29,12 +34,45 @@ class TrainerConfig:
     """Replay buffer capacity in transitions (off-policy agents)."""
     num_train_envs: int = 4
     """Environment copies stepped together while collecting."""
-    vector_env: Literal["dummy", "subproc"] = "dummy"
-    """`dummy` steps copies in this process, `subproc` in worker processes."""
+    vector_env: VectorEnvKind = "dummy"
+    """`dummy` steps copies in this process, `subproc` in worker processes, `ray` on Ray actors
+    (the `ray` extra), `batched` in the env's own tensor-batched vector env (`make_vector`)."""
     test_episodes: int = 50
     """Sessions run at each epoch's test step."""
+    eval_every_epochs: int = 1
+    """Epochs between two validations (valid NDCG@10 of the current policy), which keep the
+    best checkpoint and drive early stopping; the last epoch is always validated. 0: never."""
+    patience: int = 0
+    """Validations without a new best NDCG@10 before training stops early; 0: never stop early."""
+    resume: bool = False
+    """Continue the run in this run dir from its last epoch checkpoint (same configuration);
+    starts afresh when the dir holds no checkpoint yet."""
+    autocast_bf16: bool = False
+    """Run the networks' forward passes of gradient updates under bfloat16 autocast."""
     show_progress: bool = True
-    """Show progress bars."""
+    """Show progress bars and a line per epoch."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_epochs",
+            "epoch_num_env_steps",
+            "collect_num_env_steps",
+            "update_repetitions",
+            "batch_size",
+            "buffer_size",
+            "num_train_envs",
+            "test_episodes",
+        )
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise PluginError(f"trainer.{key} must be at least 1, got {getattr(self, key)}")
+        for key in ("eval_every_epochs", "patience"):
+            if getattr(self, key) < 0:
+                raise PluginError(f"trainer.{key} must be 0 or more, got {getattr(self, key)}")
+        if self.updates_per_env_step <= 0:
+            raise PluginError(
+                f"trainer.updates_per_env_step must be positive, got {self.updates_per_env_step}"
+            )
 
 
 @dataclass(kw_only=True)
@@ -44,16 +82,29 @@ class LoggerConfig:
     backend: Literal["tensorboard"] = "tensorboard"
     """Where training scalars go: TensorBoard event files in the run dir."""
     interval_env_steps: int = 100
-    """Env steps between two logged training points."""
+    """Env steps between two logged training points (returns, losses, reward terms)."""
+
+    def __post_init__(self) -> None:
+        if self.interval_env_steps < 1:
+            raise PluginError(
+                f"logger.interval_env_steps must be at least 1, got {self.interval_env_steps}"
+            )
 
 
 @dataclass
 class TrainRun:
-    """What the training glue hands an agent: settings, a seed, and where to write."""
+    """What the training glue hands an agent: settings, a seed, where to write, and hooks.
+
+    The shared loop (`marlrec.agents.training.train_with_tianshou`) calls the hooks and fills
+    `history`; agents only pass the run through.
+    """
 
     trainer: TrainerConfig
     logger: LoggerConfig
     seed: int
     writer: SummaryWriter
     save_checkpoint: Callable[[int], None]  # called with the epoch number after each epoch
-    save_best: Callable[[], None]  # called when a test step scores the best return so far
+    save_best: Callable[[], None]  # called when a validation sets a new best NDCG@10
+    validate: Callable[[], float] | None = None  # the current policy's valid NDCG@10
+    state_path: Path | None = None  # the resumable training state, rewritten every epoch
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
