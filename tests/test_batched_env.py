@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from tianshou.algorithm.random import MARLRandomDiscreteMaskedOffPolicyAlgorithm
-from tianshou.data import Collector, VectorReplayBuffer
+from tianshou.data import Batch, Collector, VectorReplayBuffer
 from tianshou.env import BaseVectorEnv, DummyVectorEnv
 
 from marlrec.data import RecData
@@ -40,10 +40,20 @@ def reference(env: Environment, n: int) -> DummyVectorEnv:
     return DummyVectorEnv([env.tianshou_env] * n)
 
 
-def assert_same_observations(batched: np.ndarray, expected: np.ndarray, env: Environment) -> None:
+def as_dicts(observations: Batch | np.ndarray) -> list[dict[str, Any]]:
+    """Per-copy observation dicts, from a stacked Batch or as the per-user envs give them."""
+    if not isinstance(observations, Batch):
+        return list(observations)
+    keys = list(observations.keys())
+    return [dict(zip(keys, row, strict=True)) for row in zip(*observations.values(), strict=True)]
+
+
+def assert_same_observations(
+    batched: Batch | np.ndarray, expected: np.ndarray, env: Environment
+) -> None:
     assert len(batched) == len(expected)
     split = env.spec.layout.split
-    for got, want in zip(batched, expected, strict=True):
+    for got, want in zip(as_dicts(batched), expected, strict=True):
         assert got.keys() == want.keys()
         assert got.get("agent_id") == want.get("agent_id")
         np.testing.assert_array_equal(got["mask"], np.asarray(want["mask"], dtype=bool))
@@ -52,10 +62,20 @@ def assert_same_observations(batched: np.ndarray, expected: np.ndarray, env: Env
         np.testing.assert_allclose(got["obs"], want["obs"], rtol=1e-5, atol=1e-6)
 
 
-def assert_same_infos(batched: np.ndarray, expected: np.ndarray) -> None:
-    for got, want in zip(batched, expected, strict=True):
+SLATE_KEYS = ("clicks", "user", "reward_terms", "reward_global", "role_rewards")
+
+
+def assert_same_infos(
+    batched: np.ndarray, expected: np.ndarray, stacked: bool, answered: np.ndarray
+) -> None:
+    """Unstacked infos equal the per-user envs'; stacked ones carry the slate's info exactly
+    on the step that answered it (`answered`), and are empty otherwise."""
+    for got, want, fresh in zip(batched, expected, answered, strict=True):
+        if stacked:
+            assert got == ({key: want[key] for key in SLATE_KEYS} if fresh else {})
+            continue
         assert got.keys() == want.keys()
-        for key in ("env_id", "clicks", "user", "reward_terms", "role_rewards"):
+        for key in ("env_id", *SLATE_KEYS):
             assert got.get(key) == want.get(key), key
         if "action_mask" in want:
             np.testing.assert_array_equal(got["action_mask"], want["action_mask"])
@@ -65,7 +85,9 @@ def random_actions(observations: np.ndarray, rng: np.random.Generator) -> np.nda
     return np.array([rng.choice(np.flatnonzero(np.asarray(o["mask"]))) for o in observations])
 
 
-def run_in_lockstep(make_env: Callable[[], Environment], n: int, steps: int, seed: int) -> int:
+def run_in_lockstep(
+    make_env: Callable[[], Environment], n: int, steps: int, seed: int, stacked: bool
+) -> int:
     """Step the batched env and the reference with the same actions, resetting finished
     copies as a collector does; every output must agree. Returns the sessions finished.
 
@@ -73,26 +95,30 @@ def run_in_lockstep(make_env: Callable[[], Environment], n: int, steps: int, see
     shared between them.
     """
     env = make_env()
-    batched, expected = env.make_vector(n), reference(make_env(), n)
+    batched, expected = env.make_vector(n, stacked=stacked), reference(make_env(), n)
+    slate_size = env.core.slate_size
     batched.seed(seed)
     expected.seed(seed)
     obs_b, info_b = batched.reset()
     obs_e, info_e = expected.reset()
     assert_same_observations(obs_b, obs_e, env)
-    assert_same_infos(info_b, info_e)
-    rng, finished = np.random.default_rng(seed), 0
+    if not stacked:
+        assert_same_infos(info_b, info_e, stacked, np.zeros(n, dtype=bool))
+    rng, finished, filled = np.random.default_rng(seed), 0, np.zeros(n, dtype=int)
     for _ in range(steps):
         actions = random_actions(obs_e, rng)
         obs_b, rew_b, term_b, trunc_b, info_b = batched.step(actions)
         obs_e, rew_e, term_e, trunc_e, info_e = expected.step(actions)
+        filled += 1
         assert_same_observations(obs_b, obs_e, env)
         np.testing.assert_allclose(rew_b, rew_e, rtol=1e-6)
         np.testing.assert_array_equal(term_b, term_e)
         np.testing.assert_array_equal(trunc_b, trunc_e)
-        assert_same_infos(info_b, info_e)
+        assert_same_infos(info_b, info_e, stacked, filled % slate_size == 0)
         done = np.flatnonzero(term_e | trunc_e)
         if len(done):
             finished += len(done)
+            filled[done] = 0
             reset_b, _ = batched.reset(done)
             reset_e, _ = expected.reset(done)
             assert_same_observations(reset_b, reset_e, env)
@@ -100,18 +126,25 @@ def run_in_lockstep(make_env: Callable[[], Environment], n: int, steps: int, see
     return finished
 
 
-def test_batched_slate_env_agrees_with_per_user_aec_envs(synthetic: RecData) -> None:
-    assert run_in_lockstep(lambda: slate_env(synthetic), n=5, steps=120, seed=3) >= 5
+@pytest.mark.parametrize("stacked", [False, True])
+def test_batched_slate_env_agrees_with_per_user_aec_envs(synthetic: RecData, stacked: bool) -> None:
+    finished = run_in_lockstep(
+        lambda: slate_env(synthetic), n=5, steps=120, seed=3, stacked=stacked
+    )
+    assert finished >= 5
 
 
-def test_batched_single_env_agrees_with_per_user_gymnasium_envs(synthetic: RecData) -> None:
+@pytest.mark.parametrize("stacked", [False, True])
+def test_batched_single_env_agrees_with_per_user_gymnasium_envs(
+    synthetic: RecData, stacked: bool
+) -> None:
     config = SingleConfig(slate_size=3, explore_share=0.25, max_slates=3)
 
     def make_env() -> SingleAgentEnvironment:
         return SingleAgentEnvironment(config, ctx=context(synthetic))
 
     assert isinstance(make_env().make_vector(2), BatchedSlateEnv)
-    assert run_in_lockstep(make_env, n=4, steps=60, seed=5) >= 4
+    assert run_in_lockstep(make_env, n=4, steps=60, seed=5, stacked=stacked) >= 4
 
 
 def test_batched_env_agrees_on_movielens_with_replay(ml100k: RecData) -> None:
@@ -119,7 +152,7 @@ def test_batched_env_agrees_on_movielens_with_replay(ml100k: RecData) -> None:
         config = SlateConfig(explore_share=0.2)
         return SlateEnvironment(config, ctx=context(ml100k, simulator="replay"))
 
-    assert run_in_lockstep(make_env, n=4, steps=40, seed=0) >= 1
+    assert run_in_lockstep(make_env, n=4, steps=40, seed=0, stacked=False) >= 1
 
 
 def collect_returns(envs: BaseVectorEnv, n_episode: int) -> np.ndarray:
@@ -156,8 +189,14 @@ def test_vector_env_interface(synthetic: RecData) -> None:
     obs, _ = batched.reset([1], options={"user": 7})
     assert batched.get_env_attr("user", 1) == [7]
     taken = int(np.flatnonzero(obs[0]["mask"])[0])
-    batched.step(np.array([taken]), [1])
+    obs = batched.step(np.array([taken]), [1])[0]
     with pytest.raises(ValueError, match="not an available candidate"):
         batched.step(np.array([taken]), [1])
+    # The rest of the slate; training logs read the per-copy term tallies.
+    assert batched.get_env_attr("scored_slates") == [0, 0, 0]
+    for _ in range(env.core.slate_size - 1):
+        obs, _, _, _, infos = batched.step(np.flatnonzero(obs.mask[0])[:1], [1])
+    assert batched.get_env_attr("scored_slates") == [0, 1, 0]
+    assert batched.get_env_attr("reward_term_totals", 1) == [infos[0]["reward_terms"]]
     batched.close()
     assert batched.is_closed

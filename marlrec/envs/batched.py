@@ -1,16 +1,25 @@
 """The fast path: many users' sessions stepped at once as tensors, as a Tianshou vector env.
 
-`BatchedSlateEnv(core, roles, num_envs)` gives, step for step, what
-`DummyVectorEnv([PettingZooEnv(SlateAEC(core, roles))] * num_envs)` gives: the same users, the
-same candidates, the same rewards for the same actions on the same seed, with observations as
-dicts `{"agent_id", "obs", "mask"}` (`mask` a boolean array where `PettingZooEnv` gives a list
-of booleans: the same once a collector stacks them). Per-slot work (observations, masks,
-choices) is tensor operations over every ready session; retrieval, the state model and
-exploration run once per slate for all sessions that start one. Only the simulator and the
-reward plugins, which answer one user at a time, loop over users, once per slate.
+`BatchedSlateEnv(core, roles, num_envs)` plays, step for step, what
+`DummyVectorEnv([PettingZooEnv(SlateAEC(core, roles))] * num_envs)` plays: the same users, the
+same candidates, the same rewards for the same actions on the same seed. Per-slot work
+(observations, masks, choices) is tensor operations over every ready session; retrieval, the
+state model and exploration run once per slate for all sessions that start one. Only the
+simulator and the reward plugins, which answer one user at a time, loop over users, once per
+slate.
+
+Two output formats:
+- `stacked=True` (the default, for training): observations come as one Tianshou `Batch`
+  (`agent_id`, `obs`, `mask`), which is what a collector would stack per-copy dicts into, and
+  a copy's info is `{}` except on the step that answered its slate, where it carries the
+  slate's terms. A collector then spends almost no time converting them.
+- `stacked=False`: per-copy observation dicts `{"agent_id", "obs", "mask"}` and infos exactly
+  as the per-user envs give them (the last slate's info until the next one, `env_id` added),
+  `mask` a boolean array where `PettingZooEnv` gives a list of booleans.
 
 With `single_agent=True` it mirrors `DummyVectorEnv([SingleSlateEnv(core)] * num_envs)`
-instead: observations `{"obs", "mask"}`, one reward per session, the mask in `info`.
+instead: observations `{"obs", "mask"}` and one reward per session (unstacked, infos also hold
+`action_mask`, as the gymnasium env's do).
 """
 
 from __future__ import annotations
@@ -21,9 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from tianshou.data import Batch
 from tianshou.env import BaseVectorEnv
 
-from marlrec.envs.slate import SlateCore, observation_space, session_users
+from marlrec.envs.slate import SlateCore, session_users, slate_observation_space
 from marlrec.registry import MarlrecError
 
 EnvIds = int | Sequence[int] | np.ndarray | None
@@ -32,13 +42,44 @@ EnvIds = int | Sequence[int] | np.ndarray | None
 class BatchedSlateEnv(BaseVectorEnv):
     """`num_envs` slate sessions as one Tianshou vector env; row i plays env copy i."""
 
+    # BaseVectorEnv routes every attribute lookup through Python to forward gymnasium's
+    # reserved names to its workers; here those names are properties, and lookups stay fast.
+    __getattribute__ = object.__getattribute__
+
+    @property
+    def action_space(self) -> list[spaces.Discrete]:
+        return self.get_env_attr("action_space")
+
+    @property
+    def observation_space(self) -> list[spaces.Space]:
+        return self.get_env_attr("observation_space")
+
+    @property
+    def metadata(self) -> list[dict[str, Any]]:
+        return self.get_env_attr("metadata")
+
+    @property
+    def spec(self) -> list[None]:
+        return self.get_env_attr("spec")
+
+    @property
+    def reward_range(self) -> list[tuple[float, float]]:
+        return self.get_env_attr("reward_range")
+
     def __init__(
-        self, core: SlateCore, roles: list[str], num_envs: int, *, single_agent: bool = False
+        self,
+        core: SlateCore,
+        roles: list[str],
+        num_envs: int,
+        *,
+        single_agent: bool = False,
+        stacked: bool = True,
     ) -> None:
         # BaseVectorEnv's constructor builds one worker per env copy: there are none here.
         if num_envs < 1:
             raise MarlrecError(f"a batched env needs at least one env copy, got {num_envs}")
-        self.core, self.roles, self.single_agent = core, list(roles), single_agent
+        self.core, self.roles = core, list(roles)
+        self.single_agent, self.stacked = single_agent, stacked
         self.env_num = self.wait_num = num_envs
         self.timeout = None
         self.is_async, self.is_closed = False, False
@@ -46,6 +87,9 @@ class BatchedSlateEnv(BaseVectorEnv):
         self.ready_id = list(range(num_envs))
         self._spaces = self._make_spaces(num_envs)
         self._users_pool = session_users(core)
+        histories = core.ctx.data.train_histories
+        self._train_items = np.concatenate([np.zeros(0, np.int64), *histories]).astype(np.int64)
+        self._train_start = np.concatenate([[0], np.cumsum([len(h) for h in histories])])
         self._turn_order = torch.as_tensor(core.turn_order, device=core.ctx.device)
         self._allocate(num_envs)
 
@@ -55,7 +99,7 @@ class BatchedSlateEnv(BaseVectorEnv):
         if self.single_agent:
             obs_space: spaces.Space = single_observation_space(self.core)
         else:
-            obs_space = observation_space(self.core)
+            obs_space = slate_observation_space(self.core)
         return {
             "action_space": [spaces.Discrete(m) for _ in range(num_envs)],
             "observation_space": [obs_space] * num_envs,
@@ -85,6 +129,9 @@ class BatchedSlateEnv(BaseVectorEnv):
         self.rewards = np.zeros((n, core.n_roles), dtype=np.float64)
         self.infos: list[dict[str, Any]] = [{} for _ in range(n)]
         self._slate_done = np.zeros(n, dtype=bool)  # this step answered the row's slate
+        # Running tallies per copy, read by training logs through `get_env_attr`.
+        self.reward_term_totals: list[dict[str, float]] = [{} for _ in range(n)]
+        self.scored_slates = np.zeros(n, dtype=np.int64)
 
     # --- the vector-env interface ---------------------------------------------------------
 
@@ -92,9 +139,12 @@ class BatchedSlateEnv(BaseVectorEnv):
         ids = self._wrap_id(id)
         if key in self._spaces:
             return [self._spaces[key][i] for i in ids]
-        if key in ("user", "slate_number"):
-            values = self.users if key == "user" else self.slate_number.cpu().numpy()
+        counters = {"user": self.users, "scored_slates": self.scored_slates}
+        if key in counters or key == "slate_number":
+            values = counters[key] if key in counters else self.slate_number.cpu().numpy()
             return [int(values[i]) for i in ids]
+        if key == "reward_term_totals":
+            return [dict(self.reward_term_totals[i]) for i in ids]
         raise AttributeError(f"the batched slate env has no per-copy attribute '{key}'")
 
     def set_env_attr(self, key: str, value: Any, id: EnvIds = None) -> None:
@@ -127,11 +177,11 @@ class BatchedSlateEnv(BaseVectorEnv):
                 self.rngs[i] = np.random.default_rng(seed)
         self._reset_rows(ids, options.get("user"))
         observations = self._observations(ids)
-        if self.single_agent:
-            infos = [{"action_mask": obs["mask"]} for obs in observations]
-        else:
+        if self.stacked or not self.single_agent:
             infos = [{} for _ in ids]
-        return _object_array(observations), _object_array(infos)
+        else:
+            infos = [{"action_mask": mask} for mask in observations.mask]
+        return self._output(observations), _object_array(infos)
 
     def step(self, action: np.ndarray | torch.Tensor | None, id: EnvIds = None) -> tuple:
         self._assert_is_not_closed()
@@ -143,13 +193,12 @@ class BatchedSlateEnv(BaseVectorEnv):
             raise ValueError(f"{len(actions)} actions for {len(ids)} env copies")
         self._apply(ids, actions.to(self.core.ctx.device))
         observations = self._observations(ids)
-        infos = [self._info(i, obs) for i, obs in zip(ids.tolist(), observations, strict=True)]
-        done = self.done[ids]
-        rewards = self.rewards[ids, 0] if self.single_agent else self.rewards[ids].copy()
+        infos = [self._info(i, k, observations) for k, i in enumerate(ids.tolist())]
+        rewards = self.rewards[ids, 0] if self.single_agent else self.rewards[ids]
         return (
-            _object_array(observations),
+            self._output(observations),
             rewards,
-            done.copy(),
+            self.done[ids],
             np.zeros(len(ids), dtype=bool),
             _object_array(infos),
         )
@@ -169,17 +218,23 @@ class BatchedSlateEnv(BaseVectorEnv):
     # --- session mechanics ------------------------------------------------------------------
 
     def _reset_rows(self, ids: np.ndarray, user: int | None = None) -> None:
-        data = self.core.ctx.data
         for i in ids.tolist():
             chosen = int(self.rngs[i].choice(self._users_pool)) if user is None else int(user)
             self.users[i] = chosen
             self.core.ctx.simulator.start_session(chosen)
-            history = torch.as_tensor(data.train_histories[chosen], dtype=torch.long)
-            self.history[i] = -1
-            self.history[i, : len(history)] = history.to(self.history.device)
-            self.history_len[i] = len(history)
             self.infos[i] = {}
-        rows = torch.as_tensor(ids, device=self.history.device)
+        users = self.users[ids]
+        lengths = self._train_start[users + 1] - self._train_start[users]
+        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        items = self._train_items[np.repeat(self._train_start[users], lengths) + offsets]
+        device = self.history.device
+        rows = torch.as_tensor(ids, device=device)
+        self.history[rows] = -1
+        self.history[
+            torch.as_tensor(np.repeat(ids, lengths), device=device),
+            torch.as_tensor(offsets, device=device),
+        ] = torch.as_tensor(items, device=device)
+        self.history_len[rows] = torch.as_tensor(lengths, device=device)
         self.slate_number[rows] = 0
         self.done[ids] = False
         self.rewards[ids] = 0.0
@@ -231,22 +286,36 @@ class BatchedSlateEnv(BaseVectorEnv):
     def _answer(self, ids: np.ndarray) -> None:
         """The simulator answers each full slate (one user at a time), then the next begins."""
         core = self.core
-        slates = self.slate[torch.as_tensor(ids, device=self.slate.device)].cpu().numpy()
-        numbers = self.slate_number.cpu().numpy()
-        for i, items in zip(ids.tolist(), slates, strict=True):
-            outcome, score = core.answer(int(self.users[i]), items, int(numbers[i]), self.rngs[i])
+        device = self.history.device
+        rows = torch.as_tensor(ids, device=device)
+        slates = self.slate[rows].cpu().numpy()
+        numbers = self.slate_number[rows].cpu().numpy()
+        clicks = np.zeros(slates.shape, dtype=bool)
+        for k, i in enumerate(ids.tolist()):
+            outcome, score = core.answer(
+                int(self.users[i]), slates[k], int(numbers[k]), self.rngs[i]
+            )
             self.rewards[i] = score.role_rewards
             self.infos[i] = core.slate_info(outcome, score)
-            clicked = torch.as_tensor(items[outcome.clicks], device=self.history.device)
-            start = int(self.history_len[i])
-            self.history[i, start : start + len(clicked)] = clicked
-            self.history_len[i] = start + len(clicked)
-            self.done[i] = outcome.leave or int(numbers[i]) + 1 >= core.max_slates
-        self.slate_number[torch.as_tensor(ids, device=self.slate_number.device)] += 1
+            totals = self.reward_term_totals[i]
+            for name, value in score.terms.items():
+                totals[name] = totals.get(name, 0.0) + value
+            self.scored_slates[i] += 1
+            clicks[k] = outcome.clicks
+            self.done[i] = outcome.leave or int(numbers[k]) + 1 >= core.max_slates
+        # Clicked items join the histories, in slot order, all rows at once.
+        clicks_t = torch.as_tensor(clicks, device=device)
+        positions = self.history_len[rows, None] + clicks_t.long().cumsum(1) - 1
+        hit_rows, hit_slots = torch.nonzero(clicks_t, as_tuple=True)
+        self.history[rows[hit_rows], positions[hit_rows, hit_slots]] = self.slate[rows][
+            hit_rows, hit_slots
+        ]
+        self.history_len[rows] += clicks_t.sum(1)
+        self.slate_number[rows] += 1
         self._slate_done[ids] = True
         self._start_slates(ids[~self.done[ids]])
 
-    def _observations(self, ids: np.ndarray) -> list[dict[str, Any]]:
+    def _observations(self, ids: np.ndarray) -> Batch:
         """What each row's acting agent observes: the next slot's role, or after the session's
         last slate, the first role looking at the answered slate (as the per-user env does)."""
         core = self.core
@@ -264,17 +333,27 @@ class BatchedSlateEnv(BaseVectorEnv):
             self.slate_number[rows],
         )
         mask = core.action_mask(self.cand_scores[rows], self.chosen[rows])
-        obs_np, mask_np = obs.cpu().numpy(), mask.cpu().numpy()
         if self.single_agent:
-            return [{"obs": obs_np[k], "mask": mask_np[k]} for k in range(len(ids))]
-        agents = [self.roles[r] for r in role.tolist()]
-        return [
-            {"agent_id": agents[k], "obs": obs_np[k], "mask": mask_np[k]} for k in range(len(ids))
-        ]
+            return Batch(obs=obs.cpu().numpy(), mask=mask.cpu().numpy())
+        agents = np.array([self.roles[r] for r in role.tolist()], dtype=object)
+        return Batch(agent_id=agents, obs=obs.cpu().numpy(), mask=mask.cpu().numpy())
 
-    def _info(self, i: int, observation: dict[str, Any]) -> dict[str, Any]:
+    def _output(self, observations: Batch) -> Batch | np.ndarray:
+        """The stacked Batch, or one dict per copy as the per-user envs give them."""
+        if self.stacked:
+            return observations
+        keys = list(observations.keys())
+        values = [observations[key] for key in keys]
+        return _object_array(
+            [dict(zip(keys, row, strict=True)) for row in zip(*values, strict=True)]
+        )
+
+    def _info(self, i: int, k: int, observations: Batch) -> dict[str, Any]:
+        """Row i's info; k is its position in this step's output."""
+        if self.stacked:
+            return dict(self.infos[i]) if self._slate_done[i] else {}
         if self.single_agent:
-            info = {"action_mask": observation["mask"]}
+            info = {"action_mask": observations.mask[k]}
             if self._slate_done[i]:
                 info.update(self.infos[i])
         else:

@@ -116,7 +116,7 @@ class SingleAgentEnvironment(SlateEnvironment):
     def make_aec(self) -> SlateAEC:
         return SlateAEC(self.core, [ROLE])
 
-    def make_vector(self, num_envs: int) -> BatchedSlateEnv:
+    def make_vector(self, num_envs: int, *, stacked: bool = True) -> BatchedSlateEnv:
         """`num_envs` sessions stepped together as tensors, as
-        `DummyVectorEnv([env.make()] * num_envs)` would step them."""
-        return BatchedSlateEnv(self.core, [ROLE], num_envs, single_agent=True)
+        `DummyVectorEnv([env.make()] * num_envs)` would step them (see `marlrec.envs.batched`)."""
+        return BatchedSlateEnv(self.core, [ROLE], num_envs, single_agent=True, stacked=stacked)

@@ -352,7 +352,7 @@ class SlateAEC(AECEnv):
         self.ctx = core.ctx
         self.possible_agents = list(roles)
         self.render_mode = render_mode
-        obs_space = observation_space(core)
+        obs_space = slate_observation_space(core)
         self.observation_spaces = {a: obs_space for a in roles}
         self.action_spaces = {a: spaces.Discrete(core.n_candidates) for a in roles}
         self._users = session_users(core)
@@ -451,7 +451,7 @@ class SlateAEC(AECEnv):
         pass
 
 
-def observation_space(core: SlateCore) -> spaces.Dict:
+def slate_observation_space(core: SlateCore) -> spaces.Dict:
     """Every agent's observation: the flat layout and its action mask (identical for all)."""
     return spaces.Dict(
         {
@@ -490,12 +490,13 @@ class SlateEnvironment(Environment):
     def make(self) -> Any:
         return SlateAEC(self.core, self.roles)
 
-    def make_vector(self, num_envs: int) -> Any:
+    def make_vector(self, num_envs: int, *, stacked: bool = True) -> Any:
         """`num_envs` sessions stepped together as tensors: what
-        `DummyVectorEnv([PettingZooEnv(env.make())] * num_envs)` gives, much faster."""
+        `DummyVectorEnv([PettingZooEnv(env.make())] * num_envs)` plays, much faster; observations
+        come stacked in one Batch unless `stacked=False` (see `marlrec.envs.batched`)."""
         from marlrec.envs.batched import BatchedSlateEnv
 
-        return BatchedSlateEnv(self.core, self.roles, num_envs)
+        return BatchedSlateEnv(self.core, self.roles, num_envs, stacked=stacked)
 
     @torch.no_grad()
     def rank(

@@ -26,7 +26,12 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
-from marlrec.envs.slate import SlateCore, SlateEnvironment, observation_space, session_users
+from marlrec.envs.slate import (
+    SlateCore,
+    SlateEnvironment,
+    session_users,
+    slate_observation_space,
+)
 
 
 class SlateParallel(ParallelEnv):
@@ -44,7 +49,7 @@ class SlateParallel(ParallelEnv):
         self.possible_agents = list(roles)
         self.agents: list[str] = []
         self.render_mode = render_mode
-        self._observation_space = observation_space(core)
+        self._observation_space = slate_observation_space(core)
         self._action_space = spaces.Discrete(core.n_candidates)
         self._users = session_users(core)
         self.rng = np.random.default_rng()
