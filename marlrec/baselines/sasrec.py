@@ -229,11 +229,10 @@ def train_epoch(
     total, count = 0.0, 0
     for batch in torch.randperm(len(windows), generator=generator).split(batch_size):
         window = windows[batch].to(device)
-        inputs, targets = window[:, :-1], window[:, 1:] - 1  # padding becomes -1: ignored
-        logits = model.logits(model(inputs))
-        loss = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1
-        )
+        inputs, targets = window[:, :-1], window[:, 1:] - 1  # padding becomes -1
+        real = targets >= 0
+        # Scores only where a real next item exists: the full softmax is most of the cost.
+        loss = nn.functional.cross_entropy(model.logits(model(inputs)[real]), targets[real])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
