@@ -6,26 +6,39 @@ fixed order, so we build each role's transition explicitly: from its turn to its
 summing every reward credited to it in between. The trainer also flags only the outer policy as
 "within a training step"; `CooperativePolicy` hands that flag down to every role's policy so that
 exploration is on while collecting and off in evaluation.
+
+The candidate-scoring networks share one encoder (`CandidateEncoder`); with parameter sharing one
+network serves every role and a learned role embedding tells the roles apart.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tianshou.algorithm.algorithm_base import OffPolicyAlgorithm, Policy
+from tianshou.algorithm.algorithm_base import OffPolicyAlgorithm, OnPolicyAlgorithm, Policy
 from tianshou.algorithm.multiagent.marl import (
     MARLDispatcher,
     MultiAgentOffPolicyAlgorithm,
+    MultiAgentOnPolicyAlgorithm,
     MultiAgentPolicy,
 )
-from tianshou.data import ReplayBuffer
+from tianshou.algorithm.optim import OptimizerFactory, ParamsType
+from tianshou.data import Batch, ReplayBuffer
 from tianshou.env import PettingZooEnv
 from torch import nn
 
-from marlrec.envs import EnvSpec
+from marlrec.agents.training import tianshou_env
+from marlrec.envs import Environment, EnvSpec
+from marlrec.registry import PluginError
+
+# Scale of the standardised retrieval score and popularity in an actor's direct logit term.
+DIRECT_GAIN = 10.0
+# Logit given to unavailable candidates: finite, so entropies and log-probabilities stay finite.
+MASKED_LOGIT = -1e9
 
 
 class CooperativePolicy(MultiAgentPolicy):
@@ -57,6 +70,44 @@ class CooperativeOffPolicyAlgorithm(MultiAgentOffPolicyAlgorithm):
         self._submodules = nn.ModuleList(algorithms)
 
 
+class CooperativeOnPolicyAlgorithm(MultiAgentOnPolicyAlgorithm):
+    """Tianshou's multi-agent on-policy algorithm with a `CooperativePolicy`."""
+
+    def __init__(self, *, algorithms: list[OnPolicyAlgorithm], env: PettingZooEnv) -> None:
+        dispatcher: MARLDispatcher[OnPolicyAlgorithm] = MARLDispatcher(algorithms, env)
+        policy = CooperativePolicy({a: alg.policy for a, alg in dispatcher.algorithms.items()})
+        OnPolicyAlgorithm.__init__(self, policy=policy)
+        self._dispatcher = dispatcher
+        self._submodules = nn.ModuleList(algorithms)
+
+
+def multi_agent_env(env: Environment, agent: str) -> PettingZooEnv:
+    """One copy of `env` as Tianshou's multi-agent path steps it; single-agent envs are refused."""
+    made = tianshou_env(env)
+    if not isinstance(made, PettingZooEnv):
+        raise PluginError(
+            f"agent '{agent}' needs a multi-agent env whose roles take turns (env=slate), but "
+            f"env '{type(env).__name__}' has a single agent: use agent=dqn or agent=ppo"
+        )
+    return made
+
+
+class SharedOptimizerFactory(OptimizerFactory):
+    """Hands one Adam over all roles' networks to every role's algorithm.
+
+    Roles that share parameters (a shared network, the trainable state model, MAPPO's critic)
+    then keep one set of moment estimates instead of one per role, each of which would step the
+    same weights. A role's update leaves the others' gradients unset, and Adam skips those.
+    """
+
+    def __init__(self, module: nn.Module, lr: float) -> None:
+        super().__init__()
+        self.optimizer = torch.optim.Adam(module.parameters(), lr=lr)
+
+    def _create_optimizer_for_params(self, params: ParamsType) -> torch.optim.Optimizer:
+        return self.optimizer
+
+
 def own_turn_transitions(
     buffer: ReplayBuffer, indices: np.ndarray, agent_id: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -86,16 +137,57 @@ def own_turn_transitions(
     return accrued, current, ~ended & complete, complete
 
 
-class CandidateQNet(nn.Module):
-    """Scores every candidate from (state, candidate, slate so far, role): a dueling Q-network.
+def own_turn_advantages(
+    deltas: np.ndarray,
+    indices: np.ndarray,
+    next_turn: np.ndarray,
+    bootstrap: np.ndarray,
+    discount: float,
+) -> np.ndarray:
+    """Generalised advantages along one role's own turns: A_t = delta_t + discount * A_next.
+
+    `deltas` are the role's TD errors, one per step at `indices`; `next_turn` and `bootstrap`
+    come from `own_turn_transitions`; `discount` is gamma * lambda. The chain runs through
+    every next own turn that is itself among `indices` and stops at the episode's end.
+    """
+    order = np.argsort(indices)
+    slot = np.searchsorted(indices[order], next_turn).clip(max=len(indices) - 1)
+    successor = order[slot]
+    chained = bootstrap & (indices[successor] == next_turn)
+    advantages = deltas.astype(np.float64).copy()
+    # Every pass makes one more own turn of each chain exact; chains are as long as a session.
+    for _ in range(len(indices)):
+        updated = deltas + discount * np.where(chained, advantages[successor], 0.0)
+        if np.array_equal(updated, advantages):
+            break
+        advantages = updated
+    return advantages
+
+
+@dataclass
+class CandidateFeatures:
+    """What every candidate-scoring head reads, computed once per observation batch."""
+
+    parts: dict[str, torch.Tensor]  # the observation's parts (ObsLayout.split)
+    user: torch.Tensor  # (B, hidden) projected user state (plus the role embedding, if any)
+    candidates: torch.Tensor  # (B, M, hidden) projected candidates with their scalar features
+    context: torch.Tensor  # (B, 2 * hidden + n_roles + 2) user, slate so far, role, progress
+    per_candidate: torch.Tensor  # (B, M, 3 * hidden + 1) each candidate against user and slate
+    scalars: torch.Tensor  # (B, M, 2) retrieval score and popularity
+
+
+class CandidateEncoder(nn.Module):
+    """Encodes (state, candidate, slate so far, role) for candidate-scoring heads.
 
     Scoring candidates instead of catalog ids keeps the action space fixed as the catalog grows
-    and lets a new item be recommended as soon as its text is encoded. The dueling split, a
-    state value plus each candidate's advantage, matters here: a session's return dwarfs the
-    difference one slot makes, and the advantage head learns that difference on its own.
+    and lets a new item be recommended as soon as its text is encoded. With `role_embedding`,
+    one network can serve every role: a learned embedding of the role is added to the user's
+    projection, so each role weighs the candidates through its own view of the user.
     """
 
-    def __init__(self, spec: EnvSpec, hidden: int, device: torch.device) -> None:
+    def __init__(
+        self, spec: EnvSpec, hidden: int, device: torch.device, role_embedding: bool = False
+    ) -> None:
         super().__init__()
         self.layout = spec.layout
         self.device = device
@@ -111,16 +203,11 @@ class CandidateQNet(nn.Module):
         # value head reads also knows how popular and how well retrieved the chosen items are.
         self.item_proj = nn.Linear(d + 2, hidden)
         self.state_proj = nn.Linear(ds, hidden)
-        context = 2 * hidden + n_roles + 2
-        self.value = nn.Sequential(nn.Linear(context, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        # The advantage MLP's first layer over [context, candidate] is split in two so that the
-        # context part is computed once per observation rather than once per candidate.
-        self.advantage_context = nn.Linear(context, hidden)
-        self.advantage_candidate = nn.Linear(3 * hidden + 1, hidden, bias=False)
-        self.advantage_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
-        self.to(device)
+        self.role_embedding = nn.Embedding(n_roles, hidden) if role_embedding else None
+        self.context_size = 2 * hidden + n_roles + 2
+        self.per_candidate_size = 3 * hidden + 1
 
-    def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
+    def features(self, obs: Any) -> CandidateFeatures:
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         parts = self.layout.split(obs)
         raw = self.item_emb[parts["candidates"]]  # (B, M, d)
@@ -128,6 +215,8 @@ class CandidateQNet(nn.Module):
         scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)
         cand = self.item_proj(torch.cat([raw, scalars], dim=-1))
         user = self.state_proj(self._user_state(parts))
+        if self.role_embedding is not None:
+            user = user + self.role_embedding(parts["role"].argmax(dim=-1))
         slate = (chosen[..., None] * cand).sum(1) / chosen.sum(1, keepdim=True).clamp(min=1)
         context = torch.cat([user, slate, parts["role"], parts["progress"]], dim=-1)
         unit = F.normalize(raw, dim=-1)
@@ -136,11 +225,7 @@ class CandidateQNet(nn.Module):
             [cand, cand * user[:, None], cand * slate[:, None], to_slate.amax(-1)[..., None]],
             dim=-1,
         )
-        hidden = self.advantage_candidate(per_candidate) + self.advantage_context(context)[:, None]
-        advantage = self.advantage_out(hidden).squeeze(-1)
-        available = 1.0 - chosen
-        mean = (advantage * available).sum(1, keepdim=True) / available.sum(1, keepdim=True)
-        return self.value(context) + advantage - mean, state
+        return CandidateFeatures(parts, user, cand, context, per_candidate, scalars)
 
     def _user_state(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.state_model is None:
@@ -148,3 +233,127 @@ class CandidateQNet(nn.Module):
         history = parts["history"]
         lengths = (history >= 0).sum(dim=1)
         return self.state_model(self.item_emb[history.clamp(min=0)], lengths)
+
+
+class CandidateQNet(CandidateEncoder):
+    """Scores every candidate from (state, candidate, slate so far, role): a dueling Q-network.
+
+    The dueling split, a state value plus each candidate's advantage, matters here: a session's
+    return dwarfs the difference one slot makes, and the advantage head learns that difference
+    on its own.
+    """
+
+    def __init__(
+        self, spec: EnvSpec, hidden: int, device: torch.device, role_embedding: bool = False
+    ) -> None:
+        super().__init__(spec, hidden, device, role_embedding)
+        self.value = nn.Sequential(
+            nn.Linear(self.context_size, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+        # The advantage MLP's first layer over [context, candidate] is split in two so that the
+        # context part is computed once per observation rather than once per candidate.
+        self.advantage_context = nn.Linear(self.context_size, hidden)
+        self.advantage_candidate = nn.Linear(self.per_candidate_size, hidden, bias=False)
+        self.advantage_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
+        self.to(device)
+
+    def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
+        f = self.features(obs)
+        hidden = (
+            self.advantage_candidate(f.per_candidate) + self.advantage_context(f.context)[:, None]
+        )
+        advantage = self.advantage_out(hidden).squeeze(-1)
+        available = 1.0 - f.parts["chosen"]
+        mean = (advantage * available).sum(1, keepdim=True) / available.sum(1, keepdim=True)
+        return self.value(f.context) + advantage - mean, state
+
+
+def observation_and_mask(obs: Any) -> tuple[Any, torch.Tensor | None]:
+    """The flat observation and the action mask of what a Tianshou policy hands its network.
+
+    Multi-agent and masked envs give `Batch(obs=..., mask=...)`; evaluation and serving give
+    the flat observation alone (they mask by themselves).
+    """
+    if isinstance(obs, Batch) and hasattr(obs, "obs"):
+        mask = getattr(obs, "mask", None)
+        return obs.obs, None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+    return obs, None
+
+
+class CandidateActor(CandidateEncoder):
+    """A policy's logits over the candidates, with unavailable candidates masked out.
+
+    Besides the learned per-candidate score, the retrieval score and the popularity enter the
+    logits through a direct linear term: both are strong signals of a click, and a direct path
+    lets the policy use them from the first updates instead of rediscovering them through the
+    item projection. The term reads them standardised over the open candidates, so that its
+    weights are in logit units per standard deviation whatever the catalog's spread, times
+    `DIRECT_GAIN`: Adam moves every weight by about the learning rate per step, and the gain
+    lets these two weights reach useful logits within the first hundred updates. They start at
+    zero and the policy head's output layer near zero, so the first policy is close to uniform
+    (as "What matters in on-policy RL", Andrychowicz et al. 2021, recommends) and the updates,
+    not the initial weights, decide what it prefers.
+    """
+
+    def __init__(
+        self, spec: EnvSpec, hidden: int, device: torch.device, role_embedding: bool = False
+    ) -> None:
+        super().__init__(spec, hidden, device, role_embedding)
+        self.score_context = nn.Linear(self.context_size, hidden)
+        self.score_candidate = nn.Linear(self.per_candidate_size, hidden, bias=False)
+        self.score_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
+        self.direct = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            self.direct.weight.zero_()
+            self.score_out[1].weight.mul_(0.01)
+            self.score_out[1].bias.zero_()
+        self.to(device)
+
+    def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
+        flat, mask = observation_and_mask(obs)
+        f = self.features(flat)
+        hidden = self.score_candidate(f.per_candidate) + self.score_context(f.context)[:, None]
+        available = f.parts["chosen"] == 0
+        if mask is not None:
+            available = available & mask.to(self.device)
+        direct = self.direct(DIRECT_GAIN * standardised(f.scalars, available))
+        logits = (self.score_out(hidden) + direct).squeeze(-1)
+        return logits.masked_fill(~available, MASKED_LOGIT), state
+
+
+def standardised(values: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """(B, M, k) features centred and scaled over each row's available candidates."""
+    weight = available[..., None].float()
+    count = weight.sum(1, keepdim=True).clamp(min=1)
+    mean = (values * weight).sum(1, keepdim=True) / count
+    var = ((values - mean).square() * weight).sum(1, keepdim=True) / count
+    return (values - mean) / (var.sqrt() + 1e-6)
+
+
+class CandidateCritic(CandidateEncoder):
+    """A role's state value from its observation: the context and the candidates still open.
+
+    The open candidates are pooled because what the rest of the session can earn depends on
+    how good the items left to choose from are.
+    """
+
+    def __init__(
+        self, spec: EnvSpec, hidden: int, device: torch.device, role_embedding: bool = False
+    ) -> None:
+        super().__init__(spec, hidden, device, role_embedding)
+        self.value = nn.Sequential(
+            nn.Linear(self.context_size + hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+        self.to(device)
+
+    def forward(self, obs: Any, state: Any = None, info: Any = None) -> torch.Tensor:
+        flat, _ = observation_and_mask(obs)
+        f = self.features(flat)
+        return self.value(torch.cat([f.context, open_candidates(f)], dim=-1))
+
+
+def open_candidates(f: CandidateFeatures) -> torch.Tensor:
+    """Mean of the projected candidates not chosen yet, (B, hidden)."""
+    available = 1.0 - f.parts["chosen"]
+    total = (available[..., None] * f.candidates).sum(1)
+    return total / available.sum(1, keepdim=True).clamp(min=1)
