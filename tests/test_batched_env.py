@@ -17,7 +17,7 @@ from marlrec.envs import Environment
 from marlrec.envs.batched import BatchedSlateEnv
 from marlrec.envs.single import SingleAgentEnvironment, SingleConfig
 from marlrec.envs.slate import SlateConfig, SlateEnvironment
-from tests.test_slate_env import context, data_fixture
+from tests.test_slate_env import ScriptedSimulator, context, data_fixture
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,22 @@ def test_batched_env_agrees_on_movielens_with_replay(ml100k: RecData) -> None:
         return SlateEnvironment(config, ctx=context(ml100k, simulator="replay"))
 
     assert run_in_lockstep(make_env, n=4, steps=40, seed=0, stacked=False) >= 1
+
+
+class LongStart(ScriptedSimulator):
+    """Sessions start from 150 items, longer than any training history."""
+
+    def start_session(self, user: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        super().start_session(user, rng)
+        return np.arange(150, dtype=np.int64)
+
+
+def test_sessions_may_start_from_longer_histories_than_training(synthetic: RecData) -> None:
+    def make_env() -> SlateEnvironment:
+        ctx = context(synthetic, simulator=LongStart(synthetic, leave_after=2))
+        return SlateEnvironment(SlateConfig(), ctx=ctx)
+
+    assert run_in_lockstep(make_env, n=3, steps=24, seed=1, stacked=False) >= 3
 
 
 def collect_returns(envs: BaseVectorEnv, n_episode: int) -> np.ndarray:

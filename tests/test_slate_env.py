@@ -75,9 +75,12 @@ class ScriptedSimulator(Simulator):
         self.answered: list[np.ndarray] = []
         self.slates = 0
 
-    def start_session(self, user: int) -> None:
+    def start_session(self, user: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Sessions start from the first half of the user's training history."""
         self.sessions.append(user)
         self.slates = 0
+        history = self.data.train_histories[user]
+        return history[: len(history) // 2]
 
     def respond(self, user: int, slate: np.ndarray, rng: np.random.Generator) -> Response:
         self.slates += 1
@@ -306,13 +309,18 @@ def test_role_mixing_on_a_hand_computed_slate(synthetic: RecData) -> None:
     assert info["role_rewards"] == aec.rewards
 
 
-def test_start_session_is_called_at_every_reset(synthetic: RecData) -> None:
+def test_sessions_start_where_the_simulator_opens_them(synthetic: RecData) -> None:
     simulator = ScriptedSimulator(synthetic)
     aec = SlateEnvironment(SlateConfig(), ctx=context(synthetic, simulator=simulator)).make()
     users = []
     for seed in range(3):
         aec.reset(seed=seed)
         users.append(aec.user)
+        start = synthetic.train_histories[aec.user]
+        start = start[: len(start) // 2]
+        assert aec.history == start.tolist()
+        # Retrieval excludes the session's history only: later training items may be offered.
+        assert not set(start.tolist()) & set(aec._candidates[0].tolist())
     aec.reset(options={"user": 5})
     assert simulator.sessions == [*users, 5]
 

@@ -87,9 +87,6 @@ class BatchedSlateEnv(BaseVectorEnv):
         self.ready_id = list(range(num_envs))
         self._spaces = self._make_spaces(num_envs)
         self._users_pool = session_users(core)
-        histories = core.ctx.data.train_histories
-        self._train_items = np.concatenate([np.zeros(0, np.int64), *histories]).astype(np.int64)
-        self._train_start = np.concatenate([[0], np.cumsum([len(h) for h in histories])])
         self._turn_order = torch.as_tensor(core.turn_order, device=core.ctx.device)
         self._allocate(num_envs)
 
@@ -110,6 +107,8 @@ class BatchedSlateEnv(BaseVectorEnv):
 
     def _allocate(self, n: int) -> None:
         core, device = self.core, self.core.ctx.device
+        # Room for the longest training history and every click of a session; a simulator
+        # that starts sessions from longer histories makes it grow (`_ensure_capacity`).
         longest = max((len(h) for h in core.ctx.data.train_histories), default=0)
         capacity = max(1, longest + core.max_slates * core.slate_size)
         m = core.n_candidates
@@ -218,28 +217,36 @@ class BatchedSlateEnv(BaseVectorEnv):
     # --- session mechanics ------------------------------------------------------------------
 
     def _reset_rows(self, ids: np.ndarray, user: int | None = None) -> None:
+        histories = []
         for i in ids.tolist():
             chosen = int(self.rngs[i].choice(self._users_pool)) if user is None else int(user)
             self.users[i] = chosen
-            self.core.ctx.simulator.start_session(chosen)
+            histories.append(self.core.start_session(chosen, self.rngs[i]))
             self.infos[i] = {}
-        users = self.users[ids]
-        lengths = self._train_start[users + 1] - self._train_start[users]
-        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        items = self._train_items[np.repeat(self._train_start[users], lengths) + offsets]
+        lengths = np.array([len(h) for h in histories], dtype=np.int64)
+        self._ensure_capacity(int(lengths.max()) + self.core.max_slates * self.core.slate_size)
         device = self.history.device
         rows = torch.as_tensor(ids, device=device)
         self.history[rows] = -1
+        offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         self.history[
             torch.as_tensor(np.repeat(ids, lengths), device=device),
             torch.as_tensor(offsets, device=device),
-        ] = torch.as_tensor(items, device=device)
+        ] = torch.as_tensor(np.concatenate([np.zeros(0, np.int64), *histories]), device=device)
         self.history_len[rows] = torch.as_tensor(lengths, device=device)
         self.slate_number[rows] = 0
         self.done[ids] = False
         self.rewards[ids] = 0.0
         self._slate_done[ids] = False
         self._start_slates(ids)
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed > self.history.shape[1]:
+            grown = torch.full(
+                (self.env_num, needed), -1, dtype=torch.long, device=self.history.device
+            )
+            grown[:, : self.history.shape[1]] = self.history
+            self.history = grown
 
     def _start_slates(self, ids: np.ndarray) -> None:
         """Retrieval, state and exploration for every row in `ids` at once."""

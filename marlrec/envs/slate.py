@@ -261,6 +261,14 @@ class SlateCore:
         completed[drawn < 0] = fill
         return completed
 
+    def start_session(self, user: int, rng: np.random.Generator) -> np.ndarray:
+        """Open `user`'s session with the simulator; the history the session starts from (the
+        simulator's choice, by default the user's whole training history)."""
+        history = self.ctx.simulator.start_session(user, rng)
+        if history is None:
+            history = self.ctx.data.train_histories[user]
+        return np.asarray(history, dtype=np.int64)
+
     # --- observations ---------------------------------------------------------------------
 
     def observe(
@@ -369,8 +377,7 @@ class SlateAEC(AECEnv):
             self.rng = np.random.default_rng(seed)
         options = options or {}
         self.user = int(options["user"]) if "user" in options else int(self.rng.choice(self._users))
-        self.ctx.simulator.start_session(self.user)
-        self.history = list(self.ctx.data.train_histories[self.user])
+        self.history = self.core.start_session(self.user, self.rng).tolist()
         self.agents = self.possible_agents[:]
         self.rewards = dict.fromkeys(self.agents, 0.0)
         self._cumulative_rewards = dict.fromkeys(self.agents, 0.0)

@@ -67,8 +67,7 @@ class SlateParallel(ParallelEnv):
             self.rng = np.random.default_rng(seed)
         options = options or {}
         self.user = int(options["user"]) if "user" in options else int(self.rng.choice(self._users))
-        self.ctx.simulator.start_session(self.user)
-        self.history = list(self.ctx.data.train_histories[self.user])
+        self.history = self.core.start_session(self.user, self.rng).tolist()
         self.agents = self.possible_agents[:]
         self.slate_number = 0
         self._start_slate()
