@@ -1,0 +1,177 @@
+"""`ippo`: an independent PPO actor and critic per role, through Tianshou 2.x's multi-agent path.
+
+Each role's returns and advantages follow it from its turn to its own next turn (the buffer
+stores AEC steps, where the next step belongs to another role), credited with every reward that
+landed in between. With `share`, one actor and one critic serve every role, told apart by a
+learned role embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from tianshou.algorithm import PPO
+from tianshou.algorithm.modelfree.reinforce import DiscreteActorPolicy
+from tianshou.data import Batch, ReplayBuffer, to_torch_as
+from tianshou.env import PettingZooEnv
+from torch import nn
+
+from marlrec.agents import Agent, TrainRun
+from marlrec.agents.marl import (
+    CandidateActor,
+    CandidateCritic,
+    CooperativeOnPolicyAlgorithm,
+    SharedOptimizerFactory,
+    multi_agent_env,
+    own_turn_advantages,
+    own_turn_transitions,
+)
+from marlrec.agents.training import train_with_tianshou
+from marlrec.envs import Environment, EnvSpec
+
+
+@dataclass(kw_only=True)
+class PPOConfig:
+    hidden: int = 128
+    """Width of the candidate-scoring actor and of the critic."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    gamma: float = 0.8
+    """Discount per own turn of a role."""
+    gae_lambda: float = 0.95
+    """GAE lambda along a role's own turns (1: Monte Carlo, 0: one-step TD)."""
+    eps_clip: float = 0.2
+    """PPO's clipping range of the probability ratio."""
+    vf_coef: float = 0.5
+    """Weight of the critic's loss."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping per role's update (0 disables it)."""
+    share: bool = False
+    """One actor and one critic for all roles, conditioned on a learned role embedding."""
+
+
+class RolePPO(PPO):
+    """PPO whose returns and advantages follow the role from its turn to its own next turn.
+
+    Transitions whose next own turn has not been collected yet (the newest steps of a session
+    still running when collection paused) carry no return and are left out of the update.
+    """
+
+    def __init__(self, *, agent_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.agent_id = agent_id
+
+    def _preprocess_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+        *_, complete = own_turn_transitions(buffer, indices, self.agent_id)
+        if not complete.any():
+            return Batch()  # Tianshou's dispatcher skips a role with no data
+        indices = indices[complete]
+        batch = batch[complete]
+        batch.obs = self._critic_observations(buffer, indices)
+        return super()._preprocess_batch(batch, buffer, indices)
+
+    def _add_returns_and_advantages(
+        self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray
+    ) -> Batch:
+        accrued, next_turn, bootstrap, _ = own_turn_transitions(buffer, indices, self.agent_id)
+        values = self._values(batch.obs)
+        next_values = np.zeros(len(indices))
+        if bootstrap.any():
+            following = self._critic_observations(buffer, next_turn[bootstrap])
+            next_values[bootstrap] = self._values(following)
+        deltas = accrued + self.gamma * next_values - values
+        advantages = own_turn_advantages(
+            deltas, indices, next_turn, bootstrap, self.gamma * self.gae_lambda
+        )
+        device = next(self.critic.parameters()).device
+        batch.v_s = torch.as_tensor(values, dtype=torch.float32, device=device)
+        batch.returns = to_torch_as(advantages + values, batch.v_s)
+        batch.adv = to_torch_as(advantages, batch.v_s)
+        return batch
+
+    def _critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+        """What the critic reads at the buffer's `indices`: here, the role's own observation."""
+        return buffer.obs[indices]
+
+    def _values(self, obs: Batch) -> np.ndarray:
+        with torch.no_grad():
+            chunks = [
+                self.critic(obs[start : start + self.max_batchsize]).flatten()
+                for start in range(0, len(obs), self.max_batchsize)
+            ]
+        return torch.cat(chunks).cpu().numpy().astype(np.float64)
+
+
+class IndependentPPO(Agent):
+    """An actor (candidate logits, masked) and a critic per role, or one of each with `share`."""
+
+    Config = PPOConfig
+    name = "ippo"
+    multi_agent_algorithm: type[CooperativeOnPolicyAlgorithm] = CooperativeOnPolicyAlgorithm
+
+    def __init__(self, config: PPOConfig, *, spec: EnvSpec, device: torch.device) -> None:
+        super().__init__(config, spec=spec, device=device)
+        self.actors = self._per_role(
+            lambda shared: CandidateActor(spec, config.hidden, device, role_embedding=shared)
+        )
+        self.critics = self._build_critics()
+
+    def _per_role(self, build: Any) -> nn.ModuleList:
+        """One network per role, or the same shared one (with a role embedding) for every role."""
+        if self.config.share:
+            shared = build(True)
+            return nn.ModuleList(shared for _ in self.spec.roles)
+        return nn.ModuleList(build(False) for _ in self.spec.roles)
+
+    def _build_critics(self) -> nn.ModuleList:
+        c = self.config
+        return self._per_role(
+            lambda shared: CandidateCritic(self.spec, c.hidden, self.device, role_embedding=shared)
+        )
+
+    def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.actors[role](obs)[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"actors": self.actors.state_dict(), "critics": self.critics.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actors.load_state_dict(state["actors"])
+        self.critics.load_state_dict(state["critics"])
+
+    def _role_algorithm(self, role: str, **kwargs: Any) -> PPO:
+        return RolePPO(agent_id=role, **kwargs)
+
+    def _algorithm(self, env: PettingZooEnv) -> CooperativeOnPolicyAlgorithm:
+        c = self.config
+        action_space = spaces.Discrete(self.spec.layout.n_candidates)
+        optim = SharedOptimizerFactory(nn.ModuleList([self.actors, self.critics]), c.lr)
+        algorithms = [
+            self._role_algorithm(
+                role,
+                policy=DiscreteActorPolicy(
+                    actor=actor, action_space=action_space, deterministic_eval=True
+                ),
+                critic=critic,
+                optim=optim,
+                eps_clip=c.eps_clip,
+                vf_coef=c.vf_coef,
+                ent_coef=c.ent_coef,
+                max_grad_norm=c.max_grad_norm or None,
+                gae_lambda=c.gae_lambda,
+                gamma=c.gamma,
+            )
+            for role, actor, critic in zip(self.spec.roles, self.actors, self.critics, strict=True)
+        ]
+        return self.multi_agent_algorithm(algorithms=algorithms, env=env)
+
+    def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
+        algorithm = self._algorithm(multi_agent_env(env, self.name))
+        return train_with_tianshou(algorithm, env, run, off_policy=False)
