@@ -91,9 +91,8 @@ class SlateParallel(ParallelEnv):
             action = actions.get(agent)
             if action is None or not 0 <= int(action) < len(mask) or not mask[int(action)]:
                 raise ValueError(f"{agent}: action {action} is not an available candidate")
-        self._fill(
-            [int(actions[a]) for a in self.possible_agents], torch.as_tensor(mask, dtype=torch.bool)
-        )
+        available = torch.as_tensor(mask, dtype=torch.bool, device=self._chosen.device)
+        self._fill([int(actions[a]) for a in self.possible_agents], available)
         rewards = dict.fromkeys(self.agents, 0.0)
         infos: dict[str, dict[str, Any]] = {a: {} for a in self.agents}
         ended = False
