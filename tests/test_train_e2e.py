@@ -47,11 +47,21 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -
 def test_run_dir_holds_config_metrics_checkpoint_and_logs(trained_run: Path) -> None:
     assert (trained_run / "config.yaml").is_file()
     assert (trained_run / ".hydra" / "overrides.yaml").is_file()
-    assert (trained_run / "checkpoints" / "last.pt").is_file()
+    for checkpoint in ("last.pt", "best.pt", "train_state.pt"):
+        assert (trained_run / "checkpoints" / checkpoint).is_file(), checkpoint
     assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (trained_run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics["eval"]) == {"agent", "random", "pop"}
     assert metrics["train"]["train_env_steps"] >= 4500
+    assert [record["epoch"] for record in metrics["history"]] == [1, 2, 3]
+
+
+def test_best_checkpoint_is_the_best_validation(trained_run: Path) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    best = max(record["valid/NDCG@10"] for record in metrics["history"])
+    assert metrics["train"]["best_valid_NDCG@10"] == best
+    assert metrics["eval"]["agent"]["valid/NDCG@10"] == pytest.approx(best, abs=1e-6)
 
 
 def test_trained_agents_beat_the_random_policy(trained_run: Path) -> None:

@@ -1,0 +1,101 @@
+"""A killed `marlrec train`, resumed with trainer.resume=true, ends where an unbroken run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from marlrec.registry import MarlrecError
+from marlrec.run import resumable_config
+from tests.conftest import cli_env, compose_config
+
+TINY = [
+    "experiment=quick",
+    "data.n_users=60",
+    "data.n_items=200",
+    "trainer.show_progress=false",
+    "trainer.max_epochs=3",
+    "trainer.epoch_num_env_steps=96",
+    "trainer.collect_num_env_steps=32",
+    "trainer.batch_size=32",
+    "trainer.test_episodes=2",
+    "eval.sessions=5",
+    "agent.hidden=16",
+    "baseline=[random]",
+]
+# Figures that depend on wall-clock time, not on what was learned.
+TIMINGS = ("train_seconds", "train_env_steps_per_second")
+
+
+def train_command(run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "marlrec.cli", "train", *overrides, f"hydra.run.dir={run_dir}"]
+
+
+def test_killed_run_resumes_to_the_same_final_metrics(tmp_path: Path, offline_cache: Path) -> None:
+    env = cli_env(offline_cache)
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True, "env": env}
+    full = subprocess.Popen(train_command(full_dir, *TINY), cwd=tmp_path, **quiet)
+    killed = subprocess.Popen(train_command(killed_dir, *TINY), cwd=tmp_path, **quiet)
+    state = killed_dir / "checkpoints" / "train_state.pt"
+    deadline = time.monotonic() + 600
+    while not state.is_file() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    _, killed_err = killed.communicate()
+    assert killed.returncode == -signal.SIGKILL, killed_err[-3000:]
+    assert state.is_file() and not (killed_dir / "metrics.json").exists()
+
+    # The documented command: the run dir's saved config, nothing else repeated.
+    resumed = subprocess.run(
+        train_command(killed_dir, "trainer.resume=true", "trainer.show_progress=false"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch" in resumed.stdout + resumed.stderr
+    _, full_err = full.communicate(timeout=600)
+    assert full.returncode == 0, full_err[-3000:]
+
+    uninterrupted = json.loads((full_dir / "metrics.json").read_text())
+    continued = json.loads((killed_dir / "metrics.json").read_text())
+    assert continued["eval"] == uninterrupted["eval"]
+    assert continued["history"] == uninterrupted["history"]
+    assert len(continued["history"]) == 3
+    for key, value in uninterrupted["train"].items():
+        if key not in TIMINGS:
+            assert continued["train"][key] == value, key
+    assert (killed_dir / "learning_curve.png").is_file()
+
+
+def test_resume_takes_the_saved_config_and_refuses_a_different_one(tmp_path: Path) -> None:
+    saved = compose_config([*TINY, "agent.lr=0.01"])
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved, resolve=True))
+    bare = compose_config(["trainer.resume=true"])
+    adopted = resumable_config(bare, tmp_path, ["trainer.resume=true"])
+    assert adopted.agent.lr == 0.01 and adopted.trainer.resume is True
+    assert adopted.trainer.max_epochs == 3
+
+    same = compose_config([*TINY, "agent.lr=0.01", "trainer.resume=true"])
+    assert resumable_config(same, tmp_path, [*TINY, "trainer.resume=true"]).agent.lr == 0.01
+    different = compose_config([*TINY, "agent.lr=0.5", "trainer.resume=true"])
+    with pytest.raises(MarlrecError, match=r"agent\.lr=0\.01.*agent\.lr=0\.5"):
+        resumable_config(different, tmp_path, ["agent.lr=0.5", "trainer.resume=true"])
+
+
+def test_without_resume_or_saved_config_the_command_line_config_stands(tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, "trainer.resume=true"])
+    assert resumable_config(cfg, tmp_path, ["trainer.resume=true"]) is cfg
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(["agent.lr=0.5"])))
+    fresh = compose_config(TINY)
+    assert resumable_config(fresh, tmp_path, TINY) is fresh

@@ -1,0 +1,281 @@
+"""The shared training loop: episodes cut at epoch ends, saved algorithm state, env copies of
+every kind, reward-term tallies, validation with early stopping, and what gets logged."""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing import event_accumulator
+from tianshou.data import Batch, Collector, VectorReplayBuffer
+from tianshou.env import DummyVectorEnv, PettingZooEnv
+from tianshou.utils.torch_utils import policy_within_training_step
+from torch.utils.tensorboard import SummaryWriter
+
+from marlrec.agents.idqn import IDQNConfig, IndependentDQN
+from marlrec.agents.training import (
+    VALID_METRIC,
+    EnvCopies,
+    MarlrecPettingZooEnv,
+    algorithm_state,
+    close_open_episodes,
+    epoch_seeds,
+    load_algorithm_state,
+    tianshou_env,
+    vector_envs,
+)
+from marlrec.pipeline import Pipeline
+from marlrec.registry import MarlrecError
+from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
+
+CPU = torch.device("cpu")
+
+
+def tiny_trainer(**changes: Any) -> TrainerConfig:
+    options: dict[str, Any] = dict(
+        max_epochs=2,
+        epoch_num_env_steps=32,
+        collect_num_env_steps=16,
+        batch_size=16,
+        buffer_size=400,
+        num_train_envs=2,
+        test_episodes=1,
+        show_progress=False,
+    )
+    return TrainerConfig(**{**options, **changes})
+
+
+def tiny_run(tmp_path: Path, trainer: TrainerConfig, **hooks: Any) -> TrainRun:
+    return TrainRun(
+        trainer=trainer,
+        logger=LoggerConfig(interval_env_steps=16),
+        seed=0,
+        writer=SummaryWriter(str(tmp_path / "tensorboard")),
+        save_checkpoint=hooks.pop("save_checkpoint", lambda epoch: None),
+        save_best=hooks.pop("save_best", lambda: None),
+        **hooks,
+    )
+
+
+def fresh_agent(pipeline: Pipeline) -> IndependentDQN:
+    """The same initial weights and exploration draws every time."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    return IndependentDQN(IDQNConfig(hidden=16), spec=pipeline.env.spec, device=CPU)
+
+
+def fit_history(pipeline: Pipeline, tmp_path: Path, trainer: TrainerConfig) -> list[dict]:
+    run = tiny_run(tmp_path, trainer, validate=lambda: 0.0)
+    fresh_agent(pipeline).fit(pipeline.env, run)
+    run.writer.close()
+    return run.history
+
+
+# --- the replay buffer at epoch boundaries ------------------------------------------------------
+
+
+def _step(reward: float, terminated: bool) -> Batch:
+    obs = Batch(agent_id=np.array(["a"], dtype=object), obs=np.zeros((1, 2)))
+    return Batch(
+        obs=obs,
+        act=np.zeros(1, int),
+        rew=np.array([reward]),
+        terminated=np.array([terminated]),
+        truncated=np.array([False]),
+        obs_next=obs,
+        info=np.array([{}], dtype=object),
+    )
+
+
+def test_open_sessions_are_closed_as_truncated_and_returns_restart() -> None:
+    buffer = VectorReplayBuffer(20, 2)
+    for reward in (1.0, 2.0):  # copy 0 is in mid-session
+        buffer.add(_step(reward, False), buffer_ids=[0])
+    buffer.add(_step(5.0, True), buffer_ids=[1])  # copy 1 finished its session
+    close_open_episodes(buffer)
+    last = buffer.last_index[0]
+    assert buffer.truncated[last] and buffer.done[last] and not buffer.terminated[last]
+    assert not buffer.truncated[buffer.last_index[1]]
+    first_of_next = buffer.add(_step(4.0, True), buffer_ids=[0])
+    assert buffer.next(last) == last  # no transition crosses into the next session
+    assert first_of_next[1][0] == 4.0  # that session's return starts from zero
+
+
+# --- what a checkpoint restores -----------------------------------------------------------------
+
+
+def test_algorithm_state_restores_weights_targets_optimisers_and_counters(
+    small_pipeline: Pipeline,
+) -> None:
+    env = small_pipeline.env
+    trained = fresh_agent(small_pipeline)._algorithm(tianshou_env(env))
+    buffer = VectorReplayBuffer(200, 2)
+    collector = Collector(
+        trained.policy, DummyVectorEnv([EnvCopies(env)] * 2), buffer, exploration_noise=True
+    )
+    collector.reset()
+    with policy_within_training_step(trained.policy):
+        collector.collect(n_step=40)
+        for _ in range(3):
+            trained.update(buffer, sample_size=16)
+    state = pickle.loads(pickle.dumps(algorithm_state(trained)))
+    restored = IndependentDQN(IDQNConfig(hidden=16), spec=env.spec, device=CPU)._algorithm(
+        tianshou_env(env)
+    )
+    load_algorithm_state(restored, state)
+    for (name, a), (_, b) in zip(
+        torch.nn.Module.state_dict(trained).items(),
+        torch.nn.Module.state_dict(restored).items(),
+        strict=True,
+    ):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+    role = env.spec.roles[0]
+    assert restored.get_algorithm(role)._iter == trained.get_algorithm(role)._iter == 3
+    moments = restored.get_algorithm(role).optim.state_dict()["state"]
+    expected = trained.get_algorithm(role).optim.state_dict()["state"]
+    assert moments and all(
+        torch.equal(moments[k]["exp_avg"], expected[k]["exp_avg"]) for k in expected
+    )
+
+
+def test_epoch_seeds_differ_across_epochs_and_streams_and_repeat() -> None:
+    assert epoch_seeds(0, 3, 0, 4) == epoch_seeds(0, 3, 0, 4)
+    seeds = {s for epoch in range(3) for stream in (0, 1) for s in epoch_seeds(0, epoch, stream, 4)}
+    assert len(seeds) == 24
+
+
+# --- env copies ---------------------------------------------------------------------------------
+
+
+def test_env_copy_is_a_gym_env_that_tallies_each_slates_reward_terms(
+    small_pipeline: Pipeline,
+) -> None:
+    copy = tianshou_env(small_pipeline.env)
+    assert isinstance(copy, gym.Env) and isinstance(copy, PettingZooEnv)
+    copy.reset(seed=5)
+    rng = np.random.default_rng(0)
+    clicks, done = 0, False
+    while not done:
+        slates = copy.env.unwrapped.slate_number
+        mask = np.asarray(copy.env.observe(copy.env.agent_selection)["action_mask"], bool)
+        _, _, done, _, info = copy.step(int(rng.choice(np.flatnonzero(mask))))
+        if copy.env.unwrapped.slate_number > slates:
+            clicks += info["clicks"]
+    assert copy.scored_slates == copy.env.unwrapped.slate_number > 1
+    assert copy.reward_term_totals == {"click": clicks}
+
+
+def test_env_copies_survive_pickling_for_worker_processes(small_pipeline: Pipeline) -> None:
+    copies = pickle.loads(pickle.dumps(EnvCopies(small_pipeline.env)))
+    copy = copies()
+    obs, _ = copy.reset(seed=1)
+    assert isinstance(copy, MarlrecPettingZooEnv) and obs["obs"].shape[-1] > 0
+
+
+def test_batched_kind_uses_the_envs_make_vector(small_pipeline: Pipeline, tmp_path: Path) -> None:
+    run = tiny_run(tmp_path, tiny_trainer(vector_env="batched", num_train_envs=3))
+    train, test = vector_envs(small_pipeline.env, run)
+    try:
+        assert train.env_num == 3 and type(train) is type(small_pipeline.env.make_vector(1))
+        assert isinstance(test, DummyVectorEnv)
+    finally:
+        train.close()
+        test.close()
+
+
+def test_unavailable_vector_envs_are_one_line_errors(
+    small_pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class WithoutVector:
+        ctx = small_pipeline.env.ctx
+
+    run = tiny_run(tmp_path, tiny_trainer(vector_env="batched"))
+    with pytest.raises(MarlrecError, match="make_vector"):
+        vector_envs(WithoutVector(), run)  # type: ignore[arg-type]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "ray" else real_find_spec(n, *a)
+    )
+    with pytest.raises(MarlrecError, match=r"marlrec\[ray\]"):
+        vector_envs(small_pipeline.env, tiny_run(tmp_path, tiny_trainer(vector_env="ray")))
+
+
+def test_subprocess_env_copies_train_exactly_as_in_process_ones(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    dummy = fit_history(small_pipeline, tmp_path / "dummy", tiny_trainer(max_epochs=1))
+    subproc = fit_history(
+        small_pipeline, tmp_path / "subproc", tiny_trainer(max_epochs=1, vector_env="subproc")
+    )
+    assert dummy == subproc and dummy[0]["env_step"] == 32
+
+
+@pytest.fixture
+def local_ray() -> Iterator[None]:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_env_copies_train_exactly_as_in_process_ones(
+    small_pipeline: Pipeline, tmp_path: Path, local_ray: None
+) -> None:
+    dummy = fit_history(small_pipeline, tmp_path / "dummy", tiny_trainer(max_epochs=1))
+    on_ray = fit_history(
+        small_pipeline, tmp_path / "ray", tiny_trainer(max_epochs=1, vector_env="ray")
+    )
+    assert dummy == on_ray
+
+
+# --- validation, early stopping and logs --------------------------------------------------------
+
+
+def test_validation_keeps_the_best_stops_early_and_everything_is_logged(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    scores = iter([0.3, 0.2, 0.1, 0.5, 0.6])
+    best_saves: list[int] = []
+    epochs_saved: list[int] = []
+    trainer = tiny_trainer(max_epochs=5, patience=2, autocast_bf16=True)
+    run = tiny_run(
+        tmp_path,
+        trainer,
+        validate=lambda: next(scores),
+        save_best=lambda: best_saves.append(len(epochs_saved) + 1),
+        save_checkpoint=epochs_saved.append,
+        state_path=tmp_path / "train_state.pt",
+    )
+    summary = fresh_agent(small_pipeline).fit(small_pipeline.env, run)
+    run.writer.close()
+    # Epoch 1 is the best; two validations without a better one stop training after epoch 3.
+    assert [r["epoch"] for r in run.history] == epochs_saved == [1, 2, 3]
+    assert [r[VALID_METRIC] for r in run.history] == [0.3, 0.2, 0.1]
+    assert best_saves == [1]
+    assert summary["stopped_early"] == 1.0 and summary["best_valid_epoch"] == 1.0
+    assert (tmp_path / "train_state.pt").is_file()
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    accumulator.Reload()
+    tags = set(accumulator.scalars.Keys())
+    assert {VALID_METRIC, "train/reward/click", "test/returns_stat/mean"} <= tags
+    for role in small_pipeline.env.spec.roles:
+        assert any(role in tag and "loss" in tag for tag in tags), role
+    losses = [e.value for tag in tags if "loss" in tag for e in accumulator.Scalars(tag)]
+    assert losses and all(np.isfinite(losses))
+
+
+def test_validation_every_few_epochs_includes_the_last(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    run = tiny_run(tmp_path, tiny_trainer(max_epochs=3, eval_every_epochs=2), validate=lambda: 0.1)
+    fresh_agent(small_pipeline).fit(small_pipeline.env, run)
+    run.writer.close()
+    assert [VALID_METRIC in r for r in run.history] == [False, True, True]
