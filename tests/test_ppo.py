@@ -145,7 +145,7 @@ def test_a_role_without_complete_transitions_is_skipped() -> None:
     assert not processed["a"].get_keys() and not processed["b"].get_keys()
 
 
-def _observation_batch(pipeline: Pipeline, copies: int) -> tuple[Batch, np.ndarray]:
+def observation_batch(pipeline: Pipeline, copies: int) -> tuple[Batch, np.ndarray]:
     aec = pipeline.env.make()
     aec.reset(seed=3)
     aec.step(int(np.flatnonzero(aec.observe(aec.agent_selection)["action_mask"])[0]))
@@ -170,7 +170,7 @@ def test_roles_sample_within_the_mask_in_training_and_act_greedily_otherwise(
     agent = IndependentPPO(PPOConfig(share=share), spec=env.spec, device=torch.device("cpu"))
     algorithm = agent._algorithm(multi_agent_env(env, "ippo"))
     roles = [algorithm.get_algorithm(r).policy for r in env.spec.roles]
-    batch, mask = _observation_batch(small_pipeline, 256)
+    batch, mask = observation_batch(small_pipeline, 256)
     greedy = algorithm.policy(batch).act
     assert not any(p.is_within_training_step for p in roles)
     assert len(set(greedy.tolist())) == 1 and mask[greedy[0]]
@@ -188,7 +188,7 @@ def test_shared_roles_use_one_network_with_a_role_embedding(small_pipeline: Pipe
     agent = IndependentPPO(PPOConfig(share=True), spec=spec, device=torch.device("cpu"))
     assert agent.actors[0] is agent.actors[1] and agent.critics[0] is agent.critics[1]
     assert agent.actors[0].role_embedding is not None
-    batch, _ = _observation_batch(small_pipeline, 1)
+    batch, _ = observation_batch(small_pipeline, 1)
     obs = torch.as_tensor(batch.obs.obs)
     as_other_role = obs.clone()
     role = spec.layout.split(as_other_role)["role"]
@@ -198,7 +198,7 @@ def test_shared_roles_use_one_network_with_a_role_embedding(small_pipeline: Pipe
     )
 
 
-def _train(pipeline: Pipeline, agent: Any, tmp_path: Path, **trainer: Any) -> dict[str, float]:
+def train_agent(pipeline: Pipeline, agent: Any, tmp_path: Path, **trainer: Any) -> dict[str, float]:
     writer = SummaryWriter(str(tmp_path))
     run = TrainRun(
         trainer=replace(pipeline.trainer, **trainer),
@@ -226,7 +226,7 @@ def test_ippo_beats_random_and_restores_from_its_state_dict(
     spec, cpu = small_pipeline.env.spec, torch.device("cpu")
     torch.manual_seed(0)
     agent = IndependentPPO(PPOConfig(), spec=spec, device=cpu)
-    summary = _train(small_pipeline, agent, tmp_path)
+    summary = train_agent(small_pipeline, agent, tmp_path)
     assert summary["train_env_steps"] >= small_pipeline.trainer.epoch_num_env_steps
     random = session_eval(
         small_pipeline.env,
@@ -238,6 +238,6 @@ def test_ippo_beats_random_and_restores_from_its_state_dict(
     assert trained > random
     restored = IndependentPPO(PPOConfig(), spec=spec, device=cpu)
     restored.load_state_dict(agent.state_dict())
-    batch, _ = _observation_batch(small_pipeline, 1)
+    batch, _ = observation_batch(small_pipeline, 1)
     obs = torch.as_tensor(batch.obs.obs)
     assert torch.equal(restored.candidate_scores(obs, 1), agent.candidate_scores(obs, 1))
