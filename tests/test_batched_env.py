@@ -126,12 +126,14 @@ def run_in_lockstep(
     return finished
 
 
-@pytest.mark.parametrize("stacked", [False, True])
-def test_batched_slate_env_agrees_with_per_user_aec_envs(synthetic: RecData, stacked: bool) -> None:
-    finished = run_in_lockstep(
-        lambda: slate_env(synthetic), n=5, steps=120, seed=3, stacked=stacked
-    )
-    assert finished >= 5
+@pytest.mark.parametrize(("stacked", "explore_share"), [(False, 0.25), (True, 0.25), (False, 0.0)])
+def test_batched_slate_env_agrees_with_per_user_aec_envs(
+    synthetic: RecData, stacked: bool, explore_share: float
+) -> None:
+    def make_env() -> SlateEnvironment:
+        return slate_env(synthetic, explore_share=explore_share)
+
+    assert run_in_lockstep(make_env, n=5, steps=120, seed=3, stacked=stacked) >= 5
 
 
 @pytest.mark.parametrize("stacked", [False, True])

@@ -325,6 +325,34 @@ def test_sessions_start_where_the_simulator_opens_them(synthetic: RecData) -> No
     assert simulator.sessions == [*users, 5]
 
 
+class Silent(ScriptedSimulator):
+    """Never clicks."""
+
+    def respond(self, user: int, slate: np.ndarray, rng: np.random.Generator) -> Response:
+        response = super().respond(user, slate, rng)
+        return Response(clicks=np.zeros_like(response.clicks), leave=response.leave)
+
+
+@pytest.mark.parametrize(("explore_share", "retrievals"), [(0.0, 1), (0.2, 4)])
+def test_a_slate_without_clicks_reuses_the_last_retrieval(
+    synthetic: RecData, explore_share: float, retrievals: int
+) -> None:
+    """Unchanged history, fixed state model, no exploration: the same candidates again,
+    without scoring the catalog again. Exploration draws anew at every slate."""
+    config = SlateConfig(explore_share=explore_share)
+    env = SlateEnvironment(config, ctx=context(synthetic, simulator=Silent(synthetic)))
+    calls: list[int] = []
+    scores = env.core.retrieval_scores
+    env.core.retrieval_scores = lambda *args: calls.append(1) or scores(*args)  # type: ignore[method-assign]
+    aec = env.make()
+    aec.reset(seed=0)
+    first = aec._candidates.clone()
+    for _ in range(3 * env.core.slate_size):
+        aec.step(first_available(aec.observe(aec.agent_selection)["action_mask"]))
+    assert aec.slate_number == 3 and len(calls) == retrievals  # the 4th slate has begun
+    assert torch.equal(aec._candidates, first) == (explore_share == 0.0)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -248,8 +248,14 @@ class BatchedSlateEnv(BaseVectorEnv):
             grown[:, : self.history.shape[1]] = self.history
             self.history = grown
 
-    def _start_slates(self, ids: np.ndarray) -> None:
-        """Retrieval, state and exploration for every row in `ids` at once."""
+    def _start_slates(self, ids: np.ndarray, retrieve: np.ndarray | None = None) -> None:
+        """New slates for the rows in `ids`: state, retrieval and exploration at once for those
+        `retrieve` marks (all by default); the others keep their last slate's candidates."""
+        rows = torch.as_tensor(ids, device=self.history.device)
+        self.chosen[rows] = False
+        self.slot[rows] = 0
+        if retrieve is not None:
+            ids = ids[retrieve]
         if len(ids) == 0:
             return
         core = self.core
@@ -262,8 +268,6 @@ class BatchedSlateEnv(BaseVectorEnv):
         scores = core.retrieval_scores_padded(states, history)
         candidates, cand_scores = core.retrieve(scores, [self.rngs[i] for i in ids.tolist()])
         self.candidates[rows], self.cand_scores[rows] = candidates, cand_scores
-        self.chosen[rows] = False
-        self.slot[rows] = 0
 
     def _apply(self, ids: np.ndarray, actions: torch.Tensor) -> None:
         """Each row in `ids` fills its next slot with its action; full slates are answered."""
@@ -320,7 +324,9 @@ class BatchedSlateEnv(BaseVectorEnv):
         self.history_len[rows] += clicks_t.sum(1)
         self.slate_number[rows] += 1
         self._slate_done[ids] = True
-        self._start_slates(ids[~self.done[ids]])
+        going_on = ~self.done[ids]
+        retrieve = clicks.any(1) | (not core.reuse_retrieval)
+        self._start_slates(ids[going_on], retrieve[going_on])
 
     def _observations(self, ids: np.ndarray) -> Batch:
         """What each row's acting agent observes: the next slot's role, or after the session's

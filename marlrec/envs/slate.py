@@ -104,6 +104,12 @@ class SlateCore:
         # The least popular half, ties broken by id: the pool of long-tail exploration items.
         by_count = torch.argsort(counts.cpu(), stable=True).to(ctx.device)
         self.long_tail_items = by_count[: max(1, ctx.data.n_items // 2)]
+        # After a slate without a click the history is unchanged, so a fixed state model gives
+        # the same state and, without exploration draws, the same candidates: envs reuse them
+        # rather than score the whole catalog again. A trainable state model changes as the
+        # agents learn, so its states are always recomputed.
+        trainable = any(p.requires_grad for p in ctx.state.parameters())
+        self.reuse_retrieval = self.n_explore == 0 and not trainable
         self.reward_weights = {name: r.weight for name, r in ctx.rewards.items()}
         self.role_terms = [config.role_terms.get(role) for role in self.roles]
         self.role_mix = float(config.role_mix)
@@ -389,12 +395,14 @@ class SlateAEC(AECEnv):
         self.slate_number = 0
         self._start_slate()
 
-    def _start_slate(self) -> None:
-        history = np.asarray(self.history, dtype=np.int64)
-        self._state = self.core.states([history])
-        self._recent = self.core.recent([history])
-        scores = self.core.retrieval_scores(self._state, [history])
-        self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
+    def _start_slate(self, retrieve: bool = True) -> None:
+        """A new slate; `retrieve=False` keeps the last slate's state and candidates."""
+        if retrieve:
+            history = np.asarray(self.history, dtype=np.int64)
+            self._state = self.core.states([history])
+            self._recent = self.core.recent([history])
+            scores = self.core.retrieval_scores(self._state, [history])
+            self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
         self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
         self._slate: list[int] = []
         self.agent_selection = self.possible_agents[self.core.turn_order[0]]
@@ -448,7 +456,7 @@ class SlateAEC(AECEnv):
             self.terminations = dict.fromkeys(self.agents, True)
             self.agent_selection = self.possible_agents[self.core.turn_order[0]]
         else:
-            self._start_slate()
+            self._start_slate(retrieve=outcome.clicks.any() or not self.core.reuse_retrieval)
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

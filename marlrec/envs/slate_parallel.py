@@ -73,12 +73,14 @@ class SlateParallel(ParallelEnv):
         self._start_slate()
         return self._observe_all(), {a: {} for a in self.agents}
 
-    def _start_slate(self) -> None:
-        history = np.asarray(self.history, dtype=np.int64)
-        self._state = self.core.states([history])
-        self._recent = self.core.recent([history])
-        scores = self.core.retrieval_scores(self._state, [history])
-        self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
+    def _start_slate(self, retrieve: bool = True) -> None:
+        """A new slate; `retrieve=False` keeps the last slate's state and candidates."""
+        if retrieve:
+            history = np.asarray(self.history, dtype=np.int64)
+            self._state = self.core.states([history])
+            self._recent = self.core.recent([history])
+            scores = self.core.retrieval_scores(self._state, [history])
+            self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
         self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
         self._slate: list[int] = []
         self._conflicts = 0
@@ -131,7 +133,7 @@ class SlateParallel(ParallelEnv):
         self.slate_number += 1
         if outcome.leave or self.slate_number >= self.core.max_slates:
             return True
-        self._start_slate()
+        self._start_slate(retrieve=outcome.clicks.any() or not self.core.reuse_retrieval)
         return False
 
     def _mask(self) -> np.ndarray:
