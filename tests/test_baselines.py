@@ -14,7 +14,7 @@ from marlrec.baselines.bpr import BPRBaseline
 from marlrec.baselines.content_knn import ContentKNNBaseline
 from marlrec.baselines.ease import EASEBaseline
 from marlrec.baselines.itemknn import ItemKNNBaseline
-from marlrec.baselines.sasrec import SASRecBaseline, pack_recent, training_windows
+from marlrec.baselines.sasrec import SASRec, SASRecBaseline, pack_recent, training_windows
 from marlrec.baselines.simple import PopularityBaseline, RandomBaseline, recbole_batch_counts
 from marlrec.data import Interactions, RecData, Split
 from marlrec.datasets.movielens import MovieLensDataset
@@ -291,3 +291,15 @@ def test_bad_baseline_settings_are_one_line_plugin_errors() -> None:
         )
     with pytest.raises(PluginError, match="baseline 'pop': batch_size must be at least 2"):
         make(PopularityBaseline, data, counting="recbole_batches", batch_size=1)
+
+
+def test_sasrec_positions_never_see_later_items() -> None:
+    torch.manual_seed(0)
+    model = SASRec(20, SASRecBaseline.Config(hidden=8, inner=16, heads=2, max_len=6)).eval()
+    sequence = torch.tensor([[3, 5, 7, 9, 0, 0]])
+    changed = sequence.clone()
+    changed[0, 2:] = torch.tensor([11, 13, 15, 17])  # later items and the padding
+    with torch.no_grad():
+        before, after = model(sequence), model(changed)
+    torch.testing.assert_close(before[0, :2], after[0, :2])
+    assert not torch.allclose(before[0, 2], after[0, 2])
