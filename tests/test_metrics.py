@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -296,3 +297,13 @@ def test_eval_config_rejects_unknown_metrics_and_bad_cut_offs() -> None:
 def test_registry_names_are_the_config_names() -> None:
     assert set(EvalConfig().metrics) == set(METRICS)
     assert {"hr", "ndcg", "coverage", "ild", "novelty", "gini", "mean_return"} <= set(METRICS)
+
+
+def test_held_out_falls_back_to_one_item_per_user() -> None:
+    # A split that only knows `valid_item` / `test_item` (-1: none).
+    split = SimpleNamespace(valid_item=np.array([4, -1, 2]), test_item=np.array([5, 6, -1]))
+    held = HeldOut.of(SimpleNamespace(split=split, n_users=3), "valid")  # type: ignore[arg-type]
+    assert held.counts.tolist() == [1, 0, 1]
+    assert held.items.tolist() == [4, 2]
+    targets = held.targets(np.array([2, 0]), 8, torch.device("cpu"))
+    assert targets.hits(torch.tensor([[2, 4], [2, 4]])).tolist() == [[1.0, 0.0], [0.0, 1.0]]
