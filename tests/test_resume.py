@@ -8,13 +8,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
 
+from marlrec import registry
+from marlrec.pipeline import Pipeline
 from marlrec.registry import MarlrecError
 from marlrec.run import resumable_config
+from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
 from tests.conftest import cli_env, compose_config
+
+CPU = torch.device("cpu")
 
 TINY = [
     "experiment=quick",
@@ -99,3 +108,84 @@ def test_without_resume_or_saved_config_the_command_line_config_stands(tmp_path:
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(["agent.lr=0.5"])))
     fresh = compose_config(TINY)
     assert resumable_config(fresh, tmp_path, TINY) is fresh
+
+
+class Interrupted(Exception):
+    """Stands in for a kill right after an epoch's training state was written."""
+
+
+def _fit(pipeline: Pipeline, agent_name: str, run: TrainRun) -> tuple[Any, dict[str, float]]:
+    agent = registry.create("agent", {"name": agent_name}, spec=pipeline.env.spec, device=CPU)
+    return agent, agent.fit(pipeline.env, run)
+
+
+def _weights(agent: Any) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in flatten(agent.state_dict()).items() if isinstance(v, torch.Tensor)}
+
+
+def flatten(state: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(state, dict):
+        return {prefix: state}
+    flat: dict[str, Any] = {}
+    for key, sub in state.items():
+        flat.update(flatten(sub, f"{prefix}{key}."))
+    return flat
+
+
+def _run(tmp_path: Path, name: str, resume: bool, **hooks: Any) -> TrainRun:
+    trainer = TrainerConfig(
+        max_epochs=3,
+        epoch_num_env_steps=32,
+        collect_num_env_steps=16,
+        batch_size=16,
+        buffer_size=400,
+        num_train_envs=2,
+        test_episodes=2,
+        resume=resume,
+        show_progress=False,
+    )
+    return TrainRun(
+        trainer=trainer,
+        logger=LoggerConfig(interval_env_steps=16),
+        seed=0,
+        writer=SummaryWriter(str(tmp_path / name)),
+        save_checkpoint=hooks.pop("save_checkpoint", lambda epoch: None),
+        save_best=lambda: None,
+        validate=lambda: 0.0,
+        state_path=tmp_path / f"{name}.pt",
+        **hooks,
+    )
+
+
+@pytest.mark.parametrize("agent_name", ["idqn", "ippo"])
+def test_every_agent_resumes_exactly_in_process(
+    small_pipeline: Pipeline, tmp_path: Path, agent_name: str
+) -> None:
+    if agent_name not in {info.name for info in registry.available("agent")}:
+        pytest.skip(f"agent {agent_name} is not installed")
+    torch.manual_seed(0)
+    np.random.seed(0)
+    uninterrupted = _run(tmp_path, "full", resume=False)
+    first, summary = _fit(small_pipeline, agent_name, uninterrupted)
+
+    def interrupt(epoch: int) -> None:
+        if epoch == 1:
+            raise Interrupted
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    with pytest.raises(Interrupted):
+        _fit(small_pipeline, agent_name, _run(tmp_path, "cut", False, save_checkpoint=interrupt))
+    # Other initial weights and RNG draws: everything that matters must come from the state.
+    torch.manual_seed(123)
+    np.random.seed(123)
+    resumed = _run(tmp_path, "cut", resume=True)
+    second, again = _fit(small_pipeline, agent_name, resumed)
+    for run in (uninterrupted, resumed):
+        run.writer.close()
+    assert resumed.history == uninterrupted.history and len(resumed.history) == 3
+    assert again["train_env_steps"] == summary["train_env_steps"]
+    assert again["best_test_return"] == summary["best_test_return"]
+    expected, weights = _weights(first), _weights(second)
+    assert expected and expected.keys() == weights.keys()
+    assert all(torch.equal(expected[k], weights[k]) for k in expected)

@@ -22,6 +22,7 @@ from tianshou.data import (
     PrioritizedReplayBuffer,
     PrioritizedVectorReplayBuffer,
     ReplayBuffer,
+    VectorReplayBuffer,
 )
 from tianshou.env import PettingZooEnv
 
@@ -260,12 +261,16 @@ class IndependentDQN(Agent):
         algorithm.beta = c.beta
         return algorithm
 
-    def _buffer(self, seed: int) -> BufferFactory | None:
+    def _buffer(self, seed: int) -> BufferFactory:
+        """Targets read each role's own next turns, never `obs_next`: the buffer keeps none,
+        which halves its memory and its share of every checkpoint."""
         c = self.config
         if not c.prioritized:
-            return None
+            return lambda size, n: VectorReplayBuffer(
+                size, n, ignore_obs_next=True, random_seed=seed
+            )
         return lambda size, n: PrioritizedVectorReplayBuffer(
-            size, n, alpha=c.alpha, beta=c.beta, random_seed=seed
+            size, n, alpha=c.alpha, beta=c.beta, ignore_obs_next=True, random_seed=seed
         )
 
     def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:

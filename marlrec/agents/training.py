@@ -481,13 +481,15 @@ class TrainingLoop:
         path = self.run.state_path
         if path is None:
             return
+        buffer = self.train_collector.buffer
         state = {
             "format": STATE_FORMAT,
             "epoch": trainer._epoch,
             "env_step": trainer._env_step,
             "gradient_step": trainer._current_update_step,
             "algorithm": algorithm_state(self.algorithm),
-            "buffer": self.train_collector.buffer,
+            # An emptied buffer (on-policy agents clear it every update) is rebuilt, not saved.
+            "buffer": buffer if len(buffer) else None,
             "trainer": {key: getattr(trainer, key) for key in TRAINER_FIELDS},
             "collectors": [
                 {key: getattr(c, key) for key in COLLECTOR_FIELDS}
@@ -604,7 +606,7 @@ def train_with_tianshou(
         log.info("resuming after epoch %d (%d env steps)", saved["epoch"], saved["env_step"])
     train_envs, test_envs = vector_envs(env, run)
     try:
-        if saved is not None:
+        if saved is not None and saved["buffer"] is not None:
             buffer = relink_buffer(saved["buffer"])
         else:
             buffer = (make_buffer or default_buffer(run.seed))(t.buffer_size, train_envs.env_num)
