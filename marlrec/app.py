@@ -174,4 +174,5 @@ def train_app(cfg: DictConfig) -> float:
         print(f"marlrec: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     eval_cfg = settings(cfg)[1]
-    return float(metrics["eval"][AGENT_ROW][eval_cfg.key("valid", "ndcg")])
+    # NaN when `eval.metrics` leaves NDCG out: a sweep then has nothing to optimise.
+    return float(metrics["eval"][AGENT_ROW].get(eval_cfg.key("valid", "ndcg"), float("nan")))

@@ -143,6 +143,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     atomic_write(
         run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode())
     )
+    state_path = checkpoint_path(run_dir).with_name(TRAIN_STATE)
+    if not (cfg.trainer.resume and state_path.is_file()):
+        # A fresh run must never fall back on a best checkpoint some earlier run left here.
+        checkpoint_path(run_dir, "best").unlink(missing_ok=True)
     start = time.perf_counter()
     pipeline = build(cfg)
     setup_seconds = time.perf_counter() - start
@@ -158,7 +162,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             ),
             save_best=lambda: save_checkpoint(pipeline, checkpoint_path(run_dir, "best"), None),
             validate=validation(pipeline),
-            state_path=checkpoint_path(run_dir).with_name(TRAIN_STATE),
+            state_path=state_path,
         )
         summary = pipeline.agent.fit(pipeline.env, run)
         restore_best(pipeline, run_dir)

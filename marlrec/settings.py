@@ -50,7 +50,7 @@ class TrainerConfig:
     autocast_bf16: bool = False
     """Run the networks' forward passes of gradient updates under bfloat16 autocast."""
     show_progress: bool = True
-    """Show progress bars and a line per epoch."""
+    """Show progress bars (a line per epoch is logged either way)."""
 
     def __post_init__(self) -> None:
         positive = (
