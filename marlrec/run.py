@@ -255,9 +255,7 @@ def recommend_for(p: Pipeline, user: int, k: int) -> list[dict[str, Any]]:
     """Top-k items for a known user from everything they consumed, each with why it is there."""
     if not 0 <= user < p.data.n_users:
         raise MarlrecError(f"unknown user {user}: ids run from 0 to {p.data.n_users - 1}")
-    history = p.data.history_before(user, "test")
-    if p.data.split.test_item[user] >= 0:
-        history = np.append(history, p.data.split.test_item[user])
+    history = p.data.interactions.histories(p.data.n_users)[user]  # everything, held-out too
     top = p.env.rank(p.agent.candidate_scores, np.array([user]), [history], k)[0].cpu()
     return explain(p, history, top.numpy())
 
@@ -291,10 +289,17 @@ SHORT_NAMES = {
 }
 
 
+TABLE_METRICS = ("HR", "NDCG", "MRR", "Coverage", "ILD")
+
+
 def print_table(results: dict[str, dict[str, float]], title: str) -> None:
     """Test-split ranking metrics and simulated-session figures, one row per policy."""
     first = next(iter(results.values()))
-    columns = [c for c in first if c.startswith("test/") or c in SHORT_NAMES]
+    # Headline ranking metrics at the first cut-off; metrics.json keeps every metric and K.
+    test = [c for c in first if c.startswith("test/")]
+    k = test[0].rsplit("@", 1)[-1] if test else ""
+    columns = [c for c in test if c.rsplit("/", 1)[-1] in {f"{m}@{k}" for m in TABLE_METRICS}]
+    columns += [c for c in first if c in SHORT_NAMES]
     terms = [c for c in first if c.startswith("sim/reward/")]
     columns += terms if len(terms) > 1 else []
     table = Table(title=title)

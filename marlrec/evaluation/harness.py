@@ -243,22 +243,22 @@ def session_eval(
 ) -> dict[str, float]:
     """Session metrics (default: mean return, clicks per session, session depth in slates)
     and each reward term's mean per session."""
-    aec = env.make()
+    aec = env.make_aec()
     statistics: dict[str, list[float]] = {"return": [], "clicks": [], "depth": []}
     terms: dict[str, list[float]] = {}
     for episode in range(n_sessions):
         aec.reset(seed=seed + episode)
         total, n_clicks, depth, episode_terms = 0.0, 0, 0, dict.fromkeys(env.ctx.rewards, 0.0)
         for agent in aec.agent_iter():
-            observation, reward, terminated, truncated, _ = aec.last()
-            if agent == aec.possible_agents[0]:
-                total += reward  # the reward is cooperative: count it once, through one role
+            observation, _, terminated, truncated, _ = aec.last()
             if terminated or truncated:
                 aec.step(None)
                 continue
             aec.step(act(aec, agent, observation))
             if "reward_terms" in aec.infos[agent] and aec.unwrapped.slate_number > depth:
                 depth = aec.unwrapped.slate_number
+                # The cooperative reward, once per slate (roles' own λ-mixed rewards differ).
+                total += aec.infos[agent]["reward_global"]
                 n_clicks += aec.infos[agent]["clicks"]
                 for name, value in aec.infos[agent]["reward_terms"].items():
                     episode_terms[name] += value
