@@ -241,7 +241,7 @@ def test_temporal_split(tmp_path: Path) -> None:
 
 def test_yaml_matches_config_and_entry_point(tmp_path: Path) -> None:
     conf = Path(marlrec.__file__).parent / "conf" / "data" / "amazon_reviews.yaml"
-    section = yaml.safe_load(conf.read_text())
+    section = yaml.safe_load(conf.read_text())["data"]  # under `data:` in a _global_ file
     assert next(iter(section)) == "name" and section.pop("name") == "amazon_reviews"
     assert list(section) == [f.name for f in dataclasses.fields(AmazonReviewsDataset.Config)]
     built = registry.build_config("data", "amazon_reviews", AmazonReviewsDataset.Config, section)

@@ -70,7 +70,9 @@ def test_unknown_agent_is_one_line_listing_installed_agents(offline_cache: Path)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "agent 'nonexistent'" in lines[0] and "installed: idqn" in lines[0]
+    assert (
+        "agent 'nonexistent'" in lines[0] and "installed: dqn, idqn, ippo, mappo, ppo" in lines[0]
+    )
     assert "Traceback" not in result.stderr + result.stdout
 
 
@@ -94,3 +96,11 @@ def test_unknown_command_and_usage(offline_cache: Path) -> None:
     assert "usage: marlrec" in run_cli(cache=offline_cache).stdout
     result = run_cli("trian", cache=offline_cache)
     assert result.returncode == 2 and "unknown command 'trian'" in result.stderr
+
+
+@pytest.mark.parametrize("dataset", ["movielens", "csv", "amazon_reviews"])
+def test_logged_datasets_default_to_replay_and_the_command_line_wins(dataset: str) -> None:
+    assert compose_config([f"data={dataset}"]).simulator.name == "replay"
+    chosen = compose_config([f"data={dataset}", "simulator=response_model"])
+    assert chosen.simulator.name == "response_model"
+    assert compose_config([]).simulator.name == "synthetic"

@@ -243,7 +243,7 @@ def test_parquet_types_timestamps_lists_and_an_index(tmp_path: Path) -> None:
 
 def test_yaml_matches_config_and_entry_point() -> None:
     conf = Path(marlrec.__file__).parent / "conf" / "data" / "csv.yaml"
-    section = yaml.safe_load(conf.read_text())
+    section = yaml.safe_load(conf.read_text())["data"]  # under `data:` in a _global_ file
     assert next(iter(section)) == "name" and section.pop("name") == "csv"
     assert list(section) == [f.name for f in dataclasses.fields(CsvDataset.Config)]
     assert registry.build_config("data", "csv", CsvDataset.Config, section) == CsvDataset.Config()

@@ -401,7 +401,7 @@ def test_download_with_a_wrong_checksum_fails_and_leaves_nothing(tmp_path: Path)
 
 def test_yaml_matches_config() -> None:
     conf = Path(marlrec.__file__).parent / "conf" / "data" / "movielens.yaml"
-    section = yaml.safe_load(conf.read_text())
+    section = yaml.safe_load(conf.read_text())["data"]  # under `data:` in a _global_ file
     assert next(iter(section)) == "name" and section.pop("name") == "movielens"
     fields = [f.name for f in dataclasses.fields(MovieLensDataset.Config)]
     assert list(section) == fields
