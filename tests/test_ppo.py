@@ -51,10 +51,12 @@ class UniformActor(nn.Module):
         return self.logits.expand(len(obs.obs), 2), state
 
 
-def aec_buffer(steps: list[tuple[str, tuple[float, float], bool, float]]) -> ReplayBuffer:
+def aec_buffer(
+    steps: list[tuple[str, tuple[float, float], bool, float]], truncated_at: int = -1
+) -> ReplayBuffer:
     """AEC steps of (acting role, rewards of roles a and b, terminated, the step's value)."""
     buffer = ReplayBuffer(size=32)
-    for agent, rewards, terminated, value in steps:
+    for step, (agent, rewards, terminated, value) in enumerate(steps):
         obs = Batch(
             agent_id=np.array(agent, dtype=object),
             obs=np.array([value, 0.0]),
@@ -66,7 +68,7 @@ def aec_buffer(steps: list[tuple[str, tuple[float, float], bool, float]]) -> Rep
                 act=0,
                 rew=np.array(rewards),
                 terminated=terminated,
-                truncated=False,
+                truncated=step == truncated_at,
                 obs_next=obs,
                 info={},
             )
@@ -126,6 +128,15 @@ def test_each_role_learns_from_its_own_next_turn_with_every_reward_in_between() 
     assert b.returns.tolist() == pytest.approx([1.60525, 0.945, 2.0])
     # Steps whose next own turn is not collected yet (indices 6, 7) are left out.
     assert len(a.adv) == len(b.adv) == 3
+
+
+def test_a_session_cut_short_gives_no_return_to_the_turns_it_cut() -> None:
+    # The env copies restarted after step 3: a's turn at 2 and b's at 3 have no next turn.
+    buffer = aec_buffer(STEPS[:4], truncated_at=3)
+    batch, indices = buffer.sample(0)
+    processed = two_role_algorithm()._preprocess_batch(batch, buffer, indices)
+    assert processed["a"].returns.tolist() == pytest.approx([1 + GAMMA * 1.0])
+    assert len(processed["b"].returns) == 1
 
 
 def test_advantages_chain_only_through_the_same_episode() -> None:
@@ -198,7 +209,10 @@ def test_shared_roles_use_one_network_with_a_role_embedding(small_pipeline: Pipe
     )
 
 
-def train_agent(pipeline: Pipeline, agent: Any, tmp_path: Path, **trainer: Any) -> dict[str, float]:
+def train_agent(
+    pipeline: Pipeline, agent: Any, tmp_path: Path, env: Any = None, **trainer: Any
+) -> dict[str, float]:
+    """Train `agent` on `env` (the pipeline's by default) with the pipeline's trainer settings."""
     writer = SummaryWriter(str(tmp_path))
     run = TrainRun(
         trainer=replace(pipeline.trainer, **trainer),
@@ -209,7 +223,7 @@ def train_agent(pipeline: Pipeline, agent: Any, tmp_path: Path, **trainer: Any) 
         save_best=lambda: None,
     )
     try:
-        return agent.fit(pipeline.env, run)
+        return agent.fit(env or pipeline.env, run)
     finally:
         writer.close()
 

@@ -86,8 +86,8 @@ def multi_agent_env(env: Environment, agent: str) -> PettingZooEnv:
     made = tianshou_env(env)
     if not isinstance(made, PettingZooEnv):
         raise PluginError(
-            f"agent '{agent}' needs a multi-agent env whose roles take turns (env=slate), but "
-            f"env '{type(env).__name__}' has a single agent: use agent=dqn or agent=ppo"
+            f"agent '{agent}' is multi-agent and needs an env whose roles take turns "
+            f"(env=slate), but this env has a single agent: use agent=dqn or agent=ppo"
         )
     return made
 
@@ -240,13 +240,22 @@ class CandidateQNet(CandidateEncoder):
 
     The dueling split, a state value plus each candidate's advantage, matters here: a session's
     return dwarfs the difference one slot makes, and the advantage head learns that difference
-    on its own.
+    on its own. With `direct_scores`, the advantage also gets `CandidateActor`'s direct linear
+    term over the standardised retrieval score and popularity, starting at zero.
     """
 
     def __init__(
-        self, spec: EnvSpec, hidden: int, device: torch.device, role_embedding: bool = False
+        self,
+        spec: EnvSpec,
+        hidden: int,
+        device: torch.device,
+        role_embedding: bool = False,
+        direct_scores: bool = False,
     ) -> None:
         super().__init__(spec, hidden, device, role_embedding)
+        self.direct = nn.Linear(2, 1, bias=False) if direct_scores else None
+        if self.direct is not None:
+            nn.init.zeros_(self.direct.weight)
         self.value = nn.Sequential(
             nn.Linear(self.context_size, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
@@ -264,6 +273,9 @@ class CandidateQNet(CandidateEncoder):
         )
         advantage = self.advantage_out(hidden).squeeze(-1)
         available = 1.0 - f.parts["chosen"]
+        if self.direct is not None:
+            scalars = DIRECT_GAIN * standardised(f.scalars, available > 0)
+            advantage = advantage + self.direct(scalars).squeeze(-1)
         mean = (advantage * available).sum(1, keepdim=True) / available.sum(1, keepdim=True)
         return self.value(f.context) + advantage - mean, state
 

@@ -32,18 +32,21 @@ from marlrec.agents.marl import (
 )
 from marlrec.agents.training import train_with_tianshou
 from marlrec.envs import Environment, EnvSpec
+from marlrec.registry import PluginError
 
 
 @dataclass(kw_only=True)
-class PPOConfig:
+class ActorCriticConfig:
+    """Options of every PPO agent, multi-agent or single."""
+
     hidden: int = 128
     """Width of the candidate-scoring actor and of the critic."""
     lr: float = 1e-3
     """Adam learning rate."""
     gamma: float = 0.8
-    """Discount per own turn of a role."""
+    """Discount per own turn (a role's turns; every slot for a single agent)."""
     gae_lambda: float = 0.95
-    """GAE lambda along a role's own turns (1: Monte Carlo, 0: one-step TD)."""
+    """GAE lambda along own turns (1: Monte Carlo, 0: one-step TD)."""
     eps_clip: float = 0.2
     """PPO's clipping range of the probability ratio."""
     vf_coef: float = 0.5
@@ -51,16 +54,38 @@ class PPOConfig:
     ent_coef: float = 0.01
     """Weight of the entropy bonus."""
     max_grad_norm: float = 1.0
-    """Gradient-norm clipping per role's update (0 disables it)."""
+    """Gradient-norm clipping per update (0 disables it)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden < 1 or self.lr <= 0.0 or self.eps_clip <= 0.0:
+            raise PluginError("agent.hidden, agent.lr and agent.eps_clip must be positive")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise PluginError(f"agent.{name} must lie in [0, 1], got {getattr(self, name)}")
+        if min(self.vf_coef, self.ent_coef, self.max_grad_norm) < 0.0:
+            raise PluginError("agent.vf_coef, agent.ent_coef and agent.max_grad_norm must be >= 0")
+
+
+@dataclass(kw_only=True)
+class PPOConfig(ActorCriticConfig):
     share: bool = False
     """One actor and one critic for all roles, conditioned on a learned role embedding."""
+
+
+def with_own_target(buffer: ReplayBuffer, indices: np.ndarray, agent_id: str) -> np.ndarray:
+    """Which of a role's steps have a return: their next own turn was collected, or the session
+    ended for good before it. A session cut short (truncated when the env copies restarted)
+    has neither a next turn nor a true end."""
+    _, next_turn, bootstrap, complete = own_turn_transitions(buffer, indices, agent_id)
+    ended = complete & ~bootstrap
+    cut = ended & buffer.truncated[next_turn] & ~buffer.terminated[next_turn]
+    return complete & ~cut
 
 
 class RolePPO(PPO):
     """PPO whose returns and advantages follow the role from its turn to its own next turn.
 
-    Transitions whose next own turn has not been collected yet (the newest steps of a session
-    still running when collection paused) carry no return and are left out of the update.
+    Transitions without a return (`with_own_target`) are left out of the update.
     """
 
     def __init__(self, *, agent_id: str, **kwargs: Any) -> None:
@@ -68,7 +93,7 @@ class RolePPO(PPO):
         self.agent_id = agent_id
 
     def _preprocess_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
-        *_, complete = own_turn_transitions(buffer, indices, self.agent_id)
+        complete = with_own_target(buffer, indices, self.agent_id)
         if not complete.any():
             return Batch()  # Tianshou's dispatcher skips a role with no data
         indices = indices[complete]
