@@ -357,7 +357,44 @@ class SlateCore:
         }
 
 
-class SlateAEC(AECEnv):
+class SlateSession:
+    """One user's session as both env forms keep it: the user, the history, the open slate."""
+
+    core: SlateCore
+    ctx: EnvContext
+    rng: np.random.Generator
+    _users: np.ndarray
+
+    def _open_session(self, seed: int | None, options: dict[str, Any] | None) -> None:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        options = options or {}
+        self.user = int(options["user"]) if "user" in options else int(self.rng.choice(self._users))
+        self.history = self.core.start_session(self.user, self.rng).tolist()
+        self.slate_number = 0
+
+    def _retrieve(self, retrieve: bool) -> None:
+        """Open a slate; `retrieve=False` keeps the last state and candidates."""
+        if retrieve:
+            history = np.asarray(self.history, dtype=np.int64)
+            self._state = self.core.states([history])
+            self._recent = self.core.recent([history])
+            scores = self.core.retrieval_scores(self._state, [history])
+            self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
+        self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
+        self._slate: list[int] = []
+
+    def render(self) -> str | None:
+        if getattr(self, "render_mode", None) != "ansi":
+            return None
+        titles = [self.ctx.data.item_text[i][:60] for i in self._slate]
+        return f"user {self.user}, slate {self.slate_number}: " + " | ".join(titles)
+
+    def close(self) -> None:
+        pass
+
+
+class SlateAEC(SlateSession, AECEnv):
     """One user's session; the reference implementation checked by PettingZoo's api_test."""
 
     metadata = {"name": "marlrec_slate_v0", "render_modes": ["ansi"], "is_parallelizable": False}
@@ -381,30 +418,17 @@ class SlateAEC(AECEnv):
         return self.action_spaces[agent]
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        options = options or {}
-        self.user = int(options["user"]) if "user" in options else int(self.rng.choice(self._users))
-        self.history = self.core.start_session(self.user, self.rng).tolist()
+        self._open_session(seed, options)
         self.agents = self.possible_agents[:]
         self.rewards = dict.fromkeys(self.agents, 0.0)
         self._cumulative_rewards = dict.fromkeys(self.agents, 0.0)
         self.terminations = dict.fromkeys(self.agents, False)
         self.truncations = dict.fromkeys(self.agents, False)
         self.infos: dict[str, dict[str, Any]] = {a: {} for a in self.agents}
-        self.slate_number = 0
         self._start_slate()
 
     def _start_slate(self, retrieve: bool = True) -> None:
-        """A new slate; `retrieve=False` keeps the last slate's state and candidates."""
-        if retrieve:
-            history = np.asarray(self.history, dtype=np.int64)
-            self._state = self.core.states([history])
-            self._recent = self.core.recent([history])
-            scores = self.core.retrieval_scores(self._state, [history])
-            self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
-        self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
-        self._slate: list[int] = []
+        self._retrieve(retrieve)
         self.agent_selection = self.possible_agents[self.core.turn_order[0]]
 
     def observe(self, agent: str) -> dict[str, np.ndarray]:
@@ -457,15 +481,6 @@ class SlateAEC(AECEnv):
             self.agent_selection = self.possible_agents[self.core.turn_order[0]]
         else:
             self._start_slate(retrieve=outcome.clicks.any() or not self.core.reuse_retrieval)
-
-    def render(self) -> str | None:
-        if self.render_mode != "ansi":
-            return None
-        titles = [self.ctx.data.item_text[i][:60] for i in self._slate]
-        return f"user {self.user}, slate {self.slate_number}: " + " | ".join(titles)
-
-    def close(self) -> None:
-        pass
 
 
 def slate_observation_space(core: SlateCore) -> spaces.Dict:

@@ -29,12 +29,13 @@ from pettingzoo.utils.conversions import parallel_to_aec
 from marlrec.envs.slate import (
     SlateCore,
     SlateEnvironment,
+    SlateSession,
     session_users,
     slate_observation_space,
 )
 
 
-class SlateParallel(ParallelEnv):
+class SlateParallel(SlateSession, ParallelEnv):
     """One user's session with the roles acting simultaneously; checked by parallel_api_test."""
 
     metadata = {
@@ -63,26 +64,13 @@ class SlateParallel(ParallelEnv):
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, Any]]]:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        options = options or {}
-        self.user = int(options["user"]) if "user" in options else int(self.rng.choice(self._users))
-        self.history = self.core.start_session(self.user, self.rng).tolist()
+        self._open_session(seed, options)
         self.agents = self.possible_agents[:]
-        self.slate_number = 0
         self._start_slate()
         return self._observe_all(), {a: {} for a in self.agents}
 
     def _start_slate(self, retrieve: bool = True) -> None:
-        """A new slate; `retrieve=False` keeps the last slate's state and candidates."""
-        if retrieve:
-            history = np.asarray(self.history, dtype=np.int64)
-            self._state = self.core.states([history])
-            self._recent = self.core.recent([history])
-            scores = self.core.retrieval_scores(self._state, [history])
-            self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
-        self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
-        self._slate: list[int] = []
+        self._retrieve(retrieve)
         self._conflicts = 0
 
     def step(self, actions: dict[str, int]) -> tuple[dict, dict, dict, dict, dict]:
@@ -156,15 +144,6 @@ class SlateParallel(ParallelEnv):
             )
             observations[agent] = {"observation": obs[0].cpu().numpy(), "action_mask": mask}
         return observations
-
-    def render(self) -> str | None:
-        if self.render_mode != "ansi":
-            return None
-        titles = [self.ctx.data.item_text[i][:60] for i in self._slate]
-        return f"user {self.user}, slate {self.slate_number}: " + " | ".join(titles)
-
-    def close(self) -> None:
-        pass
 
 
 class SlateParallelEnvironment(SlateEnvironment):
