@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from tianshou.data import Batch, ReplayBuffer
 from tianshou.env import PettingZooEnv
 from tianshou.utils.torch_utils import policy_within_training_step
 
-from marlrec.agents.marl import own_turn_transitions
+from marlrec.agents.marl import CandidateQNet, SharedOptimizerFactory, own_turn_transitions
 
 
 def _buffer(steps: list[tuple[str, float, bool]]) -> ReplayBuffer:
@@ -86,3 +87,35 @@ def test_exploration_reaches_every_role_in_training_only(small_pipeline) -> None
         explored = algorithm.policy.add_exploration_noise(greedy.copy(), batch)
     assert len(set(explored.tolist())) > 1  # training: epsilon-greedy, within the mask
     assert obs["action_mask"][explored].all()
+
+
+def test_one_optimizer_serves_every_role_and_leaves_the_others_be() -> None:
+    first, second = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    factory = SharedOptimizerFactory(torch.nn.ModuleList([first, second]), lr=0.1)
+    optimizer, _ = factory.create_instances(first)
+    assert factory.create_instances(second)[0] is optimizer
+    # The second role steps first, so Adam holds momentum for its weights when the first steps.
+    for module, other in ((second, first), (first, second)):
+        optimizer.zero_grad()
+        module(torch.ones(1, 3)).sum().backward()
+        before = [p.detach().clone() for p in other.parameters()]
+        optimizer.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, other.parameters(), strict=True))
+
+
+def test_a_shared_q_network_tells_the_roles_apart(small_pipeline) -> None:
+    spec = small_pipeline.env.spec
+    net = CandidateQNet(spec, 16, torch.device("cpu"), role_embedding=True, direct_scores=True)
+    aec = small_pipeline.env.make()
+    aec.reset(seed=2)
+    obs = torch.as_tensor(aec.observe(aec.agent_selection)["observation"])[None]
+    other = obs.clone()
+    role = spec.layout.split(other)["role"]
+    role.copy_(role.flip(-1))
+    assert not torch.allclose(net(obs)[0], net(other)[0])
+    # The direct popularity term starts neutral and, once learned, ranks by popularity.
+    assert not net.direct.weight.any()
+    with torch.no_grad():
+        net.direct.weight.copy_(torch.tensor([[0.0, 100.0]]))
+    popularity = spec.layout.split(obs)["popularity"][0]
+    assert popularity[net(obs)[0][0].argmax()] == popularity.max()
