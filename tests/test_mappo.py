@@ -96,15 +96,15 @@ def test_every_role_learns_from_the_team_reward() -> None:
 def test_one_critic_for_the_team_conditioned_on_the_slate(small_pipeline: Pipeline) -> None:
     spec = small_pipeline.env.spec
     agent = MAPPO(MAPPOConfig(), spec=spec, device=torch.device("cpu"))
-    assert isinstance(agent.critics[0], SlateCritic) and agent.critics[0] is agent.critics[1]
-    assert agent.actors[0] is not agent.actors[1]
+    assert isinstance(agent.critic(0), SlateCritic) and agent.critic(0) is agent.critic(1)
+    assert agent.actor(0) is not agent.actor(1)
     batch, _ = observation_batch(small_pipeline, 2)  # one candidate already chosen
     chosen = spec.layout.split(torch.as_tensor(batch.obs.obs))["chosen"][0].argmax()
     slate = np.zeros((2, spec.layout.n_candidates, len(spec.roles) + 1), dtype=np.float32)
     slate[:, chosen, -1] = 1.0
     slate[0, chosen, 0] = 1.0  # placed by the first role ...
     slate[1, chosen, 1] = 1.0  # ... or by the second
-    values = agent.critics[0](Batch(obs=batch.obs.obs, slate=slate)).flatten()
+    values = agent.critic(0)(Batch(obs=batch.obs.obs, slate=slate)).flatten()
     assert values[0] != values[1]
 
 

@@ -197,8 +197,9 @@ def test_roles_sample_within_the_mask_in_training_and_act_greedily_otherwise(
 def test_shared_roles_use_one_network_with_a_role_embedding(small_pipeline: Pipeline) -> None:
     spec = small_pipeline.env.spec
     agent = IndependentPPO(PPOConfig(share=True), spec=spec, device=torch.device("cpu"))
-    assert agent.actors[0] is agent.actors[1] and agent.critics[0] is agent.critics[1]
-    assert agent.actors[0].role_embedding is not None
+    assert len(agent.actors) == len(agent.critics) == 1
+    assert agent.actor(0) is agent.actor(1) and agent.critic(0) is agent.critic(1)
+    assert agent.actor(0).role_embedding is not None
     batch, _ = observation_batch(small_pipeline, 1)
     obs = torch.as_tensor(batch.obs.obs)
     as_other_role = obs.clone()

@@ -128,8 +128,7 @@ class MAPPO(IndependentPPO):
     multi_agent_algorithm = TeamRewardOnPolicyAlgorithm
 
     def _build_critics(self) -> nn.ModuleList:
-        critic = SlateCritic(self.spec, self.config.hidden, self.device)
-        return nn.ModuleList(critic for _ in self.spec.roles)
+        return nn.ModuleList([SlateCritic(self.spec, self.config.hidden, self.device)])
 
     def _role_algorithm(self, role: str, **kwargs: Any) -> PPO:
         return CentralisedRolePPO(

@@ -8,6 +8,7 @@ learned role embedding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,11 +148,11 @@ class IndependentPPO(Agent):
         )
         self.critics = self._build_critics()
 
-    def _per_role(self, build: Any) -> nn.ModuleList:
-        """One network per role, or the same shared one (with a role embedding) for every role."""
+    def _per_role(self, build: Callable[[bool], nn.Module]) -> nn.ModuleList:
+        """One network per role, or with `share` one for all (conditioned on a role embedding);
+        shared networks are kept once, so checkpoints hold each weight once."""
         if self.config.share:
-            shared = build(True)
-            return nn.ModuleList(shared for _ in self.spec.roles)
+            return nn.ModuleList([build(True)])
         return nn.ModuleList(build(False) for _ in self.spec.roles)
 
     def _build_critics(self) -> nn.ModuleList:
@@ -160,9 +161,15 @@ class IndependentPPO(Agent):
             lambda shared: CandidateCritic(self.spec, c.hidden, self.device, role_embedding=shared)
         )
 
+    def actor(self, role: int) -> nn.Module:
+        return self.actors[role if len(self.actors) > 1 else 0]
+
+    def critic(self, role: int) -> nn.Module:
+        return self.critics[role if len(self.critics) > 1 else 0]
+
     def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
         with torch.no_grad():
-            return self.actors[role](obs)[0]
+            return self.actor(role)(obs)[0]
 
     def state_dict(self) -> dict[str, Any]:
         return {"actors": self.actors.state_dict(), "critics": self.critics.state_dict()}
@@ -182,9 +189,9 @@ class IndependentPPO(Agent):
             self._role_algorithm(
                 role,
                 policy=DiscreteActorPolicy(
-                    actor=actor, action_space=action_space, deterministic_eval=True
+                    actor=self.actor(r), action_space=action_space, deterministic_eval=True
                 ),
-                critic=critic,
+                critic=self.critic(r),
                 optim=optim,
                 eps_clip=c.eps_clip,
                 vf_coef=c.vf_coef,
@@ -193,7 +200,7 @@ class IndependentPPO(Agent):
                 gae_lambda=c.gae_lambda,
                 gamma=c.gamma,
             )
-            for role, actor, critic in zip(self.spec.roles, self.actors, self.critics, strict=True)
+            for r, role in enumerate(self.spec.roles)
         ]
         return self.multi_agent_algorithm(algorithms=algorithms, env=env)
 
