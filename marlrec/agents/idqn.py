@@ -31,9 +31,10 @@ from marlrec.agents.marl import (
     CandidateQNet,
     CooperativeOffPolicyAlgorithm,
     SharedOptimizerFactory,
+    multi_agent_env,
     own_turn_transitions,
 )
-from marlrec.agents.training import BufferFactory, tianshou_env, train_with_tianshou
+from marlrec.agents.training import BufferFactory, train_with_tianshou
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
 
@@ -274,7 +275,7 @@ class IndependentDQN(Agent):
         )
 
     def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
-        algorithm = self._algorithm(tianshou_env(env))
+        algorithm = self._algorithm(multi_agent_env(env, "idqn"))
         total_steps = run.trainer.max_epochs * run.trainer.epoch_num_env_steps
         policies = [algorithm.get_algorithm(role).policy for role in self.spec.roles]
         c = self.config
