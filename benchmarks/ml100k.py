@@ -72,11 +72,22 @@ def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, flo
         wall = {"wall_seconds": time.perf_counter() - started}
         atomic_write(run_dir / "wall.json", lambda f: f.write(json.dumps(wall).encode()))
     metrics = json.loads(metrics_file.read_text())
-    wall = json.loads((run_dir / "wall.json").read_text())
+    wall_file = run_dir / "wall.json"  # absent when the run was finished outside this script
+    wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
     return {**metrics["eval"]["agent"], **metrics["train"], **wall}
 
 
 def fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]:
+    """Every baseline for one seed; a finished seed's figures are read back, not fitted again."""
+    done = args.out / "baselines" / f"seed{seed}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    rows = _fit_baselines(args, seed)
+    write_json(done, rows)
+    return rows
+
+
+def _fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]:
     data = MovieLensDataset(MovieLensDataset.Config(path=str(args.data))).load(
         seed=seed, cache_dir=args.cache
     )
@@ -101,7 +112,9 @@ def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
     for policy, rows in per_seed.items():
         table[policy] = {}
         for column, key in COLUMNS.items():
-            values = [row[key] for row in rows if key in row]
+            # Baselines are ranked on the test split alone, so their keys carry no `test/`.
+            values = [row.get(key, row.get(key.removeprefix("test/"))) for row in rows]
+            values = [v for v in values if v is not None]
             if values:
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
                 table[policy][column] = [statistics.fmean(values), spread]
