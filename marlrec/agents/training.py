@@ -159,9 +159,9 @@ def vector_envs(env: Environment, run: TrainRun) -> tuple[BaseVectorEnv, BaseVec
 def train_vector_env(env: Environment, copies: EnvCopies, t: TrainerConfig) -> BaseVectorEnv:
     n = t.num_train_envs
     if t.vector_env == "subproc":
-        # Forked workers cannot use CUDA; spawned ones rebuild the env from its pickle.
-        context = "spawn" if env.ctx.device.type == "cuda" else None
-        return SubprocVectorEnv([copies] * n, context=context)
+        # Spawned workers rebuild the env from its pickle. Forking a process whose torch thread
+        # pools are running can deadlock the child, and forked workers cannot use CUDA.
+        return SubprocVectorEnv([copies] * n, context="spawn")
     if t.vector_env == "ray":
         if importlib.util.find_spec("ray") is None:
             raise MarlrecError(
