@@ -251,7 +251,8 @@ def test_an_unreadable_cache_file_is_refitted(synthetic_data: RecData, tmp_path:
     first.cache_file.write_bytes(b"not an npz file")
     second = simulator("response_model", synthetic_data, emb, **options)
     assert not second.from_cache
-    np.testing.assert_array_equal(second.model.item_vec, first.model.item_vec)  # seeded: same fit
+    # Seeded: the same fit, up to float rounding in multi-threaded sums.
+    np.testing.assert_allclose(second.model.item_vec, first.model.item_vec, rtol=1e-4, atol=1e-5)
     assert simulator("response_model", synthetic_data, emb, **options).from_cache
 
 
