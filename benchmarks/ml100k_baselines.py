@@ -4,25 +4,24 @@ Every rating is an implicit interaction, the split is chronological leave-one-ou
 item is ranked against every item outside the user's train + valid history (full ranking).
 `content_knn` reads all-MiniLM-L6-v2 embeddings of the item text (encoded once, then cached).
 
-RecBole's Pop counts an item once per training batch it appears in, positives and sampled
-negatives alike, and breaks the many ties this leaves by its internal item ids (the order in
-which items first appear in its atomic `.inter` file, i.e. in `u.data`). Our `pop` counts
-interactions; `--recbole-pop-seeds N` also runs `pop` with `counting: recbole_batches` over N
-seeds with RecBole's tie order, to show how close an emulation gets.
+Our `pop` ranks by interaction counts; RecBole's Pop counts an item once per training batch it
+appears in (negatives included) and leaves the many ties to `torch.topk`.
+`--recbole-pop-seeds 2020,0,1,2` adds, per seed, RecBole 1.2.1's Pop reproduced exactly
+(`marlrec.evaluation.recbole_pop`) and evaluated by our harness, beside RecBole's own figures for
+that seed: matching them checks our split, histories and metrics (2020 gives the published ones).
 
-    python benchmarks/ml100k_baselines.py --data ../shared/data/ml-100k [--models pop,ease]
+    python benchmarks/ml100k_baselines.py --data ../shared/data/ml-100k [--models pop,ease] \
+        [--recbole-pop-seeds 2020,0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from marlrec.baselines import Baseline
@@ -31,11 +30,12 @@ from marlrec.baselines.content_knn import ContentKNNBaseline
 from marlrec.baselines.ease import EASEBaseline
 from marlrec.baselines.itemknn import ItemKNNBaseline
 from marlrec.baselines.sasrec import SASRecBaseline
-from marlrec.baselines.simple import PopularityBaseline, RandomBaseline, recbole_batch_counts
+from marlrec.baselines.simple import PopularityBaseline, RandomBaseline
 from marlrec.data import RecData
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.encoders.hf import HFEncoder
-from marlrec.evaluation.harness import EvalConfig, ScoreRanker, baseline_ranker, ranking_eval
+from marlrec.evaluation.harness import EvalConfig, baseline_ranker, ranking_eval
+from marlrec.evaluation.recbole_pop import PUBLISHED_SEED, RecBolePop
 from marlrec.io import write_json
 from marlrec.plugin import NoConfig
 
@@ -48,6 +48,14 @@ RECBOLE: dict[str, tuple[float, float] | None] = {
     "bpr": (0.1241, 0.0673),
     "sasrec": None,
     "content_knn": None,
+}
+# RecBole 1.2.1's own Pop (its defaults, one seed each): 2020 is the published run, the others
+# are runs of RecBole itself at those seeds.
+RECBOLE_POP_BY_SEED: dict[int, tuple[float, float]] = {
+    PUBLISHED_SEED: (0.0721, 0.0403),
+    0: (0.0710, 0.0352),
+    1: (0.0742, 0.0342),
+    2: (0.0817, 0.0421),
 }
 MODELS: dict[str, type[Baseline]] = {
     "random": RandomBaseline,
@@ -78,56 +86,34 @@ def run(
     return results
 
 
-def recbole_item_order(data: RecData, folder: Path) -> np.ndarray:
-    """Per item, its rank in RecBole's internal ids: order of first appearance in u.data."""
-    log = np.loadtxt(folder / "u.data", dtype=np.int64, usecols=(1,))
-    raw_ids, first_row = np.unique(log, return_index=True)
-    first = dict(zip(raw_ids.tolist(), first_row.tolist(), strict=True))
-    appearance = np.array([first[int(r)] for r in data.item_attributes["raw_id"]])
-    return np.argsort(np.argsort(appearance))
+def recbole_pop(
+    data: RecData, folder: Path, seeds: list[int], item_emb: torch.Tensor
+) -> dict[int, dict[str, float]]:
+    """Per seed, RecBole 1.2.1's Pop reproduced and ranked through our harness (test split)."""
+    results = {}
+    for seed in seeds:
+        started = time.perf_counter()
+        ranker = RecBolePop(data, folder, seed).ranker("test")
+        figures = ranking_eval(data, ranker, "test", RANKING, item_emb=item_emb)
+        results[seed] = {**figures, "seconds": time.perf_counter() - started}
+    return results
 
 
-def recbole_pop(data: RecData, folder: Path, seeds: int) -> dict[str, float]:
-    """RecBole's Pop emulated over seeds: batch counts, ties by RecBole's internal ids."""
-    order = torch.as_tensor(recbole_item_order(data, folder), dtype=torch.float64)
-    cfg = EvalConfig(metrics=["hr", "ndcg"], ks=[10])
-    hr, ndcg = [], []
-    for seed in range(seeds):
-        counts = torch.as_tensor(recbole_batch_counts(data, seed), dtype=torch.float64)
-        # Exact in float64: a count decides, then the earlier internal id wins.
-        keys = counts * data.n_items + (data.n_items - 1 - order)
-        ranker = ScoreRanker(lambda users, histories, keys=keys: keys.expand(len(users), -1))
-        figures = ranking_eval(data, ranker, "test", cfg)
-        hr.append(figures["HR@10"])
-        ndcg.append(figures["NDCG@10"])
-    return {
-        "seeds": seeds,
-        "HR@10": statistics.mean(hr),
-        "HR@10_std": statistics.stdev(hr) if seeds > 1 else 0.0,
-        "NDCG@10": statistics.mean(ndcg),
-        "NDCG@10_std": statistics.stdev(ndcg) if seeds > 1 else 0.0,
-    }
-
-
-def table(results: dict[str, dict[str, float]], emulated: dict[str, float] | None) -> str:
+def table(results: dict[str, dict[str, float]], reproduced: dict[int, dict[str, float]]) -> str:
     lines = [
         "| model | HR@10 | RecBole HR@10 | NDCG@10 | RecBole NDCG@10 | Coverage@10 | fit+eval s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, row in results.items():
-        ref = RECBOLE[name]
+    rows = [(name, row, RECBOLE[name]) for name, row in results.items()]
+    rows += [
+        (f"pop, RecBole 1.2.1 reproduced (seed {seed})", row, RECBOLE_POP_BY_SEED.get(seed))
+        for seed, row in reproduced.items()
+    ]
+    for label, row, ref in rows:
         ref_hr, ref_ndcg = (f"{v:.4f}" for v in ref) if ref else ("-", "-")
         lines.append(
-            f"| {name} | {row['HR@10']:.4f} | {ref_hr} | {row['NDCG@10']:.4f} | {ref_ndcg} "
+            f"| {label} | {row['HR@10']:.4f} | {ref_hr} | {row['NDCG@10']:.4f} | {ref_ndcg} "
             f"| {row['Coverage@10']:.4f} | {row['seconds']:.1f} |"
-        )
-    if emulated:
-        pop_hr, pop_ndcg = RECBOLE["pop"] or (0.0, 0.0)
-        lines.append(
-            f"| pop, recbole_batches ({emulated['seeds']} seeds) "
-            f"| {emulated['HR@10']:.4f} ± {emulated['HR@10_std']:.4f} | {pop_hr:.4f} "
-            f"| {emulated['NDCG@10']:.4f} ± {emulated['NDCG@10_std']:.4f} | {pop_ndcg:.4f} "
-            "| - | - |"
         )
     return "\n".join(lines)
 
@@ -146,7 +132,11 @@ def main() -> None:
         "--out", type=Path, default=Path("benchmarks/results/ml100k_baselines.json")
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recbole-pop-seeds", type=int, default=10)
+    parser.add_argument(
+        "--recbole-pop-seeds",
+        default=str(PUBLISHED_SEED),
+        help="comma-separated seeds of RecBole's Pop reproduced exactly (empty: none)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--cache",
@@ -155,6 +145,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
+    try:
+        pop_seeds = [int(s) for s in args.recbole_pop_seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(
+            f"--recbole-pop-seeds takes comma-separated integers, got {args.recbole_pop_seeds!r}"
+        )
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         parser.error(f"unknown model {unknown[0]}; models: {', '.join(MODELS)}")
@@ -162,10 +158,8 @@ def main() -> None:
     data = dataset.load(seed=args.seed, cache_dir=args.cache)
     item_emb = item_embeddings(data, args.cache, torch.device(args.device))
     results = run(data, names, item_emb, args.seed)
-    emulated = (
-        recbole_pop(data, args.data, args.recbole_pop_seeds) if args.recbole_pop_seeds else None
-    )
-    print(table(results, emulated))
+    reproduced = recbole_pop(data, args.data, pop_seeds, item_emb)
+    print(table(results, reproduced))
     configs = {
         n: {f.name: getattr(MODELS[n].Config(), f.name) for f in fields(MODELS[n].Config)}
         for n in names
@@ -176,9 +170,10 @@ def main() -> None:
             "seed": args.seed,
             "device": args.device,
             "recbole": RECBOLE,
+            "recbole_pop_by_seed": RECBOLE_POP_BY_SEED,
             "configs": configs,
             "results": results,
-            "pop_recbole_batches": emulated,
+            "pop_recbole_reproduced": reproduced,
         },
     )
     print(f"wrote {args.out}")
