@@ -24,6 +24,7 @@ from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents import checkpoint_path
+from marlrec.agents.imitation import imitate
 from marlrec.agents.training import VALID_METRIC
 from marlrec.evaluation.harness import (
     agent_actor,
@@ -144,7 +145,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode())
     )
     state_path = checkpoint_path(run_dir).with_name(TRAIN_STATE)
-    if not (cfg.trainer.resume and state_path.is_file()):
+    resuming = bool(cfg.trainer.resume) and state_path.is_file()
+    if not resuming:
         # A fresh run must never fall back on a best checkpoint some earlier run left here.
         checkpoint_path(run_dir, "best").unlink(missing_ok=True)
     start = time.perf_counter()
@@ -164,7 +166,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             validate=validation(pipeline),
             state_path=state_path,
         )
-        summary = pipeline.agent.fit(pipeline.env, run)
+        # A resumed run restores networks that imitation already shaped.
+        imitation = {} if resuming else imitate(pipeline.agent, pipeline.env, run)
+        summary = {**imitation, **pipeline.agent.fit(pipeline.env, run)}
         restore_best(pipeline, run_dir)
         results = evaluate(pipeline, show_progress=pipeline.trainer.show_progress)
         for policy, row in results.items():

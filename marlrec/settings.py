@@ -37,6 +37,12 @@ class TrainerConfig:
     vector_env: VectorEnvKind = "dummy"
     """`dummy` steps copies in this process, `subproc` in worker processes, `ray` on Ray actors
     (the `ray` extra), `batched` in the env's own tensor-batched vector env (`make_vector`)."""
+    imitation_steps: int = 1000
+    """Gradient steps of imitation of logged choices before reinforcement learning: each
+    role's scoring network learns, by cross-entropy, to pick the user's logged next item among
+    the retrieved candidates (a warm start from the training interactions); 0: none."""
+    imitation_lr: float = 0.001
+    """Adam learning rate of the imitation steps."""
     test_episodes: int = 50
     """Sessions run at each epoch's test step."""
     eval_every_epochs: int = 1
@@ -66,9 +72,11 @@ class TrainerConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise PluginError(f"trainer.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("eval_every_epochs", "patience"):
+        for key in ("eval_every_epochs", "patience", "imitation_steps"):
             if getattr(self, key) < 0:
                 raise PluginError(f"trainer.{key} must be 0 or more, got {getattr(self, key)}")
+        if self.imitation_lr <= 0:
+            raise PluginError(f"trainer.imitation_lr must be positive, got {self.imitation_lr}")
         if self.updates_per_env_step <= 0:
             raise PluginError(
                 f"trainer.updates_per_env_step must be positive, got {self.updates_per_env_step}"

@@ -18,6 +18,7 @@ class Agent(Plugin):
 
     `candidate_scores` is the policy's view used by evaluation and serving: for a batch of
     observations of one role, a score per candidate (higher is better, greedy, no exploration).
+    It is the first output of `scoring_network(role)`, which imitation of logged choices trains.
     """
 
     def __init__(self, config: object, *, spec: EnvSpec, device: torch.device) -> None:
@@ -30,8 +31,14 @@ class Agent(Plugin):
         """Train on copies of `env`; return summary figures (e.g. env steps per second)."""
 
     @abstractmethod
+    def scoring_network(self, role: int) -> torch.nn.Module:
+        """The network mapping observations (B, obs_size) of role number `role` to
+        `(scores (B, n_candidates), state)`: Q-values or logits, with gradients."""
+
     def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
         """Scores (B, n_candidates) for observations (B, obs_size) of role number `role`."""
+        with torch.no_grad():
+            return self.scoring_network(role)(obs)[0]
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from tianshou.data import (
     VectorReplayBuffer,
 )
 from tianshou.env import PettingZooEnv
+from torch import nn
 
 from marlrec.agents import Agent, TrainRun
 from marlrec.agents.marl import (
@@ -43,7 +44,7 @@ from marlrec.registry import PluginError
 class IDQNConfig:
     hidden: int = 128
     """Width of each role's candidate-scoring network."""
-    lr: float = 1e-3
+    lr: float = 1e-4
     """Adam learning rate."""
     gamma: float = 0.8
     """Discount per own turn of a role."""
@@ -228,9 +229,8 @@ class IndependentDQN(Agent):
     def net(self, role: int) -> CandidateQNet:
         return self.nets[0 if self.config.share else role]
 
-    def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
-        with torch.no_grad():
-            return self.net(role)(obs)[0]
+    def scoring_network(self, role: int) -> nn.Module:
+        return self.net(role)
 
     def state_dict(self) -> dict[str, Any]:
         return {"nets": self.nets.state_dict()}
@@ -265,6 +265,7 @@ class IndependentDQN(Agent):
     def _buffer(self, seed: int) -> BufferFactory:
         """Targets read each role's own next turns, never `obs_next`: the buffer keeps none,
         which halves its memory and its share of every checkpoint."""
+
         c = self.config
         if not c.prioritized:
             return lambda size, n: VectorReplayBuffer(

@@ -42,7 +42,7 @@ class ActorCriticConfig:
 
     hidden: int = 128
     """Width of the candidate-scoring actor and of the critic."""
-    lr: float = 1e-3
+    lr: float = 1e-4
     """Adam learning rate."""
     gamma: float = 0.8
     """Discount per own turn (a role's turns; every slot for a single agent)."""
@@ -167,9 +167,8 @@ class IndependentPPO(Agent):
     def critic(self, role: int) -> nn.Module:
         return self.critics[role if len(self.critics) > 1 else 0]
 
-    def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
-        with torch.no_grad():
-            return self.actor(role)(obs)[0]
+    def scoring_network(self, role: int) -> nn.Module:
+        return self.actor(role)
 
     def state_dict(self) -> dict[str, Any]:
         return {"actors": self.actors.state_dict(), "critics": self.critics.state_dict()}

@@ -18,6 +18,7 @@ from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
 from tianshou.algorithm.modelfree.reinforce import DiscreteActorPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.env import PettingZooEnv
+from torch import nn
 
 from marlrec.agents import Agent, TrainRun
 from marlrec.agents.marl import CandidateActor, CandidateCritic, CandidateQNet
@@ -31,7 +32,7 @@ from marlrec.registry import PluginError
 class DQNConfig:
     hidden: int = 128
     """Width of the candidate-scoring Q-network."""
-    lr: float = 1e-3
+    lr: float = 1e-4
     """Adam learning rate."""
     gamma: float = 0.9
     """Discount per slot filled (0.9 over four slots discounts a slate as 0.8 over a role's two
@@ -102,9 +103,8 @@ class SingleDQN(SingleAgent):
         super().__init__(config, spec=spec, device=device)
         self.net = CandidateQNet(spec, config.hidden, device, direct_scores=config.direct_scores)
 
-    def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
-        with torch.no_grad():
-            return self.net(obs)[0]
+    def scoring_network(self, role: int) -> nn.Module:
+        return self.net
 
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict()}
@@ -151,9 +151,8 @@ class SinglePPO(SingleAgent):
         self.actor = CandidateActor(spec, config.hidden, device)
         self.critic = CandidateCritic(spec, config.hidden, device)
 
-    def candidate_scores(self, obs: torch.Tensor, role: int) -> torch.Tensor:
-        with torch.no_grad():
-            return self.actor(obs)[0]
+    def scoring_network(self, role: int) -> nn.Module:
+        return self.actor
 
     def state_dict(self) -> dict[str, Any]:
         return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict()}

@@ -14,6 +14,7 @@ from tianshou.env import BaseVectorEnv, DummyVectorEnv, PettingZooEnv
 
 from marlrec.data import RecData
 from marlrec.plugin import Plugin
+from marlrec.registry import PluginError
 from marlrec.rewards import Reward
 from marlrec.simulators import Simulator
 from marlrec.states import StateModel
@@ -82,6 +83,20 @@ class EnvSpec:
     state: StateModel  # the run's state model; trainable ones learn inside the agents' networks
 
 
+@dataclass(frozen=True)
+class LoggedChoices:
+    """Observations in which a logged next item was among the candidates, and its position.
+
+    Row n is what role `roles[n]` saw when the user's logged next item was candidate
+    `actions[n]`: the supervision that imitation of logged choices learns from.
+    """
+
+    rows: torch.Tensor  # (N,) which of the given histories each row comes from
+    obs: torch.Tensor  # (N, layout.size)
+    roles: torch.Tensor  # (N,) role numbers
+    actions: torch.Tensor  # (N,) candidate positions of the logged items
+
+
 # Scores candidates for one role: (obs (B, size) float tensor, role index) -> (B, n_candidates).
 CandidateScorer = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -125,6 +140,19 @@ class Environment(Plugin):
         """One env copy as Tianshou steps it: AEC envs through `PettingZooEnv`, others as is."""
         made = self.make()
         return PettingZooEnv(made) if isinstance(made, AECEnv) else made
+
+    def logged_choices(
+        self, histories: list[np.ndarray], targets: np.ndarray, rng: np.random.Generator
+    ) -> LoggedChoices:
+        """The observations in which each history's logged next item (`targets`) is a candidate.
+
+        Environments whose observations cannot be built from a history alone do not support
+        imitation of logged choices.
+        """
+        raise PluginError(
+            f"env '{self.name}' cannot build observations of logged choices: "
+            "set trainer.imitation_steps=0"
+        )
 
     @abstractmethod
     def rank(

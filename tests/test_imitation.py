@@ -1,0 +1,108 @@
+"""Imitation of logged choices, and every agent plugin beating random and pop on return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from marlrec.agents.imitation import imitate, imitation_loss, logged_positions
+from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
+from marlrec.pipeline import Pipeline, build
+from marlrec.registry import PluginError
+from marlrec.settings import TrainerConfig, TrainRun
+from tests.conftest import SMALL, compose_config
+
+# Enough users for the logs to teach item affinities (the SMALL default has 120).
+LEARNING = [*SMALL, "data.n_users=600", "trainer.imitation_steps=1000"]
+SESSIONS = 600  # one standard error of a mean return is about 0.1
+
+
+def logged_batch(pipeline: Pipeline, n: int, seed: int = 0) -> tuple[list, np.ndarray]:
+    histories = pipeline.data.train_histories
+    users, positions = logged_positions(histories)
+    drawn = np.random.default_rng(seed).integers(0, len(users), n)
+    pairs = list(zip(users[drawn], positions[drawn], strict=True))
+    return [histories[u][:p] for u, p in pairs], np.array([histories[u][p] for u, p in pairs])
+
+
+def run_for(pipeline: Pipeline, tmp_path: Path) -> TrainRun:
+    return TrainRun(
+        trainer=pipeline.trainer,
+        logger=pipeline.logger,
+        seed=0,
+        writer=SummaryWriter(str(tmp_path)),
+        save_checkpoint=lambda epoch: None,
+        save_best=lambda: None,
+    )
+
+
+def test_logged_positions_cover_every_item_after_the_first() -> None:
+    users, positions = logged_positions([np.array([4, 5, 6]), np.array([7]), np.array([8, 9])])
+    assert users.tolist() == [0, 0, 2]
+    assert positions.tolist() == [1, 2, 1]
+
+
+def test_logged_choices_show_the_logged_item_at_a_random_turn(small_pipeline: Pipeline) -> None:
+    env, layout = small_pipeline.env, small_pipeline.env.spec.layout
+    histories, targets = logged_batch(small_pipeline, 400)
+    batch = env.logged_choices(histories, targets, np.random.default_rng(0))
+    parts = layout.split(batch.obs)
+    rows = torch.arange(len(batch.rows))
+    # The logged item is the candidate at `actions`, open, and never in the history shown.
+    assert torch.equal(parts["candidates"][rows, batch.actions], torch.as_tensor(targets)[batch.rows])
+    assert (parts["chosen"][rows, batch.actions] == 0).all()
+    for n, row in enumerate(batch.rows.tolist()):
+        assert targets[row] not in histories[row]
+        assert set(parts["history"][n][parts["history"][n] >= 0].tolist()) <= set(histories[row])
+    # The turn: as many earlier picks as the slot number, by the role whose turn it is.
+    slots = (parts["progress"][:, 0] * env.core.slate_size).round().long()
+    assert torch.equal(parts["chosen"].sum(dim=1).long(), slots)
+    assert torch.equal(batch.roles, torch.as_tensor(env.core.turn_order)[slots])
+    assert torch.equal(parts["role"].argmax(dim=1), batch.roles)
+    assert set(slots.tolist()) == set(range(env.core.slate_size))
+    # Histories whose logged item was not retrieved are left out, the others all kept.
+    assert 0 < len(batch.rows) < len(histories)
+
+
+def test_imitation_teaches_each_role_the_logged_choices(tmp_path: Path) -> None:
+    pipeline = build(compose_config([*LEARNING, "agent=ippo", "trainer.imitation_steps=300"]))
+    histories, targets = logged_batch(pipeline, 2000, seed=1)
+    held = pipeline.env.logged_choices(histories, targets, np.random.default_rng(1))
+    before, _ = imitation_loss(pipeline.agent, held)
+    summary = imitate(pipeline.agent, pipeline.env, run_for(pipeline, tmp_path))
+    after, accuracy = imitation_loss(pipeline.agent, held)
+    assert after < before - 0.1
+    assert accuracy > 1.5 / pipeline.env.spec.layout.n_candidates
+    assert 0 < summary["imitation_retrieved"] < 1
+
+
+def test_imitation_settings_are_checked() -> None:
+    with pytest.raises(PluginError, match="trainer.imitation_steps must be 0 or more"):
+        TrainerConfig(imitation_steps=-1)
+    with pytest.raises(PluginError, match="trainer.imitation_lr must be positive"):
+        TrainerConfig(imitation_lr=0.0)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["agent=idqn"], ["agent=ippo"], ["agent=mappo"], ["env=single", "agent=dqn"], ["env=single", "agent=ppo"]],
+    ids=["idqn", "ippo", "mappo", "dqn", "ppo"],
+)
+def test_every_agent_beats_random_and_pop_on_return(overrides: list[str], tmp_path: Path) -> None:
+    """Imitation, then reinforcement learning, as `marlrec train` runs them."""
+    pipeline = build(compose_config([*LEARNING, *overrides]))
+    torch.manual_seed(0)
+    run = run_for(pipeline, tmp_path)
+    imitate(pipeline.agent, pipeline.env, run)
+    pipeline.agent.fit(pipeline.env, run)
+    env = pipeline.env
+    returns = {
+        name: session_eval(env, baseline_actor(env, pipeline.baselines[name]), SESSIONS, 20_000)
+        for name in ("random", "pop")
+    }
+    agent = session_eval(env, agent_actor(env, pipeline.agent), SESSIONS, 20_000)["mean_return"]
+    assert agent > returns["pop"]["mean_return"] > returns["random"]["mean_return"]
