@@ -10,6 +10,7 @@ trainer.resume=true hydra.run.dir=<run dir>` continues a killed run there, with 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -166,8 +167,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             validate=validation(pipeline),
             state_path=state_path,
         )
-        # A resumed run restores networks that imitation already shaped.
-        imitation = {} if resuming else imitate(pipeline.agent, pipeline.env, run)
+        imitation = imitation_summary(pipeline, run, run_dir, resuming)
         summary = {**imitation, **pipeline.agent.fit(pipeline.env, run)}
         restore_best(pipeline, run_dir)
         results = evaluate(pipeline, show_progress=pipeline.trainer.show_progress)
@@ -189,6 +189,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print_history(run.history)
     print_table(results, title=f"{cfg.agent.name} on {cfg.data.name} ({run_dir})")
     return metrics
+
+
+def imitation_summary(
+    pipeline: Pipeline, run: TrainRun, run_dir: Path, resuming: bool
+) -> dict[str, float]:
+    """Imitation's figures: a fresh run imitates and saves them; a resumed run, whose restored
+    networks imitation already shaped, reads them back."""
+    saved = run_dir / "checkpoints" / "imitation.json"
+    if resuming:
+        return json.loads(saved.read_text()) if saved.is_file() else {}
+    summary = imitate(pipeline.agent, pipeline.env, run)
+    write_json(saved, summary)
+    return summary
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:

@@ -40,7 +40,7 @@ TINY = [
     "baseline=[random]",
 ]
 # Figures that depend on wall-clock time, not on what was learned.
-TIMINGS = ("train_seconds", "train_env_steps_per_second")
+TIMINGS = ("train_seconds", "train_env_steps_per_second", "imitation_seconds")
 
 
 def train_command(run_dir: Path, *overrides: str) -> list[str]:
