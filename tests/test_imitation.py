@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from marlrec.agents.imitation import imitate, imitation_loss, logged_positions
+from marlrec.agents.imitation import imitate, imitation_loss, logged_pairs, logged_positions
 from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import PluginError
@@ -25,8 +25,7 @@ def logged_batch(pipeline: Pipeline, n: int, seed: int = 0) -> tuple[list, np.nd
     histories = pipeline.data.train_histories
     users, positions = logged_positions(histories)
     drawn = np.random.default_rng(seed).integers(0, len(users), n)
-    pairs = list(zip(users[drawn], positions[drawn], strict=True))
-    return [histories[u][:p] for u, p in pairs], np.array([histories[u][p] for u, p in pairs])
+    return logged_pairs(histories, users[drawn], positions[drawn])
 
 
 def run_for(pipeline: Pipeline, tmp_path: Path) -> TrainRun:

@@ -254,7 +254,7 @@ def test_llm_text_errors_are_one_clear_line(minilm: HFEncoder) -> None:
     with pytest.raises(PluginError, match=r"state 'llm_text' needs the catalog's item texts"):
         LLMTextState(LLMTextState.Config(), item_dim=384)
     with pytest.raises(PluginError, match=r"template must contain '\{items\}'"):
-        make_llm_text(minilm, template="no placeholder")
+        make_llm_text(minilm, template="Recently watched.")
     with pytest.raises(MarlrecError, match=r"unknown item id 9 in a history"):
         make_llm_text(minilm).forward_ids(torch.tensor([[1, 9]]), torch.tensor([2]))
     with pytest.raises(PluginError, match=r"encoder gives 384-d vectors but the items are 8-d"):

@@ -34,11 +34,18 @@ LOG_EVERY = 50
 
 def logged_positions(histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Every (user, position) whose item follows at least one earlier training item."""
-    lengths = np.array([len(h) for h in histories])
-    users = np.repeat(np.arange(len(histories)), np.maximum(lengths - 1, 0))
-    starts = np.cumsum(np.maximum(lengths - 1, 0)) - np.maximum(lengths - 1, 0)
-    positions = np.arange(len(users)) - starts[users] + 1
-    return users, positions
+    followers = np.maximum(np.array([len(h) for h in histories]) - 1, 0)
+    users = np.repeat(np.arange(len(histories)), followers)
+    starts = np.cumsum(followers) - followers
+    return users, np.arange(len(users)) - starts[users] + 1
+
+
+def logged_pairs(
+    histories: list[np.ndarray], users: np.ndarray, positions: np.ndarray
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The histories before the given (user, position) pairs, and the items logged there."""
+    pairs = list(zip(users, positions, strict=True))
+    return [histories[u][:p] for u, p in pairs], np.array([histories[u][p] for u, p in pairs])
 
 
 def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, float]:
@@ -82,10 +89,7 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
     steps = tqdm(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
     for step in steps:
         drawn = rng.integers(0, len(users), t.batch_size)
-        pairs = list(zip(users[drawn], positions[drawn], strict=True))
-        batch = env.logged_choices(
-            [histories[u][:p] for u, p in pairs], np.array([histories[u][p] for u, p in pairs]), rng
-        )
+        batch = env.logged_choices(*logged_pairs(histories, users[drawn], positions[drawn]), rng)
         retrieved += len(batch.actions)
         if len(batch.actions) == 0:
             continue
