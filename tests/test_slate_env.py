@@ -15,7 +15,8 @@ import torch
 from pettingzoo.test import api_test
 
 from marlrec import registry
-from marlrec.data import RecData
+from marlrec.baselines.ease import EASEBaseline
+from marlrec.data import RecData, fill_histories
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.datasets.synthetic import SyntheticDataset
 from marlrec.envs import EnvContext
@@ -250,6 +251,20 @@ def test_exploration_replaces_its_share_with_unconsumed_distinct_items(
     assert torch.equal(candidates, again), "seeded from the row's generator"
 
 
+def test_ease_retrieval_offers_the_ease_baselines_top_items(synthetic: RecData) -> None:
+    env = SlateEnvironment(SlateConfig(retrieval="ease"), ctx=context(synthetic))
+    users = np.arange(30)
+    r = retrieval(env, users)
+    ease = EASEBaseline(EASEBaseline.Config(), data=synthetic, item_emb=env.ctx.item_emb, seed=0)
+    expected = fill_histories(ease.scores(users), r.histories, -torch.inf)
+    candidates, _ = env.core.candidates(r.scores)
+    assert torch.equal(candidates, expected.topk(env.core.n_candidates).indices)
+    finite = r.scores[torch.isfinite(r.scores)]
+    assert finite.abs().max() <= 1.0 and (r.scores == -torch.inf).sum() == sum(
+        len(set(h.tolist())) for h in r.histories
+    )
+
+
 def test_exploration_without_share_is_plain_retrieval(synthetic: RecData) -> None:
     env = SlateEnvironment(SlateConfig(), ctx=context(synthetic))
     r = retrieval(env, np.arange(10))
@@ -361,6 +376,8 @@ def test_a_slate_without_clicks_reuses_the_last_retrieval(
         ({"explore_share": 1.5}, "explore_share"),
         ({"explore_long_tail": -0.1}, "explore_long_tail"),
         ({"role_mix": float("nan")}, "role_mix"),
+        ({"retrieval": "bm25"}, "env.retrieval must be 'content' or 'ease'"),
+        ({"retrieval": "ease", "ease_l2": 0.0}, "env.ease_l2 must be positive"),
     ],
 )
 def test_bad_options_are_one_line_plugin_errors(

@@ -39,6 +39,10 @@ class SingleConfig:
     """Fraction of the M candidates replaced by exploration items (0 keeps pure retrieval)."""
     explore_long_tail: float = 0.5
     """Share of the exploration items drawn from the least popular half of the catalog."""
+    retrieval: str = "content"
+    """`content` (cosine in the text-embedding space) or `ease` (collaborative item-item)."""
+    ease_l2: float = 250.0
+    """L2 weight of the `ease` retrieval's item-item matrix."""
 
 
 class SingleSlateEnv(gym.Env):
@@ -108,6 +112,8 @@ class SingleAgentEnvironment(SlateEnvironment):
             history_len=config.history_len,
             explore_share=config.explore_share,
             explore_long_tail=config.explore_long_tail,
+            retrieval=config.retrieval,
+            ease_l2=config.ease_l2,
         )
 
     def make(self) -> SingleSlateEnv:

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from pettingzoo import AECEnv
 
-from marlrec.data import fill_histories
 from marlrec.envs import (
     CandidateScorer,
     EnvContext,
@@ -71,6 +70,13 @@ class SlateConfig:
     """Role -> reward name: the term that role receives on top of the global reward."""
     role_mix: float = 0.0
     """lambda: each role's reward is the global reward plus lambda times its own term."""
+    retrieval: str = "content"
+    """How the M candidates are retrieved: `content`, cosine between the user state and the
+    items' text embeddings (reaches items nobody has consumed yet), or `ease`, EASE item-item
+    weights fitted on the training interactions (collaborative: far stronger on logged data,
+    blind to new items but through exploration)."""
+    ease_l2: float = 250.0
+    """L2 weight of the `ease` retrieval's item-item matrix."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,11 @@ class SlateCore:
         self.reward_weights = {name: r.weight for name, r in ctx.rewards.items()}
         self.role_terms = [config.role_terms.get(role) for role in self.roles]
         self.role_mix = float(config.role_mix)
+        self.item_item = None
+        if config.retrieval == "ease":
+            from marlrec.baselines.ease import ease_weights
+
+            self.item_item = ease_weights(ctx.data, config.ease_l2).to(ctx.device)
 
     # --- user state and retrieval ---------------------------------------------------------
 
@@ -169,15 +180,21 @@ class SlateCore:
 
     @torch.no_grad()
     def retrieval_scores(self, states: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
-        """Cosine similarity of each state to every item, -inf on items already consumed."""
-        scores = F.normalize(states, dim=-1) @ self.item_unit.T
-        return fill_histories(scores, histories, -torch.inf)
+        """Each item's retrieval score in [-1, 1] for each state, -inf on items consumed."""
+        return self.retrieval_scores_padded(states, self.pad_histories(histories)[0])
 
     @torch.no_grad()
     def retrieval_scores_padded(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """`retrieval_scores` for padded histories (-1 is padding)."""
-        scores = F.normalize(states, dim=-1) @ self.item_unit.T
         rows, cols = torch.nonzero(ids >= 0, as_tuple=True)
+        if self.item_item is None:
+            scores = F.normalize(states, dim=-1) @ self.item_unit.T
+        else:
+            consumed = torch.zeros(len(ids), len(self.item_item), device=ids.device)
+            consumed[rows, ids[rows, cols]] = 1.0
+            scores = consumed @ self.item_item
+            # Scaled by each row's largest magnitude: the order is EASE's, the range cosine's.
+            scores /= scores.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
         scores[rows, ids[rows, cols]] = -torch.inf
         return scores
 
@@ -610,6 +627,10 @@ def validate_slate_config(config: SlateConfig, ctx: EnvContext) -> None:
             f"env.n_candidates={config.n_candidates} must be at least the slate size "
             f"({slate_size}) and below the catalog size ({ctx.data.n_items})"
         )
+    if config.retrieval not in ("content", "ease"):
+        raise PluginError(f"env.retrieval must be 'content' or 'ease', got '{config.retrieval}'")
+    if not config.ease_l2 > 0:
+        raise PluginError(f"env.ease_l2 must be positive, got {config.ease_l2}")
     for key in ("explore_share", "explore_long_tail"):
         value = getattr(config, key)
         if not 0.0 <= value <= 1.0:
