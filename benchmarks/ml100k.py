@@ -2,9 +2,10 @@
 
 Protocol: every rating an implicit interaction, chronological leave-one-out, full ranking over all
 items outside the user's history, test split, @10. Agents train with `marlrec train` against the
-`replay` simulator (one run dir per configuration and seed, kept under `--out`, so an interrupted
-benchmark resumes where it stopped); baselines are fitted in this process. The table gives the
-mean ± standard deviation over seeds and is written as markdown and JSON.
+`replay` simulator (one run dir per configuration, step count and seed, kept under `--out`, so an
+interrupted benchmark resumes where it stopped); baselines are fitted in this process, one file
+per seed and SASRec epoch count. The table gives the mean ± standard deviation over seeds and is
+written as markdown and JSON.
 
     python benchmarks/ml100k.py --data ../shared/data/ml-100k [--seeds 0,1,2] [--steps 2000]
 """
@@ -36,6 +37,10 @@ AGENTS: dict[str, list[str]] = {
     "mappo": ["agent=mappo"],
     "mappo_shared": ["agent=mappo", "agent.share=true"],
     "dqn_single": ["env=single", "agent=dqn"],
+    # The same agents choosing among collaborative (EASE) candidates instead of content ones.
+    "ippo_ease": ["agent=ippo", "env.retrieval=ease"],
+    "mappo_ease": ["agent=mappo", "env.retrieval=ease"],
+    "idqn_ease": ["agent=idqn", "env.retrieval=ease"],
 }
 COLUMNS = {
     "HR@10": "test/HR@10",
@@ -50,8 +55,8 @@ RANKING = EvalConfig(metrics=["hr", "ndcg", "coverage", "ild"], ks=[10])
 
 
 def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
-    """One `marlrec train` run; an existing finished run dir is read, not trained again."""
-    run_dir = args.out / "runs" / name / f"seed{seed}"
+    """One `marlrec train` run; a finished run with the same settings is read, not trained again."""
+    run_dir = args.out / "runs" / name / f"{args.steps}steps" / f"seed{seed}"
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         command = [
@@ -79,7 +84,7 @@ def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, flo
 
 def fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]:
     """Every baseline for one seed; a finished seed's figures are read back, not fitted again."""
-    done = args.out / "baselines" / f"seed{seed}.json"
+    done = args.out / "baselines" / f"seed{seed}-sasrec{args.sasrec_epochs}epochs.json"
     if done.is_file():
         return json.loads(done.read_text())
     rows = _fit_baselines(args, seed)
@@ -174,7 +179,8 @@ def main() -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "table.md", lambda f: f.write((text + "\n").encode()))
-    write_json(args.out / "table.json", {"seeds": seeds, "steps": args.steps, "table": table})
+    summary = {"seeds": seeds, "steps": args.steps, "sasrec_epochs": args.sasrec_epochs}
+    write_json(args.out / "table.json", {**summary, "table": table})
     print(f"wrote {args.out / 'table.md'} and table.json")
 
 
