@@ -7,7 +7,7 @@ interrupted benchmark resumes where it stopped); baselines are fitted in this pr
 per seed and SASRec epoch count. The table gives the mean ± standard deviation over seeds and is
 written as markdown and JSON.
 
-    python benchmarks/ml100k.py --data ../shared/data/ml-100k [--seeds 0,1,2] [--steps 2000]
+    python benchmarks/ml100k.py --data ../shared/data/ml-100k [--seeds 0,1,2] [--steps 1536]
 """
 
 from __future__ import annotations
@@ -149,8 +149,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ml-100k"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--agents", default=",".join(AGENTS), help="comma-separated")
-    parser.add_argument("--steps", type=int, default=2000, help="training env steps per agent")
-    parser.add_argument("--sasrec-epochs", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=1536, help="training env steps per agent")
+    parser.add_argument(
+        "--sasrec-epochs", type=int, default=200, help="most epochs; early-stopped on validation"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ml100k"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(

@@ -104,3 +104,12 @@ def test_logged_datasets_default_to_replay_and_the_command_line_wins(dataset: st
     chosen = compose_config([f"data={dataset}", "simulator=response_model"])
     assert chosen.simulator.name == "response_model"
     assert compose_config([]).simulator.name == "synthetic"
+
+
+def test_ml100k_preset_composes_the_benchmarks_strongest_configuration() -> None:
+    config = compose_config(["experiment=ml100k", "data.path=somewhere"])
+    validate(config)
+    assert (config.data.name, config.simulator.name) == ("movielens", "replay")
+    assert (config.agent.name, config.env.retrieval) == ("ippo", "ease")
+    assert list(config.baseline) == ["random", "pop", "itemknn", "ease"]
+    assert compose_config(["experiment=ml100k", "env.retrieval=content"]).env.retrieval == "content"
