@@ -3,7 +3,8 @@
 Each episode is one user's session, from the history the simulator opens it with
 (`Simulator.start_session`; by default the user's training history). A slate starts with
 retrieval: the top-M items by cosine similarity between the user's state and the item
-embeddings, never an item already consumed. A share of the M candidates (`explore_share`) can
+embeddings (`retrieval: content`) or by EASE item-item weights over the history
+(`retrieval: ease`), never an item already consumed. A share of the M candidates (`explore_share`) can
 instead be exploration items, drawn at random from the unconsumed catalog and from its least
 popular half. The roles then fill the slate's slots in a fixed interleaved order, each choosing
 a candidate not yet chosen (action mask). The simulator answers the full slate and the reward
