@@ -2,16 +2,15 @@
 
 Each episode is one user's session, from the history the simulator opens it with
 (`Simulator.start_session`; by default the user's training history). A slate starts with
-retrieval: the top-M items by cosine similarity between the user's state and the item
-embeddings (`retrieval: content`) or by EASE item-item weights over the history
-(`retrieval: ease`), never an item already consumed. A share of the M candidates (`explore_share`) can
-instead be exploration items, drawn at random from the unconsumed catalog and from its least
-popular half. The roles then fill the slate's slots in a fixed interleaved order, each choosing
-a candidate not yet chosen (action mask). The simulator answers the full slate and the reward
-plugins score it: every role receives the cooperative global reward (the weighted sum of the
-terms) plus `role_mix` times its own term (`role_terms`). Clicked items join the history, the
-state is recomputed, and the next slate begins, until the user leaves or `max_slates` is
-reached.
+retrieval: the top-M items by cosine similarity between the user's state and the item embeddings
+(`retrieval: content`) or by EASE item-item weights over the history (`retrieval: ease`), never
+an item already consumed. A share of the M candidates (`explore_share`) can instead be
+exploration items, drawn at random from the unconsumed catalog and from its least popular half.
+The roles then fill the slate's slots in a fixed interleaved order, each choosing a candidate
+not yet chosen (action mask). The simulator answers the full slate and the reward plugins score
+it: every role receives the cooperative global reward (the weighted sum of the terms) plus
+`role_mix` times its own term (`role_terms`). Clicked items join the history, the state is
+recomputed, and the next slate begins, until the user leaves or `max_slates` is reached.
 
 `SlateCore` holds the mechanics as tensor operations over many users at once; the AEC env here
 is the per-user reference, `slate_parallel` and `single` reuse the core, and `make_vector`
