@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from ml100k_baselines import MODELS, item_embeddings
+from ml100k_baselines import MODELS, add_device_and_cache, item_embeddings
 
 from marlrec.baselines.sasrec import SASRecBaseline
 from marlrec.datasets.movielens import MovieLensDataset
@@ -154,12 +154,7 @@ def main() -> None:
         "--sasrec-epochs", type=int, default=200, help="most epochs; early-stopped on validation"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ml100k"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(os.environ.get("MARLREC_CACHE", "~/.cache/marlrec")).expanduser(),
-    )
+    add_device_and_cache(parser)
     args = parser.parse_args()
     if not (args.data / "u.data").is_file():
         parser.error(f"{args.data} holds no MovieLens-100K (u.data is missing)")

@@ -124,6 +124,16 @@ def item_embeddings(data: RecData, cache: Path, device: torch.device) -> torch.T
     return encoder.encode(data.item_text).to(device)
 
 
+def add_device_and_cache(parser: argparse.ArgumentParser) -> None:
+    """The `--device` and `--cache` options both ML-100K benchmarks take."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("MARLREC_CACHE", "~/.cache/marlrec")).expanduser(),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ml-100k"))
@@ -137,12 +147,7 @@ def main() -> None:
         default=str(PUBLISHED_SEED),
         help="comma-separated seeds of RecBole's Pop reproduced exactly (empty: none)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(os.environ.get("MARLREC_CACHE", "~/.cache/marlrec")).expanduser(),
-    )
+    add_device_and_cache(parser)
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     try:
