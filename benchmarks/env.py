@@ -113,7 +113,7 @@ class Clocks:
     and in answering slates (simulator and rewards), by wrapping those methods."""
 
     GROUPS = {
-        "retrieval": ("retrieval_scores", "retrieval_scores_padded", "retrieve"),
+        "retrieval": ("retrieval_scores", "retrieve"),
         "answer": ("answer",),
     }
 

@@ -156,6 +156,72 @@ class RecData:
         return merged.histories(self.n_users)
 
 
+@dataclass(frozen=True)
+class Histories:
+    """Many users' histories packed end to end, without padding.
+
+    `items` holds every history's item ids in time order, one history after another; row b's
+    history is `items[offsets[b] : offsets[b] + lengths[b]]`. Pooled states read it in one
+    `embedding_bag`, and recent windows are gathered without a loop over users.
+    """
+
+    items: torch.Tensor  # (N,) int64
+    offsets: torch.Tensor  # (B,) int64
+    lengths: torch.Tensor  # (B,) int64
+
+    @classmethod
+    def pack(cls, histories: Sequence[np.ndarray], device: torch.device | str = "cpu") -> Histories:
+        lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+        items = np.concatenate(histories) if len(histories) else np.empty(0)
+        return cls(
+            torch.as_tensor(items.astype(np.int64, copy=False), device=device),
+            torch.as_tensor(np.cumsum(lengths) - lengths, device=device),
+            torch.as_tensor(lengths, device=device),
+        )
+
+    @classmethod
+    def from_padded(cls, ids: torch.Tensor, lengths: torch.Tensor) -> Histories:
+        """From (B, L) ids right-padded with anything past each row's `lengths[b]`."""
+        lengths = lengths.to(ids.device)
+        real = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]
+        return cls(ids[real], torch.cumsum(lengths, 0) - lengths, lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def rows(self) -> torch.Tensor:
+        """(N,) the row each packed item belongs to."""
+        return torch.repeat_interleave(
+            torch.arange(len(self), device=self.items.device), self.lengths
+        )
+
+    def select(self, rows: torch.Tensor) -> Histories:
+        """The histories of the given rows, in that order."""
+        lengths = self.lengths[rows]
+        offsets = torch.cumsum(lengths, 0) - lengths
+        within = torch.arange(int(lengths.sum()), device=lengths.device)
+        within -= torch.repeat_interleave(offsets, lengths)
+        index = torch.repeat_interleave(self.offsets[rows], lengths) + within
+        return Histories(self.items[index], offsets, lengths)
+
+    def last(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each history's last `window` items as (B, window) ids right-padded with -1, and how
+        many are real (B,)."""
+        kept = self.lengths.clamp(max=window)
+        columns = torch.arange(window, device=self.items.device)
+        index = (self.offsets + self.lengths - kept)[:, None] + columns
+        real = columns < kept[:, None]
+        if len(self.items) == 0:
+            return torch.full(real.shape, -1, dtype=torch.long, device=real.device), kept
+        ids = self.items[index.clamp(max=len(self.items) - 1)]
+        return ids.masked_fill(~real, -1), kept
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole histories as (B, L) ids right-padded with -1, L the longest (at least 1)."""
+        longest = int(self.lengths.max()) if len(self) else 0
+        return self.last(max(1, longest))
+
+
 def fill_histories(matrix: torch.Tensor, histories: list[np.ndarray], value: float) -> torch.Tensor:
     """Set `matrix[b, item] = value` for every item in row b's history, in place; return it."""
     rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])

@@ -125,7 +125,8 @@ def test_rank_works_with_the_single_role(synthetic: RecData) -> None:
         return torch.arange(m, dtype=torch.float32).expand(obs.shape[0], m)
 
     top = env.rank(prefer_last, users, histories, k=10)
-    cand, _ = env.core.candidates(env.core.retrieval_scores(env.core.states(histories), histories))
+    packed = env.core.pack(histories)
+    cand, _ = env.core.candidates(env.core.retrieval_scores(env.core.states(packed), packed))
     assert torch.equal(top[:, :4], cand.flip(-1)[:, :4])
 
 

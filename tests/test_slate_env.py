@@ -179,8 +179,8 @@ def test_rank_puts_the_policy_slate_first_and_excludes_history(small_pipeline) -
 
     top = env.rank(prefer_last, users, histories, k=30)
     core = env.core
-    states = core.states(histories)
-    cand, _ = core.candidates(core.retrieval_scores(states, histories))
+    packed = core.pack(histories)
+    cand, _ = core.candidates(core.retrieval_scores(core.states(packed), packed))
     expected_slate = cand.flip(-1)[:, : core.slate_size]
     assert torch.equal(top[:, : core.slate_size], expected_slate)
     rest = slice(core.slate_size, core.n_candidates)
@@ -215,7 +215,8 @@ class Retrieval:
 def retrieval(env: SlateEnvironment, users: np.ndarray) -> Retrieval:
     core = env.core
     histories = [env.ctx.data.train_histories[u] for u in users]
-    return Retrieval(core.retrieval_scores(core.states(histories), histories), histories)
+    packed = core.pack(histories)
+    return Retrieval(core.retrieval_scores(core.states(packed), packed), histories)
 
 
 @pytest.mark.parametrize("long_tail", [0.0, 0.5, 1.0])
@@ -278,7 +279,8 @@ def test_exploration_falls_back_when_the_long_tail_is_nearly_consumed(synthetic:
     core = env.core
     tail = core.long_tail_items.tolist()
     history = np.asarray(tail[3:], dtype=np.int64)  # only 3 long-tail items left unconsumed
-    scores = core.retrieval_scores(core.states([history]), [history])
+    packed = core.pack([history])
+    scores = core.retrieval_scores(core.states(packed), packed)
     candidates, cand_scores = core.retrieve(scores, [np.random.default_rng(1)])
     row = candidates[0].tolist()
     assert len(set(row)) == 20 and not set(row) & set(history.tolist())

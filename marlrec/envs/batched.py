@@ -33,6 +33,7 @@ from gymnasium import spaces
 from tianshou.data import Batch
 from tianshou.env import BaseVectorEnv
 
+from marlrec.data import Histories
 from marlrec.envs.slate import SlateCore, session_users, slate_observation_space
 from marlrec.registry import MarlrecError
 
@@ -261,11 +262,11 @@ class BatchedSlateEnv(BaseVectorEnv):
         core = self.core
         rows = torch.as_tensor(ids, device=self.history.device)
         width = max(1, int(self.history_len[rows].max()))
-        history, lengths = self.history[rows, :width], self.history_len[rows]
-        states = core.states_padded(history, lengths)
+        history = Histories.from_padded(self.history[rows, :width], self.history_len[rows])
+        states = core.states(history)
         self.states[rows] = states
-        self.recent[rows] = core.recent_padded(history, lengths)
-        scores = core.retrieval_scores_padded(states, history)
+        self.recent[rows] = core.recent(history)
+        scores = core.retrieval_scores(states, history)
         candidates, cand_scores = core.retrieve(scores, [self.rngs[i] for i in ids.tolist()])
         self.candidates[rows], self.cand_scores[rows] = candidates, cand_scores
 

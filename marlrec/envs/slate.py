@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from pettingzoo import AECEnv
 
+from marlrec.data import Histories
 from marlrec.envs import (
     CandidateScorer,
     EnvContext,
@@ -44,9 +45,6 @@ from marlrec.rewards import SlateOutcome
 # Exploration draws this many items per slot to fill at once, plus a margin, before falling
 # back to an exact draw: rejections (consumed, retrieved, repeated) are rare in a large catalog.
 OVERSAMPLE, DRAW_MARGIN = 2, 8
-# Rows per state-model call when many users start a slate at once: rows are grouped by history
-# length so that padding stays small.
-STATE_CHUNK_ROWS = 64
 
 
 @dataclass(kw_only=True)
@@ -134,69 +132,43 @@ class SlateCore:
 
     # --- user state and retrieval ---------------------------------------------------------
 
-    @torch.no_grad()
-    def states(self, histories: list[np.ndarray]) -> torch.Tensor:
-        ids, lengths = self.pad_histories(histories)
-        return self.states_padded(ids, lengths)
-
-    def pad_histories(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Histories as (B, L) item ids padded with -1 at the end, and their lengths (B,)."""
-        lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
-        ids = torch.full((len(histories), max(1, int(lengths.max()))), -1, dtype=torch.long)
-        if int(lengths.sum()):
-            rows = torch.repeat_interleave(torch.arange(len(histories)), lengths)
-            cols = torch.cat([torch.arange(int(n)) for n in lengths])
-            ids[rows, cols] = torch.as_tensor(np.concatenate(histories), dtype=torch.long)
-        device = self.ctx.device
-        return ids.to(device), lengths.to(device)
+    def pack(self, histories: list[np.ndarray]) -> Histories:
+        return Histories.pack(histories, self.ctx.device)
 
     @torch.no_grad()
-    def states_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The state model over padded histories, in chunks of rows of similar length."""
-        if len(ids) <= STATE_CHUNK_ROWS:
-            width = max(1, int(lengths.max()))
-            return self.ctx.state(self.ctx.item_emb[ids[:, :width].clamp(min=0)], lengths)
-        order = torch.argsort(lengths)
-        states = torch.empty(len(ids), self.ctx.state.dim, device=ids.device)
-        for chunk in order.split(STATE_CHUNK_ROWS):
-            states[chunk] = self.states_padded(ids[chunk], lengths[chunk])
-        return states
+    def states(self, histories: Histories) -> torch.Tensor:
+        """The state model over packed histories (B, state dim)."""
+        return self.ctx.state.from_histories(histories, self.ctx.item_emb)
 
-    def recent(self, histories: list[np.ndarray]) -> torch.Tensor:
+    def recent(self, histories: Histories) -> torch.Tensor:
         """Each history's last `history_len` item ids in time order, padded with -1 at the end."""
-        ids = torch.full((len(histories), self.history_len), -1, dtype=torch.long)
-        for b, h in enumerate(histories):
-            tail = h[max(0, len(h) - self.history_len) :]
-            ids[b, : len(tail)] = torch.as_tensor(tail, dtype=torch.long)
-        return ids.to(self.ctx.device)
-
-    def recent_padded(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """`recent` for padded histories, without a loop over users."""
-        window = torch.arange(self.history_len, device=ids.device)
-        kept = lengths.clamp(max=self.history_len)
-        positions = (lengths - kept)[:, None] + window[None]
-        recent = ids.gather(1, positions.clamp(max=ids.shape[1] - 1))
-        return recent.masked_fill(window[None] >= kept[:, None], -1)
+        return histories.last(self.history_len)[0]
 
     @torch.no_grad()
-    def retrieval_scores(self, states: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+    def retrieval_scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         """Each item's retrieval score in [-1, 1] for each state, -inf on items consumed."""
-        return self.retrieval_scores_padded(states, self.pad_histories(histories)[0])
-
-    @torch.no_grad()
-    def retrieval_scores_padded(self, states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """`retrieval_scores` for padded histories (-1 is padding)."""
-        rows, cols = torch.nonzero(ids >= 0, as_tuple=True)
+        rows = histories.rows()
         if self.item_item is None:
             scores = F.normalize(states, dim=-1) @ self.item_unit.T
         else:
-            consumed = torch.zeros(len(ids), len(self.item_item), device=ids.device)
-            consumed[rows, ids[rows, cols]] = 1.0
-            scores = consumed @ self.item_item
-            # Scaled by each row's largest magnitude: the order is EASE's, the range cosine's.
-            scores /= scores.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-        scores[rows, ids[rows, cols]] = -torch.inf
+            scores = self._ease_scores(histories, rows)
+        scores[rows, histories.items] = -torch.inf
         return scores
+
+    def _ease_scores(self, histories: Histories, rows: torch.Tensor) -> torch.Tensor:
+        """EASE's scores (consumed items @ item-item weights) scaled by each row's largest
+        magnitude: the order is EASE's, the range cosine's. The consumed matrix is sparse, so
+        the cost grows with the histories' lengths, not with B x n_items x n_items."""
+        n_items = len(self.item_item)
+        index = torch.stack([rows, histories.items])
+        ones = torch.ones(len(rows), device=rows.device)
+        consumed = torch.sparse_coo_tensor(index, ones, (len(histories), n_items)).coalesce()
+        # An item consumed twice still counts once, as in a 0/1 interaction matrix.
+        consumed = torch.sparse_coo_tensor(
+            consumed.indices(), consumed.values().clamp(max=1.0), consumed.shape
+        )
+        scores = torch.sparse.mm(consumed, self.item_item)
+        return scores / scores.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
 
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-M items by retrieval score, best first, and their scores."""
@@ -400,10 +372,10 @@ class SlateSession:
     def _retrieve(self, retrieve: bool) -> None:
         """Open a slate; `retrieve=False` keeps the last state and candidates."""
         if retrieve:
-            history = np.asarray(self.history, dtype=np.int64)
-            self._state = self.core.states([history])
-            self._recent = self.core.recent([history])
-            scores = self.core.retrieval_scores(self._state, [history])
+            history = self.core.pack([np.asarray(self.history, dtype=np.int64)])
+            self._state = self.core.states(history)
+            self._recent = self.core.recent(history)
+            scores = self.core.retrieval_scores(self._state, history)
             self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
         self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
         self._slate: list[int] = []
@@ -566,8 +538,9 @@ class SlateEnvironment(Environment):
         network which candidate is the answer.
         """
         core = self.core
-        states = core.states(histories)
-        cand, cand_scores = core.candidates(core.retrieval_scores(states, histories))
+        packed = core.pack(histories)
+        states = core.states(packed)
+        cand, cand_scores = core.candidates(core.retrieval_scores(states, packed))
         found = cand == torch.as_tensor(targets, device=cand.device)[:, None]
         keep = found.any(dim=1)
         cand, cand_scores, found = cand[keep], cand_scores[keep], found[keep]
@@ -580,9 +553,9 @@ class SlateEnvironment(Environment):
         chosen = noise.argsort(dim=1).argsort(dim=1) < slot[:, None]
         chosen &= torch.isfinite(cand_scores)
         role = torch.as_tensor(core.turn_order, device=device)[slot]
-        kept = [histories[r] for r in rows.tolist()]
+        recent = core.recent(packed)[keep]
         obs = core.observe(
-            states[keep], core.recent(kept), cand, cand_scores, chosen, role, slot, slate_number
+            states[keep], recent, cand, cand_scores, chosen, role, slot, slate_number
         )
         return LoggedChoices(rows=rows, obs=obs, roles=role, actions=found.float().argmax(dim=1))
 
@@ -591,9 +564,10 @@ class SlateEnvironment(Environment):
         self, scorer: CandidateScorer, users: np.ndarray, histories: list[np.ndarray], k: int
     ) -> torch.Tensor:
         core = self.core
-        states = core.states(histories)
-        recent = core.recent(histories)
-        scores = core.retrieval_scores(states, histories)
+        packed = core.pack(histories)
+        states = core.states(packed)
+        recent = core.recent(packed)
+        scores = core.retrieval_scores(states, packed)
         cand, cand_scores = core.candidates(scores)
         chosen = torch.zeros_like(cand, dtype=torch.bool)
         rows = torch.arange(len(users), device=cand.device)

@@ -7,8 +7,13 @@ from collections.abc import Sequence
 
 import torch
 
+from marlrec.data import Histories
 from marlrec.encoders import Encoder
 from marlrec.plugin import Plugin
+
+# Rows per `forward` call of the padded default of `from_histories`: rows are grouped by
+# history length so that padding stays small.
+PADDED_CHUNK_ROWS = 64
 
 
 class StateModel(Plugin, torch.nn.Module):
@@ -44,6 +49,23 @@ class StateModel(Plugin, torch.nn.Module):
         Position i < lengths[b] holds the b-th user's i-th item in time order; an empty
         history (length 0) must give a finite state.
         """
+
+    def from_histories(self, histories: Histories, item_emb: torch.Tensor) -> torch.Tensor:
+        """States (B, dim) of packed histories of item ids, `item_emb` (n_items, item_dim).
+
+        The same values as `forward` over the padded embeddings. This default pads rows of
+        similar length together; states that pool or read a recent window override it so that
+        no padding is built at all.
+        """
+        if len(histories) <= PADDED_CHUNK_ROWS:
+            ids, lengths = histories.padded()
+            return self(item_emb[ids.clamp(min=0)], lengths)
+        order = torch.argsort(histories.lengths)
+        states = item_emb.new_empty(len(histories), self.dim)
+        for chunk in order.split(PADDED_CHUNK_ROWS):
+            part = histories.select(chunk)
+            states[chunk] = self.from_histories(part, item_emb)
+        return states
 
 
 def real_positions(history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from marlrec.data import Histories
 from marlrec.encoders import Encoder
 from marlrec.registry import MarlrecError, PluginError
 from marlrec.states import StateModel, last_items, real_positions
@@ -90,6 +91,10 @@ class LLMTextState(StateModel):
         """States (B, dim) from item embeddings (B, L, item_dim), read back as catalog ids."""
         window, lengths = last_items(history, lengths, self.config.items)
         return self.forward_ids(self._nearest_ids(window, lengths), lengths)
+
+    def from_histories(self, histories: Histories, item_emb: torch.Tensor) -> torch.Tensor:
+        # The ids are at hand: no nearest-embedding lookup back to the catalog.
+        return self.forward_ids(*histories.last(self.config.items))
 
     @torch.no_grad()
     def forward_ids(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

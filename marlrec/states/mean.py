@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from marlrec.data import Histories
 from marlrec.states import StateModel, masked_mean
 
 
@@ -22,3 +24,7 @@ class MeanState(StateModel):
 
     def forward(self, history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return masked_mean(history, lengths)
+
+    def from_histories(self, histories: Histories, item_emb: torch.Tensor) -> torch.Tensor:
+        # One pooled gather over the packed ids; an empty bag's mean is zeros, as `forward`'s.
+        return F.embedding_bag(histories.items, item_emb, histories.offsets, mode="mean")

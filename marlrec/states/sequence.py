@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from marlrec.data import Histories
 from marlrec.encoders import Encoder
 from marlrec.registry import PluginError
 from marlrec.states import StateModel, last_items, masked_mean, real_positions
@@ -87,6 +88,11 @@ class SequenceState(StateModel):
             # An empty history has no last item: its learned term is the output bias alone.
             features = picked.masked_fill((lengths == 0).unsqueeze(1), 0.0)
         return masked_mean(window, lengths) + self.output(features)
+
+    def from_histories(self, histories: Histories, item_emb: torch.Tensor) -> torch.Tensor:
+        # Only the last `max_len` items are read: gather that window, never the whole history.
+        ids, lengths = histories.last(self.config.max_len)
+        return self(item_emb[ids.clamp(min=0)], lengths)
 
     @abstractmethod
     def build_sequence_model(self) -> None:
