@@ -31,7 +31,11 @@ commands:
 
 def train_command(args: list[str]) -> int:
     from marlrec.app import preflight, register_plugin_configs, train_app
+    from marlrec.threads import register_job
 
+    # Counted among the machine's jobs from the start: runs launched together see each other
+    # by the time their setup ends and they size their thread pools.
+    register_job()
     register_plugin_configs()
     preflight(args)
     sys.argv = ["marlrec train", *args]

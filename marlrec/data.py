@@ -231,6 +231,21 @@ def fill_histories(matrix: torch.Tensor, histories: list[np.ndarray], value: flo
     return matrix
 
 
+def train_pairs(data: RecData) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (user, item) train pairs sorted by item: repeats count once (implicit feedback)."""
+    keys = np.unique(data.split.train.item * data.n_users + data.split.train.user)
+    return keys % data.n_users, keys // data.n_users
+
+
+def item_user_matrix(data: RecData) -> torch.Tensor:
+    """Sparse COO (n_items, n_users) 0/1 train matrix, i.e. X transposed."""
+    users, items = train_pairs(data)
+    indices = torch.from_numpy(np.stack([items, users]))
+    ones = torch.ones(len(items))
+    shape = (data.n_items, data.n_users)
+    return torch.sparse_coo_tensor(indices, ones, shape, check_invariants=False).coalesce()
+
+
 # --- splits ----------------------------------------------------------------------------------
 
 

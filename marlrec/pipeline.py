@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marlrec import registry
+from marlrec import fitted, registry
 from marlrec.agents import Agent
 from marlrec.baselines import Baseline
 from marlrec.data import RecData
@@ -96,6 +96,7 @@ def build(cfg: DictConfig) -> Pipeline:
     seed = int(cfg.seed)
     seed_everything(seed)
     device = resolve_device(str(cfg.device))
+    fitted.use_cache_dir(cache_dir(cfg))
     (data_section,) = sections(cfg, "data")
     data = registry.create("data", data_section).load(seed=seed, cache_dir=cache_dir(cfg))
     (encoder_section,) = sections(cfg, "encoder")

@@ -39,6 +39,7 @@ from marlrec.io import atomic_path, atomic_write, write_json
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import MarlrecError
 from marlrec.settings import TrainRun
+from marlrec.threads import fit_threads, register_job
 
 AGENT_ROW = "agent"
 TRAIN_STATE = "train_state.pt"
@@ -150,19 +151,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if not resuming:
         # A fresh run must never fall back on a best checkpoint some earlier run left here.
         checkpoint_path(run_dir, "best").unlink(missing_ok=True)
+    register_job()
+    fit_threads(int(cfg.trainer.threads))
     start = time.perf_counter()
     pipeline = build(cfg)
     setup_seconds = time.perf_counter() - start
+    threads = fit_threads(pipeline.trainer.threads)
     writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def end_of_epoch(epoch: int) -> None:
+        save_checkpoint(pipeline, checkpoint_path(run_dir), epoch)
+        # Jobs started beside this one since the last epoch take their share of the cores.
+        fit_threads(pipeline.trainer.threads)
+
     try:
         run = TrainRun(
             trainer=pipeline.trainer,
             logger=pipeline.logger,
             seed=int(cfg.seed),
             writer=writer,
-            save_checkpoint=lambda epoch: save_checkpoint(
-                pipeline, checkpoint_path(run_dir), epoch
-            ),
+            save_checkpoint=end_of_epoch,
             save_best=lambda: save_checkpoint(pipeline, checkpoint_path(run_dir, "best"), None),
             validate=validation(pipeline),
             state_path=state_path,
@@ -179,6 +187,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics = {
         "device": str(pipeline.device),
         "setup_seconds": setup_seconds,
+        "threads": threads,
         "train": summary,
         "history": run.history,
         "eval": results,

@@ -34,7 +34,7 @@ class TrainerConfig:
     """Replay buffer capacity in transitions (off-policy agents)."""
     num_train_envs: int = 4
     """Environment copies stepped together while collecting."""
-    vector_env: VectorEnvKind = "dummy"
+    vector_env: VectorEnvKind = "batched"
     """`dummy` steps copies in this process, `subproc` in worker processes, `ray` on Ray actors
     (the `ray` extra), `batched` in the env's own tensor-batched vector env (`make_vector`)."""
     imitation_steps: int = 1000
@@ -55,6 +55,9 @@ class TrainerConfig:
     starts afresh when the dir holds no checkpoint yet."""
     autocast_bf16: bool = False
     """Run the networks' forward passes of gradient updates under bfloat16 autocast."""
+    threads: int = 0
+    """Torch and BLAS threads of this process; 0: its share of the cores it may use, divided
+    among the marlrec jobs running on the machine (re-checked at every epoch)."""
     show_progress: bool = True
     """Show progress bars (a line per epoch is logged either way)."""
 
@@ -72,7 +75,7 @@ class TrainerConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise PluginError(f"trainer.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("eval_every_epochs", "patience", "imitation_steps"):
+        for key in ("eval_every_epochs", "patience", "imitation_steps", "threads"):
             if getattr(self, key) < 0:
                 raise PluginError(f"trainer.{key} must be 0 or more, got {getattr(self, key)}")
         if self.imitation_lr <= 0:

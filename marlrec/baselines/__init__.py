@@ -7,7 +7,9 @@ from abc import abstractmethod
 import numpy as np
 import torch
 
-from marlrec.data import RecData, fill_histories
+from marlrec.data import RecData, fill_histories, item_user_matrix, train_pairs
+
+__all__ = ["Baseline", "binary_rows", "item_user_matrix", "train_pairs"]
 from marlrec.plugin import Plugin
 
 
@@ -33,12 +35,6 @@ class Baseline(Plugin):
         return self.scores(users)
 
 
-def train_pairs(data: RecData) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (user, item) train pairs sorted by item: repeats count once (implicit feedback)."""
-    keys = np.unique(data.split.train.item * data.n_users + data.split.train.user)
-    return keys % data.n_users, keys // data.n_users
-
-
 def binary_rows(data: RecData, users: np.ndarray) -> torch.Tensor:
     """Dense 0/1 train rows (len(users), n_items) float32.
 
@@ -47,12 +43,3 @@ def binary_rows(data: RecData, users: np.ndarray) -> torch.Tensor:
     """
     histories = [data.train_histories[int(u)] for u in users]
     return fill_histories(torch.zeros(len(users), data.n_items), histories, 1.0)
-
-
-def item_user_matrix(data: RecData) -> torch.Tensor:
-    """Sparse COO (n_items, n_users) 0/1 train matrix, i.e. X transposed."""
-    users, items = train_pairs(data)
-    indices = torch.from_numpy(np.stack([items, users]))
-    ones = torch.ones(len(items))
-    shape = (data.n_items, data.n_users)
-    return torch.sparse_coo_tensor(indices, ones, shape, check_invariants=False).coalesce()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from marlrec.baselines import Baseline, binary_rows, item_user_matrix
+from marlrec.baselines import Baseline, binary_rows
 from marlrec.data import RecData
 from marlrec.registry import PluginError
+from marlrec.retrieval.ease import ease_weights
 
 
 class EASEBaseline(Baseline):
@@ -34,18 +34,3 @@ class EASEBaseline(Baseline):
 
     def scores(self, users: np.ndarray) -> torch.Tensor:
         return binary_rows(self.data, users) @ self.weights
-
-
-def ease_weights(data: RecData, l2: float) -> torch.Tensor:
-    """The EASE item-item matrix B (n_items, n_items) float32."""
-    x_t = item_user_matrix(data)
-    # float64 for the inverse: the Gram matrix's entries run into the hundreds on real data.
-    with warnings.catch_warnings():
-        # sparse @ sparse goes through torch's CSR kernels, which warn that CSR is in beta.
-        warnings.simplefilter("ignore", UserWarning)
-        gram = torch.sparse.mm(x_t, x_t.t().coalesce()).to_dense().double()
-    gram.diagonal().add_(l2)
-    precision = torch.linalg.inv(gram)
-    weights = precision / -precision.diagonal()[None, :]  # column j divided by -P_jj
-    weights.diagonal().zero_()
-    return weights.float()

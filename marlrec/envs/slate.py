@@ -40,6 +40,7 @@ from marlrec.envs import (
     ObsLayout,
 )
 from marlrec.registry import PluginError
+from marlrec.retrieval.ease import ease_weights
 from marlrec.rewards import SlateOutcome
 
 # Exploration draws this many items per slot to fill at once, plus a margin, before falling
@@ -126,8 +127,6 @@ class SlateCore:
         self.role_mix = float(config.role_mix)
         self.item_item = None
         if config.retrieval == "ease":
-            from marlrec.baselines.ease import ease_weights
-
             self.item_item = ease_weights(ctx.data, config.ease_l2).to(ctx.device)
 
     # --- user state and retrieval ---------------------------------------------------------

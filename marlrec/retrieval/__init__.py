@@ -1,0 +1,1 @@
+"""Candidate retrieval: the item scores from which each slate's candidates are drawn."""
