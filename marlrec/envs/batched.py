@@ -168,13 +168,17 @@ class BatchedSlateEnv(BaseVectorEnv):
         return [[s] if s is not None else None for s in seeds]
 
     def reset(self, env_id: EnvIds = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Restart the copies `env_id`. `seed` and `options["user"]` may be lists, one entry
+        per copy, so that many sessions of chosen users and seeds open in one call."""
         self._assert_is_not_closed()
         ids = np.asarray(self._wrap_id(env_id), dtype=np.int64)
         seed, options = kwargs.get("seed"), kwargs.get("options") or {}
         if seed is not None:
-            for i in ids:
-                self._spaces["action_space"][i].seed(seed)
-                self.rngs[i] = np.random.default_rng(seed)
+            # One seed for every copy reset, or a list with one per copy.
+            seeds = list(seed) if isinstance(seed, Sequence | np.ndarray) else [seed] * len(ids)
+            for i, s in zip(ids, seeds, strict=True):
+                self._spaces["action_space"][i].seed(int(s))
+                self.rngs[i] = np.random.default_rng(int(s))
         self._reset_rows(ids, options.get("user"))
         observations = self._observations(ids)
         if self.stacked or not self.single_agent:
@@ -217,10 +221,16 @@ class BatchedSlateEnv(BaseVectorEnv):
 
     # --- session mechanics ------------------------------------------------------------------
 
-    def _reset_rows(self, ids: np.ndarray, user: int | None = None) -> None:
+    def _reset_rows(self, ids: np.ndarray, user: int | Sequence[int] | None = None) -> None:
+        """Open new sessions: of `user` (one for every row, or one per row), else of a user
+        each row draws from its own generator."""
+        if user is None or isinstance(user, Sequence | np.ndarray):
+            users = user
+        else:
+            users = [user] * len(ids)
         histories = []
-        for i in ids.tolist():
-            chosen = int(self.rngs[i].choice(self._users_pool)) if user is None else int(user)
+        for k, i in enumerate(ids.tolist()):
+            chosen = int(self.rngs[i].choice(self._users_pool)) if users is None else int(users[k])
             self.users[i] = chosen
             histories.append(self.core.start_session(chosen, self.rngs[i]))
             self.infos[i] = {}

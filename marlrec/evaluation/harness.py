@@ -15,17 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pettingzoo import AECEnv
+from tianshou.data import Batch
 from tqdm import tqdm
 
 from marlrec.agents import Agent
 from marlrec.baselines import Baseline
 from marlrec.data import RecData, fill_histories
 from marlrec.envs import Environment
+from marlrec.envs.batched import BatchedSlateEnv
 from marlrec.evaluation.metrics import (
     METRICS,
     CatalogMetric,
@@ -98,8 +99,11 @@ class EvalConfig:
 
 # Ranks users: (users, histories, k) -> top-k item ids (len(users), k), history excluded.
 Ranker = Callable[[np.ndarray, list[np.ndarray], int], torch.Tensor]
-# Chooses an action in a live env for the agent whose turn it is.
-Actor = Callable[[AECEnv, str, dict[str, np.ndarray]], int]
+# Chooses actions for many sessions at once: (observations (B, size), action masks (B, M),
+# role numbers (B,), users (B,)) -> candidate positions (B,).
+Actor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
+# Sessions stepped together in one batched env.
+SESSION_BATCH = 1024
 
 
 class ScoreRanker:
@@ -127,11 +131,17 @@ def baseline_ranker(baseline: Baseline) -> ScoreRanker:
 
 
 def agent_actor(env: Environment, agent: Agent) -> Actor:
-    def act(aec: AECEnv, role: str, observation: dict[str, np.ndarray]) -> int:
-        obs = torch.as_tensor(observation["observation"])[None].to(agent.device)
-        scores = agent.candidate_scores(obs, env.spec.roles.index(role))[0].cpu()
-        mask = torch.as_tensor(observation["action_mask"], dtype=torch.bool)
-        return int(scores.masked_fill(~mask, -torch.inf).argmax())
+    """The agent's greedy choice: each role's best-scored available candidate."""
+
+    def act(
+        obs: torch.Tensor, mask: torch.Tensor, roles: torch.Tensor, users: np.ndarray
+    ) -> torch.Tensor:
+        actions = torch.empty(len(obs), dtype=torch.long)
+        for role in roles.unique().tolist():
+            rows = roles == role
+            scores = agent.candidate_scores(obs[rows].to(agent.device), role).cpu()
+            actions[rows] = scores.masked_fill(~mask[rows], -torch.inf).argmax(dim=1)
+        return actions
 
     return act
 
@@ -139,16 +149,17 @@ def agent_actor(env: Environment, agent: Agent) -> Actor:
 def baseline_actor(env: Environment, baseline: Baseline) -> Actor:
     """A baseline fills each slot with the available candidate it scores highest."""
     cache: dict[int, torch.Tensor] = {}
+    layout = env.spec.layout
 
-    def act(aec: AECEnv, role: str, observation: dict[str, np.ndarray]) -> int:
-        user = aec.unwrapped.user
-        if user not in cache:
-            cache[user] = baseline.scores(np.array([user]))[0].float().cpu()
-        obs = torch.as_tensor(observation["observation"])[None]
-        candidates = env.spec.layout.split(obs)["candidates"][0]
-        scores = cache[user][candidates]
-        mask = torch.as_tensor(observation["action_mask"], dtype=torch.bool)
-        return int(scores.masked_fill(~mask, -torch.inf).argmax())
+    def act(
+        obs: torch.Tensor, mask: torch.Tensor, roles: torch.Tensor, users: np.ndarray
+    ) -> torch.Tensor:
+        new = [u for u in dict.fromkeys(users.tolist()) if u not in cache]
+        if new:
+            cache.update(zip(new, baseline.scores(np.array(new)).float().cpu(), strict=True))
+        candidates = layout.split(obs)["candidates"]
+        scores = torch.stack([cache[u] for u in users.tolist()]).gather(1, candidates)
+        return scores.masked_fill(~mask, -torch.inf).argmax(dim=1)
 
     return act
 
@@ -234,6 +245,40 @@ def policy_scores(
     return scores.scatter_(1, order, descending.expand_as(order))
 
 
+def session_plan(env: Environment, n_sessions: int, seed: int) -> np.ndarray:
+    """The users of the evaluation sessions, drawn once; session i is seeded `seed + i`."""
+    pool = np.flatnonzero([len(h) > 0 for h in env.ctx.data.train_histories])
+    return np.random.default_rng(seed).choice(pool, size=n_sessions)
+
+
+@dataclass
+class SessionTally:
+    """Running figures of the evaluation sessions, one entry per session."""
+
+    reward_names: Sequence[str]
+    n_sessions: int
+
+    def __post_init__(self) -> None:
+        n = self.n_sessions
+        self.statistics = {"return": np.zeros(n), "clicks": np.zeros(n), "depth": np.zeros(n)}
+        self.terms = {name: np.zeros(n) for name in self.reward_names}
+
+    def add_slate(self, session: int, info: dict[str, Any]) -> None:
+        # The cooperative reward, once per slate (roles' own λ-mixed rewards differ).
+        self.statistics["return"][session] += info["reward_global"]
+        self.statistics["clicks"][session] += info["clicks"]
+        self.statistics["depth"][session] += 1
+        for name, value in info["reward_terms"].items():
+            self.terms[name][session] += value
+
+    def results(self, metrics: Sequence[SessionMetric] | None) -> dict[str, float]:
+        chosen = EvalConfig().session_metrics() if metrics is None else metrics
+        statistics = {key: values.tolist() for key, values in self.statistics.items()}
+        results = session_results(chosen, statistics)
+        results.update({f"reward/{name}": float(v.mean()) for name, v in self.terms.items()})
+        return results
+
+
 def session_eval(
     env: Environment,
     act: Actor,
@@ -242,35 +287,98 @@ def session_eval(
     metrics: Sequence[SessionMetric] | None = None,
 ) -> dict[str, float]:
     """Session metrics (default: mean return, clicks per session, session depth in slates)
-    and each reward term's mean per session."""
+    and each reward term's mean per session, every session stepped in one batched env.
+
+    The same figures as `session_eval_per_user`. A simulator keeps its session state per user,
+    so two sessions of one user never run at once: a later one waits for the earlier to end.
+    Rewards that remember what the whole run showed (`coverage`) see the slates of different
+    users interleaved, not session after session.
+    """
+    vector = env.make_vector(min(n_sessions, SESSION_BATCH))
+    if not isinstance(vector, BatchedSlateEnv):
+        return session_eval_per_user(env, act, n_sessions, seed, metrics)
+    users = session_plan(env, n_sessions, seed)
+    role_of = {role: number for number, role in enumerate(env.spec.roles)}
+    tally = SessionTally(list(env.ctx.rewards), n_sessions)
+    pending, running = list(range(n_sessions)), {}  # env copy -> session
+    obs = torch.zeros(vector.env_num, env.spec.layout.size)
+    mask = torch.zeros(vector.env_num, env.spec.layout.n_candidates, dtype=torch.bool)
+    roles = torch.zeros(vector.env_num, dtype=torch.long)
+
+    def show(rows: np.ndarray, observed: Batch) -> None:
+        obs[rows] = torch.as_tensor(observed.obs)
+        mask[rows] = torch.as_tensor(observed.mask)
+        if "agent_id" in observed:
+            roles[rows] = torch.as_tensor([role_of[a] for a in observed.agent_id])
+
+    while pending or running:
+        starting = _startable(pending, users, running, vector.env_num)
+        if starting:
+            rows = np.array([r for r in range(vector.env_num) if r not in running][: len(starting)])
+            running.update(zip(rows.tolist(), starting, strict=True))
+            opened = set(starting)
+            pending = [s for s in pending if s not in opened]
+            seeds = [seed + s for s in starting]
+            observed, _ = vector.reset(rows, seed=seeds, options={"user": users[starting]})
+            show(rows, observed)
+        rows = np.array(sorted(running))
+        actions = act(obs[rows], mask[rows], roles[rows], users[[running[r] for r in rows]])
+        observed, _, terminated, truncated, infos = vector.step(actions.numpy(), rows)
+        show(rows, observed)
+        for row, info, done in zip(rows.tolist(), infos, terminated | truncated, strict=True):
+            if "reward_global" in info:
+                tally.add_slate(running[row], info)
+            if done:
+                del running[row]
+    return tally.results(metrics)
+
+
+def _startable(
+    pending: list[int], users: np.ndarray, running: dict[int, int], capacity: int
+) -> list[int]:
+    """Sessions to open now, in order: as many as there are free copies, skipping any whose
+    user has a session running or an earlier one still waiting."""
+    busy = {int(users[s]) for s in running.values()}
+    free, chosen = capacity - len(running), []
+    for session in pending:
+        if len(chosen) == free:
+            break
+        user = int(users[session])
+        if user not in busy:
+            chosen.append(session)
+        busy.add(user)
+    return chosen
+
+
+def session_eval_per_user(
+    env: Environment,
+    act: Actor,
+    n_sessions: int,
+    seed: int,
+    metrics: Sequence[SessionMetric] | None = None,
+) -> dict[str, float]:
+    """`session_eval` one session after another in the per-user AEC env: the reference for
+    environments without a batched form."""
     aec = env.make_aec()
-    statistics: dict[str, list[float]] = {"return": [], "clicks": [], "depth": []}
-    terms: dict[str, list[float]] = {}
-    for episode in range(n_sessions):
-        aec.reset(seed=seed + episode)
-        total, n_clicks, depth, episode_terms = 0.0, 0, 0, dict.fromkeys(env.ctx.rewards, 0.0)
+    users = session_plan(env, n_sessions, seed)
+    tally = SessionTally(list(env.ctx.rewards), n_sessions)
+    roles = list(env.spec.roles)
+    for session, user in enumerate(users.tolist()):
+        aec.reset(seed=seed + session, options={"user": user})
+        depth = 0
         for agent in aec.agent_iter():
             observation, _, terminated, truncated, _ = aec.last()
             if terminated or truncated:
                 aec.step(None)
                 continue
-            aec.step(act(aec, agent, observation))
+            obs = torch.as_tensor(observation["observation"])[None]
+            mask = torch.as_tensor(observation["action_mask"], dtype=torch.bool)[None]
+            role = torch.tensor([roles.index(agent)])
+            aec.step(int(act(obs, mask, role, np.array([user]))[0]))
             if "reward_terms" in aec.infos[agent] and aec.unwrapped.slate_number > depth:
                 depth = aec.unwrapped.slate_number
-                # The cooperative reward, once per slate (roles' own λ-mixed rewards differ).
-                total += aec.infos[agent]["reward_global"]
-                n_clicks += aec.infos[agent]["clicks"]
-                for name, value in aec.infos[agent]["reward_terms"].items():
-                    episode_terms[name] += value
-        statistics["return"].append(total)
-        statistics["clicks"].append(n_clicks)
-        statistics["depth"].append(depth)
-        for name, value in episode_terms.items():
-            terms.setdefault(name, []).append(value)
-    chosen = EvalConfig().session_metrics() if metrics is None else metrics
-    results = session_results(chosen, statistics)
-    results.update({f"reward/{name}": float(np.mean(v)) for name, v in terms.items()})
-    return results
+                tally.add_slate(session, aec.infos[agent])
+    return tally.results(metrics)
 
 
 def evaluate_policies(
