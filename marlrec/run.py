@@ -25,8 +25,6 @@ from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents import checkpoint_path
-from marlrec.agents.imitation import imitate
-from marlrec.agents.training import VALID_METRIC
 from marlrec.evaluation.harness import (
     agent_actor,
     agent_ranker,
@@ -39,6 +37,8 @@ from marlrec.io import atomic_path, atomic_write, write_json
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import MarlrecError
 from marlrec.settings import TrainRun
+from marlrec.training.imitation import imitate
+from marlrec.training.loop import VALID_METRIC, fit
 
 AGENT_ROW = "agent"
 TRAIN_STATE = "train_state.pt"
@@ -168,7 +168,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             state_path=state_path,
         )
         imitation = imitation_summary(pipeline, run, run_dir, resuming)
-        summary = {**imitation, **pipeline.agent.fit(pipeline.env, run)}
+        summary = {**imitation, **fit(pipeline.agent, pipeline.env, run)}
         restore_best(pipeline, run_dir)
         results = evaluate(pipeline, show_progress=pipeline.trainer.show_progress)
         for policy, row in results.items():
