@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from pettingzoo import AECEnv
 from tqdm import tqdm
 
 from marlrec.agents import Agent
-from marlrec.baselines import Baseline
 from marlrec.data import RecData, fill_histories
 from marlrec.envs import Environment
 from marlrec.evaluation.metrics import (
@@ -39,6 +38,9 @@ from marlrec.evaluation.metrics import (
 )
 from marlrec.evaluation.ranking import ChunkTargets, HeldOut, sample_negatives, top_k
 from marlrec.registry import MarlrecError, PluginError
+
+if TYPE_CHECKING:
+    from marlrec.baselines import Baseline
 
 RankingProtocol = Literal["full", "sampled"]
 SAMPLED_PREFIX = "sampled/"
