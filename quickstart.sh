@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up marlrec in ./.venv (once; again when pyproject.toml changes), then run a command:
 #   bash quickstart.sh train [overrides...]   train on the embedded synthetic data, print metrics
-#   bash quickstart.sh test  [pytest args...] lint and run the test suite
+#   bash quickstart.sh test  [pytest args...] lint, check layers and types, run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,6 +34,8 @@ case "$command" in
         setup
         "$venv/bin/ruff" check marlrec tests plugins benchmarks
         "$venv/bin/ruff" format --check marlrec tests plugins benchmarks
+        "$venv/bin/lint-imports"
+        "$venv/bin/mypy" marlrec
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
     *)

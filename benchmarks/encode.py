@@ -28,9 +28,9 @@ from marlrec import registry
 from marlrec.encoders import Encoder
 from marlrec.encoders.hf import HFEncoder
 from marlrec.encoders.tfidf import TfidfEncoder
-from marlrec.encoders.tiny import save_tiny_model
 from marlrec.io import write_json
 from marlrec.pipeline import resolve_device
+from marlrec.testing import save_tiny_model
 
 TINY = {"tiny-bert": "bert", "tiny-gpt2": "gpt2", "tiny-llama": "llama"}
 TINY_HIDDEN_SIZE = 64

@@ -7,7 +7,7 @@ item is ranked against every item outside the user's train + valid history (full
 Our `pop` ranks by interaction counts; RecBole's Pop counts an item once per training batch it
 appears in (negatives included) and leaves the many ties to `torch.topk`.
 `--recbole-pop-seeds 2020,0,1,2` adds, per seed, RecBole 1.2.1's Pop reproduced exactly
-(`marlrec.evaluation.recbole_pop`) and evaluated by our harness, beside RecBole's own figures for
+(`benchmarks/recbole_pop.py`) and evaluated by our harness, beside RecBole's own figures for
 that seed: matching them checks our split, histories and metrics (2020 gives the published ones).
 
     python benchmarks/ml100k_baselines.py --data ../shared/data/ml-100k [--models pop,ease] \
@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+from recbole_pop import PUBLISHED_SEED, RecBolePop
 
 from marlrec.baselines import Baseline
 from marlrec.baselines.bpr import BPRBaseline
@@ -35,7 +36,6 @@ from marlrec.data import RecData
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.encoders.hf import HFEncoder
 from marlrec.evaluation.harness import EvalConfig, baseline_ranker, ranking_eval
-from marlrec.evaluation.recbole_pop import PUBLISHED_SEED, RecBolePop
 from marlrec.io import write_json
 from marlrec.plugin import NoConfig
 

@@ -28,7 +28,11 @@ measurement first runs a short warm-up (numba compiles Tianshou's buffer and ret
 first use). `*_transitions_per_s_per_role` is env steps per second divided by the number of
 roles: each env step is one role's turn.
 
-    python benchmarks/speed_agents.py [--quick] [--seed 0]
+With `--same-networks` it also times stock Tianshou PPO and DQN driven by marlrec's
+candidate-scoring networks (marlrec's single-agent `ppo` and `dqn`, on the same `DummyVectorEnv`
+copies), which tells the networks' cost apart from everything else.
+
+    python benchmarks/speed_agents.py [--quick] [--seed 0] [--same-networks] [--env-steps N]
 """
 
 from __future__ import annotations
@@ -232,12 +236,16 @@ def reseed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def time_marlrec(agent_name: str, pipeline: Pipeline, t: TrainerConfig, seed: int) -> Timing:
-    """marlrec's agent trained by its own `fit` on the batched env for `t`'s one epoch."""
+def time_marlrec(
+    agent_name: str, pipeline: Pipeline, t: TrainerConfig, seed: int, env: Environment | None = None
+) -> Timing:
+    """marlrec's agent trained by its own `fit` on `env` (the pipeline's by default) for `t`'s
+    one epoch, its env copies of the kind `t.vector_env` names."""
     reseed(seed)
+    env = env or pipeline.env
     hidden = int(pipeline.cfg.agent.hidden)
     section = {"name": agent_name, "hidden": hidden}
-    agent = registry.create("agent", section, spec=pipeline.env.spec, device=pipeline.device)
+    agent = registry.create("agent", section, spec=env.spec, device=pipeline.device)
     with (
         tempfile.TemporaryDirectory() as logs,
         captured_trainer_stats() as captured,
@@ -253,7 +261,7 @@ def time_marlrec(agent_name: str, pipeline: Pipeline, t: TrainerConfig, seed: in
             save_best=lambda: None,
         )
         try:
-            agent.fit(pipeline.env, run)
+            agent.fit(env, run)
         finally:
             writer.close()
     (stats,) = captured
@@ -366,14 +374,26 @@ def time_stock(
 # The comparison
 
 
-def measure_agents(quick: bool, seed: int = 0, device: str = "cpu") -> dict[str, float]:
+def measure_agents(
+    quick: bool,
+    seed: int = 0,
+    device: str = "cpu",
+    same_networks: bool = False,
+    env_steps: int | None = None,
+) -> dict[str, float]:
     """marlrec `mappo` / `idqn` against stock Tianshou PPO / DQN, in this process, back to back.
 
     Returns each side's env steps, seconds and rates, the ratios `mappo_vs_tianshou_ppo` and
     `idqn_vs_tianshou_dqn` (marlrec transitions/s per role over stock transitions/s), and the
-    settings used.
+    settings used. With `same_networks`, also `tianshou_ppo_same_nets` / `tianshou_dqn_same_nets`:
+    stock Tianshou PPO and DQN driven by marlrec's candidate-scoring networks on the same
+    `DummyVectorEnv` copies (marlrec's single-agent `ppo` and `dqn` agents with
+    `trainer.vector_env=dummy`), which separates the networks' cost from the rest.
+    `env_steps` replaces the mode's number of env steps.
     """
-    sizes = QUICK if quick else FULL
+    sizes = dict(QUICK if quick else FULL)
+    if env_steps is not None:
+        sizes["env_steps"] = env_steps
     torch.set_num_threads(THREADS)
     logging.getLogger("tianshou").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as cache, threadpool_limits(THREADS):
@@ -390,6 +410,14 @@ def measure_agents(quick: bool, seed: int = 0, device: str = "cpu") -> dict[str,
             "idqn": lambda tc: time_marlrec("idqn", pipeline, tc, seed),
             "tianshou_dqn": lambda tc: time_stock(stock_dqn, single, tc, hidden, dev, seed, True),
         }
+        if same_networks:
+            dummy = {"vector_env": "dummy"}
+            runs["tianshou_ppo_same_nets"] = lambda tc: time_marlrec(
+                "ppo", pipeline, dataclasses.replace(tc, **dummy), seed, single
+            )
+            runs["tianshou_dqn_same_nets"] = lambda tc: time_marlrec(
+                "dqn", pipeline, dataclasses.replace(tc, **dummy), seed, single
+            )
         for run in runs.values():  # numba's compilation and first-call costs, untimed
             run(warm)
         timings = {name: run(t) for name, run in runs.items()}
@@ -424,6 +452,10 @@ def measure_agents(quick: bool, seed: int = 0, device: str = "cpu") -> dict[str,
         result[f"{ours}_vs_{stock}_env_steps"] = timings[ours].env_steps_per_s / max(
             timings[stock].env_steps_per_s, 1e-9
         )
+        same = f"{stock}_same_nets"
+        if same in timings:
+            result[f"{same}_transitions_per_s"] = timings[same].env_steps_per_s
+            result[f"{ours}_vs_{same}"] = per_role / max(timings[same].env_steps_per_s, 1e-9)
     return result
 
 
@@ -432,9 +464,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2000 env steps instead of 10000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument(
+        "--same-networks",
+        action="store_true",
+        help="also time stock Tianshou PPO and DQN with marlrec's candidate networks",
+    )
+    parser.add_argument("--env-steps", type=int, help="env steps per measurement")
     args = parser.parse_args()
     start = time.perf_counter()
-    result = measure_agents(args.quick, args.seed, args.device)
+    result = measure_agents(args.quick, args.seed, args.device, args.same_networks, args.env_steps)
     width = max(len(key) for key in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value:>12.3f}")

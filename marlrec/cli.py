@@ -68,7 +68,7 @@ def evaluate_command(args: list[str]) -> int:
 
 
 def recommend_command(args: list[str]) -> int:
-    from marlrec.run import load_run, recommend_for
+    from marlrec.recommend import load_run, recommend_for
 
     options = _options(args, ("run_dir", "user"), {"k": 10})
     pipeline = load_run(Path(str(options["run_dir"])))

@@ -41,4 +41,5 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    # numpy's stubs match **arrays against the keyword allow_pickle: bool.
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def config_packages() -> list[str]:
     return sorted({ep.value for ep in entry_points(group=CONFIG_ENTRY_POINT_GROUP)})
 
 
-def load(group: str, name: str) -> type:
+def load(group: str, name: str) -> type[Any]:
     """Import the chosen plugin's class, and only that one."""
     kind = kind_of(group)
     eps = _entry_points(group)
@@ -94,7 +94,7 @@ def load(group: str, name: str) -> type:
         installed = ", ".join(sorted(eps)) or "none"
         raise PluginError(f"unknown {kind.noun} '{name}' ({group}={name}); installed: {installed}")
     try:
-        cls = eps[name].load()
+        cls: type[Any] = eps[name].load()
     except Exception as exc:  # a broken third-party plugin must not take the CLI down with a trace
         raise PluginError(
             f"{kind.noun} '{name}' ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
@@ -180,5 +180,5 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is typing.Literal:
         return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
     if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
-        return hint.__name__
+        return str(hint.__name__)
     return str(hint).replace("typing.", "")

@@ -17,16 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents import checkpoint_path
-from marlrec.agents.imitation import imitate
-from marlrec.agents.training import VALID_METRIC
 from marlrec.evaluation.harness import (
     agent_actor,
     agent_ranker,
@@ -37,9 +32,13 @@ from marlrec.evaluation.harness import (
 )
 from marlrec.io import atomic_path, atomic_write, write_json
 from marlrec.pipeline import Pipeline, build
+from marlrec.recommend import load_run, restore_best
 from marlrec.registry import MarlrecError
+from marlrec.report import print_history, print_table, write_learning_curve
 from marlrec.settings import TrainRun
 from marlrec.threads import fit_threads, register_job
+from marlrec.training.imitation import imitate
+from marlrec.training.loop import fit
 
 AGENT_ROW = "agent"
 TRAIN_STATE = "train_state.pt"
@@ -50,15 +49,6 @@ RESUME_FREE_KEYS = ("trainer.resume", "trainer.show_progress", "device", "cache_
 def save_checkpoint(pipeline: Pipeline, path: Path, epoch: int | None) -> None:
     with atomic_path(path) as tmp:
         torch.save({"epoch": epoch, "agent": pipeline.agent.state_dict()}, tmp)
-
-
-def restore_best(pipeline: Pipeline, run_dir: Path) -> None:
-    """Load the policy with the best validation NDCG@10, or the last one if none was kept."""
-    path = checkpoint_path(run_dir, "best")
-    if not path.is_file():
-        path = checkpoint_path(run_dir)
-    state = torch.load(path, map_location=pipeline.device, weights_only=False)
-    pipeline.agent.load_state_dict(state["agent"])
 
 
 def evaluate(pipeline: Pipeline, show_progress: bool = True) -> dict[str, dict[str, float]]:
@@ -176,7 +166,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             state_path=state_path,
         )
         imitation = imitation_summary(pipeline, run, run_dir, resuming)
-        summary = {**imitation, **pipeline.agent.fit(pipeline.env, run)}
+        summary = {**imitation, **fit(pipeline.agent, pipeline.env, run)}
         restore_best(pipeline, run_dir)
         results = evaluate(pipeline, show_progress=pipeline.trainer.show_progress)
         for policy, row in results.items():
@@ -213,60 +203,6 @@ def imitation_summary(
     return summary
 
 
-def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Test return and validation NDCG@10 against env steps, as a PNG (no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4))
-    FigureCanvasAgg(figure)
-    ret_axis = figure.add_subplot()
-    tested = [r for r in history if "test_return" in r]
-    ret_axis.plot([r["env_step"] for r in tested], [r["test_return"] for r in tested], "C0-o")
-    ret_axis.set_xlabel("env steps")
-    ret_axis.set_ylabel("test return", color="C0")
-    validated = [r for r in history if VALID_METRIC in r]
-    ndcg_axis = ret_axis.twinx()
-    ndcg_axis.plot([r["env_step"] for r in validated], [r[VALID_METRIC] for r in validated], "C1-s")
-    ndcg_axis.set_ylabel(VALID_METRIC, color="C1")
-    figure.suptitle("learning curve")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-
-
-def print_history(history: list[dict[str, Any]]) -> None:
-    """One row per epoch; the best validation is starred."""
-    scores = [r[VALID_METRIC] for r in history if VALID_METRIC in r]
-    best = max(scores) if scores else None
-    table = Table(title="training")
-    for column in ("epoch", "env steps", "test return", VALID_METRIC):
-        table.add_column(column, justify="right")
-    for r in history:
-        ndcg = r.get(VALID_METRIC)
-        mark = " *" if ndcg is not None and ndcg == best else ""
-        table.add_row(
-            str(r["epoch"]),
-            str(r["env_step"]),
-            f"{r['test_return']:.4f}" if "test_return" in r else "",
-            f"{ndcg:.4f}{mark}" if ndcg is not None else "",
-        )
-    Console(width=160).print(table)
-
-
-def load_run(run_dir: Path) -> Pipeline:
-    """Rebuild a saved run's pipeline and restore its trained agent."""
-    config_file = run_dir / "config.yaml"
-    for needed in (config_file, checkpoint_path(run_dir)):
-        if not needed.is_file():
-            raise MarlrecError(f"{run_dir} is not a finished marlrec run: {needed.name} is missing")
-    cfg = OmegaConf.load(config_file)
-    assert isinstance(cfg, DictConfig)
-    pipeline = build(cfg)
-    restore_best(pipeline, run_dir)
-    return pipeline
-
-
 def evaluate_run(run_dir: Path) -> dict[str, dict[str, float]]:
     """Re-evaluate a saved run; the figures go to a new file, never over earlier ones."""
     pipeline = load_run(run_dir)
@@ -275,63 +211,3 @@ def evaluate_run(run_dir: Path) -> dict[str, dict[str, float]]:
     write_json(run_dir / "evaluations" / f"{stamp}.json", results)
     print_table(results, title=f"re-evaluation of {run_dir}")
     return results
-
-
-def recommend_for(p: Pipeline, user: int, k: int) -> list[dict[str, Any]]:
-    """Top-k items for a known user from everything they consumed, each with why it is there."""
-    if not 0 <= user < p.data.n_users:
-        raise MarlrecError(f"unknown user {user}: ids run from 0 to {p.data.n_users - 1}")
-    history = p.data.interactions.histories(p.data.n_users)[user]  # everything, held-out too
-    top = p.env.rank(p.agent.candidate_scores, np.array([user]), [history], k)[0].cpu()
-    return explain(p, history, top.numpy())
-
-
-def explain(p: Pipeline, history: np.ndarray, items: np.ndarray) -> list[dict[str, Any]]:
-    """Who placed each item, and which item of the history it is most like."""
-    roles, slate = p.env.spec.roles, getattr(p.env, "core", None)
-    unit = torch.nn.functional.normalize(p.item_emb, dim=-1)
-    similarity = unit[torch.as_tensor(items)] @ unit[torch.as_tensor(history)].T
-    rows = []
-    for position, item in enumerate(items.tolist()):
-        if slate is not None and position < slate.slate_size:
-            source = f"chosen by the '{roles[slate.turn_order[position]]}' agent"
-        else:
-            source = "ranked by the agents' scores after the slate"
-        nearest = int(similarity[position].argmax()) if len(history) else -1
-        because = (
-            f"like '{p.data.item_text[int(history[nearest])][:70]}' "
-            f"(cosine {float(similarity[position, nearest]):.2f})"
-            if nearest >= 0
-            else "no history yet"
-        )
-        rows.append({"item": item, "text": p.data.item_text[item], "why": f"{source}; {because}"})
-    return rows
-
-
-SHORT_NAMES = {
-    "sim/mean_return": "return",
-    "sim/clicks_per_session": "clicks/session",
-    "sim/session_depth": "slates/session",
-}
-
-
-TABLE_METRICS = ("HR", "NDCG", "MRR", "Coverage", "ILD")
-
-
-def print_table(results: dict[str, dict[str, float]], title: str) -> None:
-    """Test-split ranking metrics and simulated-session figures, one row per policy."""
-    first = next(iter(results.values()))
-    # Headline ranking metrics at the first cut-off; metrics.json keeps every metric and K.
-    test = [c for c in first if c.startswith("test/")]
-    k = test[0].rsplit("@", 1)[-1] if test else ""
-    columns = [c for c in test if c.rsplit("/", 1)[-1] in {f"{m}@{k}" for m in TABLE_METRICS}]
-    columns += [c for c in first if c in SHORT_NAMES]
-    terms = [c for c in first if c.startswith("sim/reward/")]
-    columns += terms if len(terms) > 1 else []
-    table = Table(title=title)
-    table.add_column("policy")
-    for column in columns:
-        table.add_column(SHORT_NAMES.get(column, column.split("/", 1)[1]), justify="right")
-    for policy, row in results.items():
-        table.add_row(policy, *(f"{row[c]:.4f}" for c in columns))
-    Console(width=160).print(table)

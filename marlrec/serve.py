@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from marlrec.pipeline import Pipeline
+from marlrec.recommend import load_run, recommend_for
 from marlrec.registry import MarlrecError
-from marlrec.run import load_run, recommend_for
 
 
 def make_server(run_dir: Path, host: str, port: int) -> ThreadingHTTPServer:

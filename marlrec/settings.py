@@ -106,7 +106,7 @@ class LoggerConfig:
 class TrainRun:
     """What the training glue hands an agent: settings, a seed, where to write, and hooks.
 
-    The shared loop (`marlrec.agents.training.train_with_tianshou`) calls the hooks and fills
+    The shared loop (`marlrec.training.loop.train_with_tianshou`) calls the hooks and fills
     `history`; agents only pass the run through.
     """
 

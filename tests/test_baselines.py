@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.recbole_pop import PADDING, RecBolePop
 from marlrec import registry
 from marlrec.baselines import Baseline
 from marlrec.baselines.bpr import BPRBaseline
@@ -20,7 +21,6 @@ from marlrec.data import Interactions, RecData, Split
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.datasets.synthetic import SyntheticDataset
 from marlrec.evaluation.harness import EvalConfig, baseline_ranker, ranking_eval
-from marlrec.evaluation.recbole_pop import PADDING, RecBolePop
 from marlrec.registry import MarlrecError, PluginError
 from tests.conftest import ML100K
 

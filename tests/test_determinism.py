@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from marlrec.agents.training import VALID_METRIC
 from marlrec.run import train
+from marlrec.training.loop import VALID_METRIC
 from tests.conftest import compose_config
 
 TINY = [

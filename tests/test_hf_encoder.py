@@ -11,9 +11,9 @@ import yaml
 from marlrec import registry
 from marlrec.encoders import hf
 from marlrec.encoders.hf import HFEncoder, pool
-from marlrec.encoders.tiny import Architecture, save_tiny_model
 from marlrec.pipeline import sections
 from marlrec.registry import PluginError, build_config
+from marlrec.testing import Architecture, save_tiny_model
 from tests.conftest import compose_config
 
 TEXTS = ["the cat sat on the mat", "a space ship", "love story", "the dog ran fast", "heist"]

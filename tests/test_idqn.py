@@ -13,10 +13,11 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents.idqn import IDQNConfig, IndependentDQN, own_turn_returns
-from marlrec.agents.training import EnvCopies, tianshou_env
 from marlrec.pipeline import Pipeline
 from marlrec.registry import PluginError
 from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
+from marlrec.training.loop import fit
+from marlrec.training.vector_envs import EnvCopies, tianshou_env
 
 CPU = torch.device("cpu")
 
@@ -174,7 +175,7 @@ def test_prioritised_shared_n_step_agent_trains(small_pipeline: Pipeline, tmp_pa
         save_best=lambda: None,
     )
     before = [p.detach().clone() for p in agent.nets.parameters()]
-    summary = agent.fit(env, run)
+    summary = fit(agent, env, run)
     writer.close()
     assert summary["train_env_steps"] == 48
     changed = [not torch.equal(a, p) for a, p in zip(before, agent.nets.parameters(), strict=True)]

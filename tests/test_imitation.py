@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from marlrec.agents.imitation import imitate, imitation_loss, logged_pairs, logged_positions
 from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import PluginError
 from marlrec.settings import TrainerConfig, TrainRun
+from marlrec.training.imitation import imitate, imitation_loss, logged_pairs, logged_positions
+from marlrec.training.loop import fit
 from tests.conftest import SMALL, compose_config
 
 # Enough users for the logs to teach item affinities (the SMALL default has 120).
@@ -124,7 +125,7 @@ def test_every_agent_beats_random_and_pop_on_return(
     torch.manual_seed(0)
     run = run_for(pipeline, tmp_path)
     imitate(pipeline.agent, pipeline.env, run)
-    pipeline.agent.fit(pipeline.env, run)
+    fit(pipeline.agent, pipeline.env, run)
     returns = baseline_returns(pipeline, env_kind)
     actor = agent_actor(pipeline.env, pipeline.agent)
     trained = session_eval(pipeline.env, actor, SESSIONS, 20_000)["mean_return"]

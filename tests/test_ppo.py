@@ -27,6 +27,7 @@ from marlrec.agents.ppo import IndependentPPO, PPOConfig, RolePPO
 from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
 from marlrec.pipeline import Pipeline
 from marlrec.settings import TrainRun
+from marlrec.training.loop import fit
 
 GAMMA, LAMBDA = 0.9, 0.5
 
@@ -224,7 +225,7 @@ def train_agent(
         save_best=lambda: None,
     )
     try:
-        return agent.fit(env or pipeline.env, run)
+        return fit(agent, env or pipeline.env, run)
     finally:
         writer.close()
 

@@ -21,6 +21,7 @@ from marlrec.pipeline import Pipeline
 from marlrec.registry import MarlrecError
 from marlrec.run import resumable_config
 from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
+from marlrec.training.loop import fit
 from tests.conftest import cli_env, compose_config
 
 CPU = torch.device("cpu")
@@ -116,7 +117,7 @@ class Interrupted(Exception):
 
 def _fit(pipeline: Pipeline, agent_name: str, run: TrainRun) -> tuple[Any, dict[str, float]]:
     agent = registry.create("agent", {"name": agent_name}, spec=pipeline.env.spec, device=CPU)
-    return agent, agent.fit(pipeline.env, run)
+    return agent, fit(agent, pipeline.env, run)
 
 
 def _weights(agent: Any) -> dict[str, torch.Tensor]:

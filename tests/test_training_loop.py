@@ -20,20 +20,19 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents.idqn import IDQNConfig, IndependentDQN
-from marlrec.agents.training import (
-    VALID_METRIC,
-    EnvCopies,
-    MarlrecPettingZooEnv,
-    algorithm_state,
-    close_open_episodes,
-    epoch_seeds,
-    load_algorithm_state,
-    tianshou_env,
-    vector_envs,
-)
 from marlrec.pipeline import Pipeline
 from marlrec.registry import MarlrecError
 from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
+from marlrec.training.checkpoint import algorithm_state, load_algorithm_state
+from marlrec.training.loop import VALID_METRIC, fit
+from marlrec.training.vector_envs import (
+    EnvCopies,
+    MarlrecPettingZooEnv,
+    close_open_episodes,
+    epoch_seeds,
+    tianshou_env,
+    vector_envs,
+)
 
 CPU = torch.device("cpu")
 
@@ -73,7 +72,7 @@ def fresh_agent(pipeline: Pipeline) -> IndependentDQN:
 
 def fit_history(pipeline: Pipeline, tmp_path: Path, trainer: TrainerConfig) -> list[dict]:
     run = tiny_run(tmp_path, trainer, validate=lambda: 0.0)
-    fresh_agent(pipeline).fit(pipeline.env, run)
+    fit(fresh_agent(pipeline), pipeline.env, run)
     run.writer.close()
     return run.history
 
@@ -254,7 +253,7 @@ def test_validation_keeps_the_best_stops_early_and_everything_is_logged(
         save_checkpoint=epochs_saved.append,
         state_path=tmp_path / "train_state.pt",
     )
-    summary = fresh_agent(small_pipeline).fit(small_pipeline.env, run)
+    summary = fit(fresh_agent(small_pipeline), small_pipeline.env, run)
     run.writer.close()
     # Epoch 1 is the best; two validations without a better one stop training after epoch 3.
     assert [r["epoch"] for r in run.history] == epochs_saved == [1, 2, 3]
@@ -276,6 +275,6 @@ def test_validation_every_few_epochs_includes_the_last(
     small_pipeline: Pipeline, tmp_path: Path
 ) -> None:
     run = tiny_run(tmp_path, tiny_trainer(max_epochs=3, eval_every_epochs=2), validate=lambda: 0.1)
-    fresh_agent(small_pipeline).fit(small_pipeline.env, run)
+    fit(fresh_agent(small_pipeline), small_pipeline.env, run)
     run.writer.close()
     assert [VALID_METRIC in r for r in run.history] == [False, True, True]

@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from marlrec.envs import Environment, EnvSpec
 from marlrec.plugin import Plugin
 from marlrec.settings import TrainRun
+
+if TYPE_CHECKING:
+    from tianshou.algorithm.algorithm_base import Algorithm
+    from tianshou.data import ReplayBuffer
+
+# Called by the trainer before each collect step with (epoch, env_step), e.g. to decay
+# exploration. It must depend on its arguments only: a resumed run calls it afresh.
+TrainingHook = Callable[[int, int], None]
+# Builds the replay buffer: (total capacity, number of env copies) -> buffer.
+BufferFactory = Callable[[int, int], "ReplayBuffer"]
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What the shared training loop (`marlrec.training`) needs to train an agent."""
+
+    algorithm: Algorithm
+    """The Tianshou algorithm over the agent's networks."""
+    off_policy: bool
+    """Whether the loop runs Tianshou's off-policy trainer (else the on-policy one)."""
+    training_hook: TrainingHook | None = None
+    make_buffer: BufferFactory | None = None
+    """Replaces the default `VectorReplayBuffer` (e.g. with a prioritised one)."""
 
 
 class Agent(Plugin):
@@ -27,8 +52,8 @@ class Agent(Plugin):
         self.device = device
 
     @abstractmethod
-    def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
-        """Train on copies of `env`; return summary figures (e.g. env steps per second)."""
+    def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan:
+        """The algorithm that trains this agent on copies of `env`, and how to run it."""
 
     @abstractmethod
     def scoring_network(self, role: int) -> torch.nn.Module:

@@ -27,7 +27,7 @@ from tianshou.data import (
 from tianshou.env import PettingZooEnv
 from torch import nn
 
-from marlrec.agents import Agent, TrainRun
+from marlrec.agents import Agent, BufferFactory, TrainingPlan, TrainRun
 from marlrec.agents.marl import (
     CandidateQNet,
     CooperativeOffPolicyAlgorithm,
@@ -35,7 +35,6 @@ from marlrec.agents.marl import (
     multi_agent_env,
     own_turn_transitions,
 )
-from marlrec.agents.training import BufferFactory, train_with_tianshou
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
 
@@ -275,7 +274,7 @@ class IndependentDQN(Agent):
             size, n, alpha=c.alpha, beta=c.beta, ignore_obs_next=True, random_seed=seed
         )
 
-    def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
+    def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan:
         algorithm = self._algorithm(multi_agent_env(env, "idqn"))
         total_steps = run.trainer.max_epochs * run.trainer.epoch_num_env_steps
         policies = [algorithm.get_algorithm(role).policy for role in self.spec.roles]
@@ -288,10 +287,8 @@ class IndependentDQN(Agent):
                 policy.set_eps_training(c.eps_start + progress * (c.eps_end - c.eps_start))
             algorithm.beta = c.beta + min(1.0, env_step / total_steps) * (1.0 - c.beta)
 
-        return train_with_tianshou(
+        return TrainingPlan(
             algorithm,
-            env,
-            run,
             off_policy=True,
             training_hook=schedule,
             make_buffer=self._buffer(run.seed),

@@ -31,7 +31,6 @@ from tianshou.data import Batch, ReplayBuffer
 from tianshou.env import PettingZooEnv
 from torch import nn
 
-from marlrec.agents.training import tianshou_env
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
 
@@ -83,13 +82,13 @@ class CooperativeOnPolicyAlgorithm(MultiAgentOnPolicyAlgorithm):
 
 def multi_agent_env(env: Environment, agent: str) -> PettingZooEnv:
     """One copy of `env` as Tianshou's multi-agent path steps it; single-agent envs are refused."""
-    made = tianshou_env(env)
-    if not isinstance(made, PettingZooEnv):
+    made = env.make()
+    if not hasattr(made, "agent_iter"):
         raise PluginError(
             f"agent '{agent}' is multi-agent and needs an env whose roles take turns "
             f"(env=slate), but this env has a single agent: use agent=dqn or agent=ppo"
         )
-    return made
+    return PettingZooEnv(made)
 
 
 class SharedOptimizerFactory(OptimizerFactory):

@@ -21,7 +21,7 @@ from tianshou.data import Batch, ReplayBuffer, to_torch_as
 from tianshou.env import PettingZooEnv
 from torch import nn
 
-from marlrec.agents import Agent, TrainRun
+from marlrec.agents import Agent, TrainingPlan, TrainRun
 from marlrec.agents.marl import (
     CandidateActor,
     CandidateCritic,
@@ -31,7 +31,6 @@ from marlrec.agents.marl import (
     own_turn_advantages,
     own_turn_transitions,
 )
-from marlrec.agents.training import train_with_tianshou
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
 
@@ -203,6 +202,5 @@ class IndependentPPO(Agent):
         ]
         return self.multi_agent_algorithm(algorithms=algorithms, env=env)
 
-    def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
-        algorithm = self._algorithm(multi_agent_env(env, self.name))
-        return train_with_tianshou(algorithm, env, run, off_policy=False)
+    def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan:
+        return TrainingPlan(self._algorithm(multi_agent_env(env, self.name)), off_policy=False)

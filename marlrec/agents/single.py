@@ -17,13 +17,11 @@ from tianshou.algorithm import DQN, PPO
 from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
 from tianshou.algorithm.modelfree.reinforce import DiscreteActorPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
-from tianshou.env import PettingZooEnv
 from torch import nn
 
-from marlrec.agents import Agent, TrainRun
+from marlrec.agents import Agent, TrainingPlan, TrainRun
 from marlrec.agents.marl import CandidateActor, CandidateCritic, CandidateQNet
 from marlrec.agents.ppo import ActorCriticConfig
-from marlrec.agents.training import tianshou_env, train_with_tianshou
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
 
@@ -69,8 +67,8 @@ class SinglePPOConfig(ActorCriticConfig):
 
 def single_agent_env(env: Environment, agent: str) -> gym.Env:
     """One copy of `env` as Tianshou steps it; multi-agent envs are refused."""
-    made = tianshou_env(env)
-    if isinstance(made, PettingZooEnv):
+    made = env.make()
+    if hasattr(made, "agent_iter"):
         raise PluginError(
             f"agent '{agent}' is single-agent and needs env=single, but this env's roles "
             f"{list(env.spec.roles)} take turns: use agent=idqn, ippo or mappo"
@@ -125,7 +123,7 @@ class SingleDQN(SingleAgent):
             is_double=c.double_q,
         )
 
-    def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
+    def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan:
         single_agent_env(env, self.name)
         algorithm = self._algorithm()
         total_steps = run.trainer.max_epochs * run.trainer.epoch_num_env_steps
@@ -135,9 +133,7 @@ class SingleDQN(SingleAgent):
             progress = min(1.0, env_step / max(1.0, c.eps_decay_fraction * total_steps))
             algorithm.policy.set_eps_training(c.eps_start + progress * (c.eps_end - c.eps_start))
 
-        return train_with_tianshou(
-            algorithm, env, run, off_policy=True, training_hook=decay_exploration
-        )
+        return TrainingPlan(algorithm, off_policy=True, training_hook=decay_exploration)
 
 
 class SinglePPO(SingleAgent):
@@ -177,6 +173,6 @@ class SinglePPO(SingleAgent):
             gamma=c.gamma,
         )
 
-    def fit(self, env: Environment, run: TrainRun) -> dict[str, float]:
+    def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan:
         single_agent_env(env, self.name)
-        return train_with_tianshou(self._algorithm(), env, run, off_policy=False)
+        return TrainingPlan(self._algorithm(), off_policy=False)

@@ -19,7 +19,7 @@ class RandomBaseline(Baseline):
 class PopularityBaseline(Baseline):
     """Items ranked by their number of training interactions (ties: lower item id first).
 
-    RecBole's `Pop` counts differently (once per training batch); `marlrec.evaluation.recbole_pop`
+    RecBole's `Pop` counts differently (once per training batch); `benchmarks/recbole_pop.py`
     reproduces it to compare with RecBole's published figures.
     """
 

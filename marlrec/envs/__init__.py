@@ -150,7 +150,7 @@ class Environment(Plugin):
         imitation of logged choices.
         """
         raise PluginError(
-            f"env '{self.name}' cannot build observations of logged choices: "
+            f"env '{type(self).__name__}' cannot build observations of logged choices: "
             "set trainer.imitation_steps=0"
         )
 

@@ -25,7 +25,7 @@ instead: observations `{"obs", "mask"}` and one reward per session (unstacked, i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,8 +34,11 @@ from tianshou.data import Batch
 from tianshou.env import BaseVectorEnv
 
 from marlrec.data import Histories
-from marlrec.envs.slate import SlateCore, session_users, slate_observation_space
+from marlrec.envs.session import session_users, slate_observation_space
 from marlrec.registry import MarlrecError
+
+if TYPE_CHECKING:
+    from marlrec.envs.slate import SlateCore
 
 EnvIds = int | Sequence[int] | np.ndarray | None
 

@@ -39,6 +39,7 @@ from marlrec.envs import (
     LoggedChoices,
     ObsLayout,
 )
+from marlrec.envs.session import session_users, slate_observation_space
 from marlrec.registry import PluginError
 from marlrec.retrieval.ease import ease_weights
 from marlrec.rewards import SlateOutcome
@@ -476,21 +477,6 @@ class SlateAEC(SlateSession, AECEnv):
             self.agent_selection = self.possible_agents[self.core.turn_order[0]]
         else:
             self._start_slate(retrieve=outcome.clicks.any() or not self.core.reuse_retrieval)
-
-
-def slate_observation_space(core: SlateCore) -> spaces.Dict:
-    """Every agent's observation: the flat layout and its action mask (identical for all)."""
-    return spaces.Dict(
-        {
-            "observation": spaces.Box(-np.inf, np.inf, (core.layout.size,), np.float32),
-            "action_mask": spaces.Box(0, 1, (core.n_candidates,), np.int8),
-        }
-    )
-
-
-def session_users(core: SlateCore) -> np.ndarray:
-    """Users a session can start from: those with a training history."""
-    return np.flatnonzero([len(h) > 0 for h in core.ctx.data.train_histories])
 
 
 class SlateEnvironment(Environment):

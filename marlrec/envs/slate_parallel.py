@@ -26,13 +26,8 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
-from marlrec.envs.slate import (
-    SlateCore,
-    SlateEnvironment,
-    SlateSession,
-    session_users,
-    slate_observation_space,
-)
+from marlrec.envs.session import session_users, slate_observation_space
+from marlrec.envs.slate import SlateCore, SlateEnvironment, SlateSession
 
 
 class SlateParallel(SlateSession, ParallelEnv):

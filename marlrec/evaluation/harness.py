@@ -15,15 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from tianshou.data import Batch
 from tqdm import tqdm
 
 from marlrec.agents import Agent
-from marlrec.baselines import Baseline
 from marlrec.data import RecData, fill_histories
 from marlrec.envs import Environment
 from marlrec.envs.batched import BatchedSlateEnv
@@ -40,6 +38,9 @@ from marlrec.evaluation.metrics import (
 )
 from marlrec.evaluation.ranking import ChunkTargets, HeldOut, sample_negatives, top_k
 from marlrec.registry import MarlrecError, PluginError
+
+if TYPE_CHECKING:
+    from marlrec.baselines import Baseline
 
 RankingProtocol = Literal["full", "sampled"]
 SAMPLED_PREFIX = "sampled/"
@@ -300,12 +301,13 @@ def session_eval(
     users = session_plan(env, n_sessions, seed)
     role_of = {role: number for number, role in enumerate(env.spec.roles)}
     tally = SessionTally(list(env.ctx.rewards), n_sessions)
-    pending, running = list(range(n_sessions)), {}  # env copy -> session
+    pending = list(range(n_sessions))
+    running: dict[int, int] = {}  # env copy -> session
     obs = torch.zeros(vector.env_num, env.spec.layout.size)
     mask = torch.zeros(vector.env_num, env.spec.layout.n_candidates, dtype=torch.bool)
     roles = torch.zeros(vector.env_num, dtype=torch.long)
 
-    def show(rows: np.ndarray, observed: Batch) -> None:
+    def show(rows: np.ndarray, observed: Any) -> None:  # the stacked Batch
         obs[rows] = torch.as_tensor(observed.obs)
         mask[rows] = torch.as_tensor(observed.mask)
         if "agent_id" in observed:
@@ -339,7 +341,7 @@ def _startable(
     """Sessions to open now, in order: as many as there are free copies, skipping any whose
     user has a session running or an earlier one still waiting."""
     busy = {int(users[s]) for s in running.values()}
-    free, chosen = capacity - len(running), []
+    free, chosen = capacity - len(running), list[int]()
     for session in pending:
         if len(chosen) == free:
             break

@@ -256,7 +256,7 @@ def register(metric: Metric) -> Metric:
 
 
 def _accuracy(name: str, label: str, fn: Callable[[RankedChunk, int], torch.Tensor]) -> None:
-    needs = frozenset({"hits", "n_targets"})
+    needs: frozenset[Need] = frozenset({"hits", "n_targets"})
     register(UserMetric(name=name, label=label, needs=needs, over="targets", per_user=fn))
 
 
@@ -267,11 +267,11 @@ _accuracy("f1", "F1", _f1)
 _accuracy("ndcg", "NDCG", _ndcg)
 _accuracy("mrr", "MRR", _mrr)
 _accuracy("map", "MAP", _map)
-_COUNTS = frozenset({"rec_counts"})
+_COUNTS: frozenset[Need] = frozenset({"rec_counts"})
 register(CatalogMetric(name="coverage", label="Coverage", needs=_COUNTS, from_counts=_coverage))
-_LISTS = frozenset({"top_items", "list_embeddings"})
+_LISTS: frozenset[Need] = frozenset({"top_items", "list_embeddings"})
 register(UserMetric(name="ild", label="ILD", needs=_LISTS, over="all", per_user=_ild))
-_NOVELTY = frozenset({"top_items", "self_information"})
+_NOVELTY: frozenset[Need] = frozenset({"top_items", "self_information"})
 register(UserMetric(name="novelty", label="Novelty", needs=_NOVELTY, over="all", per_user=_novelty))
 register(CatalogMetric(name="gini", label="Gini", needs=_COUNTS, from_counts=_gini))
 register(SessionMetric(name="mean_return", statistic="return"))

@@ -35,8 +35,8 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         indices[spill] = _top_k_by_id(scores[spill], values[spill, k - 1 : k], k)
     # Order the k kept items by (score desc, id asc): sort by id, then stable by score.
     indices = indices.sort(dim=1).values
-    order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
-    return indices.gather(1, order)
+    by_score = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
+    return indices.gather(1, by_score)
 
 
 def _check_finite(best: torch.Tensor) -> None:

@@ -160,7 +160,13 @@ def _cache_dir(config: ResponseModelConfig) -> Path:
 
 
 def _validate(config: ResponseModelConfig) -> None:
-    positive = ("rank", "negatives", "calibration_negatives", "steps", "batch_size")
+    positive: tuple[str, ...] = (
+        "rank",
+        "negatives",
+        "calibration_negatives",
+        "steps",
+        "batch_size",
+    )
     positive += ("max_positives",)
     for key in positive:
         if getattr(config, key) < 1:

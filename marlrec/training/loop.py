@@ -16,351 +16,53 @@ when an epoch ends are closed in the buffer as truncated, so no target crosses i
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import math
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from numba.core.dispatcher import Dispatcher
-from pettingzoo import AECEnv
-from tianshou.algorithm import algorithm_base
 from tianshou.algorithm.algorithm_base import Algorithm
-from tianshou.data import Collector, EpochStats, InfoStats, ReplayBuffer, VectorReplayBuffer
-from tianshou.data.buffer import manager as buffer_manager
-from tianshou.data.utils import segtree
-from tianshou.env import (
-    BaseVectorEnv,
-    DummyVectorEnv,
-    PettingZooEnv,
-    RayVectorEnv,
-    SubprocVectorEnv,
-)
+from tianshou.data import Collector, EpochStats, InfoStats
 from tianshou.trainer import (
     OffPolicyTrainer,
     OffPolicyTrainerParams,
     OnPolicyTrainer,
     OnPolicyTrainerParams,
 )
-from tianshou.utils import TensorboardLogger
 from tianshou.utils.torch_utils import torch_train_mode
-from torch.utils.tensorboard import SummaryWriter
 
+from marlrec.agents import Agent, BufferFactory, TrainingHook
 from marlrec.envs import Environment
 from marlrec.io import atomic_write
-from marlrec.registry import MarlrecError
-from marlrec.settings import TrainerConfig, TrainRun
+from marlrec.settings import TrainRun
+from marlrec.training.checkpoint import (
+    COLLECTOR_FIELDS,
+    STATE_FORMAT,
+    TRAINER_FIELDS,
+    algorithm_state,
+    load_algorithm_state,
+    load_training_state,
+    relink_buffer,
+    rng_state,
+    set_rng_state,
+)
+from marlrec.training.logs import CheckpointLogger, RewardTermLog
+from marlrec.training.vector_envs import (
+    TEST_STREAM,
+    TRAIN_STREAM,
+    close_open_episodes,
+    default_buffer,
+    epoch_seeds,
+    vector_envs,
+)
 
 log = logging.getLogger(__name__)
 
-# Called by the trainer before each collect step with (epoch, env_step), e.g. to decay
-# exploration. It must depend on its arguments only: a resumed run calls it afresh.
-TrainingHook = Callable[[int, int], None]
-# Builds the replay buffer: (total capacity, number of env copies) -> buffer.
-BufferFactory = Callable[[int, int], ReplayBuffer]
-
 VALID_METRIC = "valid/NDCG@10"
-STATE_FORMAT = 1
-TRAIN_STREAM, TEST_STREAM = 0, 1
-TRAINER_FIELDS = (
-    "_best_score",
-    "_best_reward",
-    "_best_reward_std",
-    "_best_epoch",
-    "_policy_update_time",
-    "_env_episode",
-    "_stat",
-)
-COLLECTOR_FIELDS = ("collect_step", "collect_episode", "collect_time")
-LOGGER_FIELDS = (
-    "last_log_training_step",
-    "last_log_test_step",
-    "last_log_update_step",
-    "last_log_info_step",
-)
-
-
-def cache_tianshou_jit() -> None:
-    """Let numba keep Tianshou's JIT-compiled buffer and return helpers on disk.
-
-    Tianshou compiles them in every process, which takes tens of seconds on two CPU cores; with
-    numba's cache that happens once per machine. Without a writable cache dir they stay as is.
-    """
-    for module in (buffer_manager, algorithm_base, segtree):
-        for value in vars(module).values():
-            if isinstance(value, Dispatcher):
-                with contextlib.suppress(RuntimeError):  # no writable cache location
-                    value.enable_caching()
-
-
-cache_tianshou_jit()
-
-
-# ---------------------------------------------------------------------------------------------
-# Env copies
-
-
-class MarlrecPettingZooEnv(PettingZooEnv, gym.Env):
-    """Tianshou's PettingZoo wrapper, also a gymnasium Env, that tallies the reward terms.
-
-    Being a `gym.Env` lets `RayVectorEnv` wrap it under gymnasium 1.x. An env publishes a
-    scored slate's terms as one `info["reward_terms"]` dict, shared by the agents' infos; each
-    such dict is counted once into `reward_term_totals` and `scored_slates`, which the loop
-    reads through the vector env at logging points, away from the stepping hot loop.
-    """
-
-    def __init__(self, env: AECEnv) -> None:
-        self.reward_term_totals: dict[str, float] = {}
-        self.scored_slates = 0
-        self._counted: Any = None
-        super().__init__(env)
-
-    def step(self, action: Any) -> tuple[dict, list[int], bool, bool, dict]:
-        obs, rewards, terminated, truncated, info = super().step(action)
-        terms = info.get("reward_terms") if isinstance(info, dict) else None
-        if terms is not None and terms is not self._counted:
-            self._counted = terms  # kept alive, so a later dict cannot reuse its identity
-            self.scored_slates += 1
-            for name, value in terms.items():
-                total = self.reward_term_totals.get(name, 0.0)
-                self.reward_term_totals[name] = total + float(value)
-        return obs, rewards, terminated, truncated, info
-
-
-def tianshou_env(env: Environment) -> Any:
-    """One env copy as Tianshou steps it: AEC envs wrapped for Tianshou, gymnasium ones as is."""
-    made = env.make()
-    return MarlrecPettingZooEnv(made) if hasattr(made, "agent_iter") else made
-
-
-@dataclass(frozen=True)
-class EnvCopies:
-    """A picklable factory of env copies, for subprocess and Ray workers."""
-
-    env: Environment
-
-    def __call__(self) -> Any:
-        return tianshou_env(self.env)
-
-
-def vector_envs(env: Environment, run: TrainRun) -> tuple[BaseVectorEnv, BaseVectorEnv]:
-    """Training env copies of the configured kind, and one in-process test copy."""
-    copies = EnvCopies(env)
-    return train_vector_env(env, copies, run.trainer), DummyVectorEnv([copies])
-
-
-def train_vector_env(env: Environment, copies: EnvCopies, t: TrainerConfig) -> BaseVectorEnv:
-    n = t.num_train_envs
-    if t.vector_env == "subproc":
-        # Spawned workers rebuild the env from its pickle. Forking a process whose torch thread
-        # pools are running can deadlock the child, and forked workers cannot use CUDA.
-        return SubprocVectorEnv([copies] * n, context="spawn")
-    if t.vector_env == "ray":
-        if importlib.util.find_spec("ray") is None:
-            raise MarlrecError(
-                "trainer.vector_env=ray needs Ray, which is not installed: "
-                "pip install 'marlrec[ray]' (or use trainer.vector_env=subproc)"
-            )
-        return RayVectorEnv([copies] * n)
-    if t.vector_env == "batched":
-        make_vector = getattr(env, "make_vector", None)
-        if make_vector is None:
-            raise MarlrecError(
-                f"trainer.vector_env=batched needs an env with make_vector(num_envs), but "
-                f"{type(env).__name__} has none: use trainer.vector_env=dummy or subproc"
-            )
-        return make_vector(n)
-    return DummyVectorEnv([copies] * n)
-
-
-def epoch_seeds(seed: int, epoch: int, stream: int, n: int) -> list[int]:
-    """Seeds for n env copies at an epoch, independent across epochs and streams."""
-    return [int(s) for s in np.random.SeedSequence([seed, stream, epoch]).generate_state(n)]
-
-
-def close_open_episodes(buffer: ReplayBuffer) -> None:
-    """Mark every env copy's unfinished session in the buffer as truncated.
-
-    Called before the env copies start new sessions in mid-session, so that no transition links
-    the old session to the new one and the next episode's return starts from zero.
-    """
-    subbuffers = list(getattr(buffer, "buffers", [buffer]))
-    for sub, last in zip(subbuffers, buffer.last_index, strict=True):
-        if len(sub) and not buffer.done[last]:
-            for key in ("truncated", "done"):
-                buffer.set_array_at_key(np.array([True]), key, index=np.array([last]))
-        # Tianshou keeps the running episode's statistics on each sub-buffer.
-        sub._ep_return, sub._ep_len, sub._ep_start_idx = 0.0, 0, sub._insertion_idx
-
-
-def default_buffer(seed: int) -> BufferFactory:
-    return lambda size, n: VectorReplayBuffer(size, n, random_seed=seed)
-
-
-# ---------------------------------------------------------------------------------------------
-# What a checkpoint holds
-
-
-def algorithm_state(algorithm: Algorithm) -> dict[str, Any]:
-    """Networks, target networks, optimisers, LR schedulers and scalar counters.
-
-    Tianshou's `Algorithm.state_dict` keeps only its own optimisers, not those of the
-    per-agent algorithms inside a multi-agent one, nor counters such as DQN's update count.
-    """
-    opt_key = Algorithm._STATE_DICT_KEY_OPTIMIZERS
-    tensors = torch.nn.Module.state_dict(algorithm)
-    algorithms = _algorithms(algorithm)
-    return {
-        "tensors": {k: v for k, v in tensors.items() if k.rsplit(".", 1)[-1] != opt_key},
-        "optimizers": {n: [o.state_dict() for o in a._optimizers] for n, a in algorithms.items()},
-        "schedulers": {n: [s.state_dict() for s in a.lr_schedulers] for n, a in algorithms.items()},
-        "scalars": {name: _scalars(m) for name, m in algorithm.named_modules()},
-    }
-
-
-def load_algorithm_state(algorithm: Algorithm, state: dict[str, Any]) -> None:
-    torch.nn.Module.load_state_dict(algorithm, state["tensors"])
-    for name, member in _algorithms(algorithm).items():
-        for optim, saved in zip(member._optimizers, state["optimizers"][name], strict=True):
-            optim.load_state_dict(saved)
-        for scheduler, saved in zip(member.lr_schedulers, state["schedulers"][name], strict=True):
-            scheduler.load_state_dict(saved)
-    modules = dict(algorithm.named_modules())
-    for name, scalars in state["scalars"].items():
-        for key, value in scalars.items():
-            setattr(modules[name], key, value)
-
-
-def _algorithms(algorithm: Algorithm) -> dict[str, Algorithm]:
-    return {name: m for name, m in algorithm.named_modules() if isinstance(m, Algorithm)}
-
-
-def _scalars(module: torch.nn.Module) -> dict[str, bool | int | float]:
-    """A module's plain scalar attributes (update counters, exploration rates, flags)."""
-    return {
-        key: value
-        for key, value in vars(module).items()
-        if type(value) in (bool, int, float) and key != "training"
-    }
-
-
-def rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_training_state(path: Path) -> dict[str, Any] | None:
-    """The training state saved at the end of the last finished epoch, if any."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a foreign or damaged file: say which, not where in pickle
-        raise MarlrecError(f"cannot read the training state {path}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise MarlrecError(f"{path} is not a training state this marlrec version can resume")
-    return state
-
-
-def relink_buffer(buffer: ReplayBuffer) -> ReplayBuffer:
-    """After unpickling, point a vector buffer's sub-buffers at its storage again."""
-    relink = getattr(buffer, "_set_batch_for_children", None)
-    if relink is not None and buffer._meta.get_keys():
-        relink()
-    return buffer
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging
-
-
-class CheckpointLogger(TensorboardLogger):
-    """Tianshou's TensorBoard logger whose resume point comes from the epoch checkpoint.
-
-    Tianshou resumes (`resume_from_log`) by reading the epoch and step counters back from the
-    event files; here they come from the checkpoint that holds everything else, so they can
-    never disagree with the restored networks and buffer.
-    """
-
-    def __init__(
-        self, writer: SummaryWriter, interval_env_steps: int, update_interval: int
-    ) -> None:
-        super().__init__(
-            writer,
-            training_interval=interval_env_steps,
-            update_interval=update_interval,
-            save_interval=None,
-        )
-        self.resume_point: dict[str, int] | None = None
-
-    def restore_data(self) -> tuple[int, int, int]:
-        if self.resume_point is None:
-            return 0, 0, 0
-        point = self.resume_point
-        for key in LOGGER_FIELDS:
-            setattr(self, key, point[key])
-        return point["epoch"], point["env_step"], point["gradient_step"]
-
-    def counters(self) -> dict[str, int]:
-        return {key: getattr(self, key) for key in LOGGER_FIELDS}
-
-
-class RewardTermLog:
-    """Each reward term's mean per scored slate in training, read from the train env copies."""
-
-    def __init__(self, envs: BaseVectorEnv, writer: SummaryWriter, interval: int) -> None:
-        self.envs, self.writer, self.interval = envs, writer, interval
-        self._base: tuple[dict[str, float], int] = ({}, 0)
-        self._last_step = -math.inf
-
-    def _read(self) -> tuple[dict[str, float], int]:
-        try:
-            totals = self.envs.get_env_attr("reward_term_totals")
-            slates = self.envs.get_env_attr("scored_slates")
-        except AttributeError:  # env copies that do not tally terms
-            return {}, 0
-        summed: dict[str, float] = {}
-        for copy in totals:
-            for name, value in (copy or {}).items():
-                summed[name] = summed.get(name, 0.0) + value
-        return summed, sum(s or 0 for s in slates)
-
-    def restart(self) -> None:
-        self._base = self._read()
-
-    def log(self, env_step: int, force: bool = False) -> None:
-        if not force and env_step - self._last_step < self.interval:
-            return
-        totals, slates = self._read()
-        base_totals, base_slates = self._base
-        if slates > base_slates:
-            for name, total in totals.items():
-                mean = (total - base_totals.get(name, 0.0)) / (slates - base_slates)
-                self.writer.add_scalar(f"train/reward/{name}", mean, env_step)
-        self._base, self._last_step = (totals, slates), env_step
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop around Tianshou's trainer
 
 
 @dataclass
@@ -668,3 +370,16 @@ def _trainer_params(
             update_step_num_gradient_steps_per_sample=t.updates_per_env_step, **common
         )
     return OnPolicyTrainerParams(update_step_num_repetitions=t.update_repetitions, **common)
+
+
+def fit(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
+    """Train `agent` on copies of `env` for the run's epochs; summary figures."""
+    plan = agent.training_plan(env, run)
+    return train_with_tianshou(
+        plan.algorithm,
+        env,
+        run,
+        off_policy=plan.off_policy,
+        training_hook=plan.training_hook,
+        make_buffer=plan.make_buffer,
+    )
