@@ -4,12 +4,15 @@ and `plugins`."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+from dataclasses import astuple
 from pathlib import Path
 from typing import NoReturn
 
 from omegaconf import OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from marlrec import registry
@@ -25,7 +28,8 @@ commands:
   serve       a JSON HTTP API over a run: marlrec serve run_dir=... [host=127.0.0.1 port=8000]
   compare     runs side by side, mean ± std over seeds: marlrec compare <run or multirun
               dirs...> [--out compare/] [--metrics test/HR@10,test/NDCG@10] [--force]
-  plugins     list installed plugins by kind, with the package each comes from
+  plugins     list installed plugins by kind, with the package each comes from;
+              `marlrec plugins show KIND NAME` prints one plugin's options (e.g. reward click)
 """
 
 
@@ -123,16 +127,55 @@ def compare_command(args: list[str]) -> int:
 
 
 def plugins_command(args: list[str]) -> int:
+    if args[:1] == ["show"]:
+        return show_plugin(args[1:])
     if args:
-        raise MarlrecError("`marlrec plugins` takes no arguments")
+        raise MarlrecError("`marlrec plugins` takes no arguments but `show KIND NAME`")
     table = Table(title="installed marlrec plugins")
     for column in ("kind", "name", "package", "entry point"):
         table.add_column(column)
     for group, kind in registry.KINDS.items():
-        for info in registry.available(group):
-            table.add_row(f"{kind.noun} ({group})", info.name, info.distribution, info.target)
+        for plugin in registry.available(group):
+            problem = registry.load_problem(plugin)
+            if problem is not None:
+                print(f"marlrec: warning: {problem}", file=sys.stderr)
+                continue
+            table.add_row(f"{kind.noun} ({group})", plugin.name, plugin.distribution, plugin.target)
     Console(width=160).print(table)
     return 0
+
+
+def show_plugin(args: list[str]) -> int:
+    """One plugin's package, class and options, each with its type, default and docstring."""
+    if len(args) != 2:
+        raise MarlrecError(
+            "usage: marlrec plugins show KIND NAME, e.g. marlrec plugins show reward click"
+        )
+    group = _group(args[0])
+    name = args[1]
+    options = registry.describe(group, name)
+    plugin = next(p for p in registry.available(group) if p.name == name)
+    cls = registry.load(group, name)
+    print(
+        f"{registry.KINDS[group].noun} '{name}' ({group}={name}) from package {plugin.distribution}"
+    )
+    print(f"class {plugin.target}")
+    if cls.__doc__:
+        print(inspect.cleandoc(cls.__doc__))
+    table = Table(title="options")
+    for column in ("option", "type", "default", "description"):
+        table.add_column(column)
+    for option in options:
+        # Escaped: types such as list[str] would otherwise read as rich markup.
+        table.add_row(*(escape(cell) for cell in astuple(option)))
+    Console(width=160).print(table)
+    return 0
+
+
+def _group(kind: str) -> str:
+    """A config group from its name (`data`) or its noun (`dataset`)."""
+    nouns = {k.noun: group for group, k in registry.KINDS.items()}
+    return registry.kind_of(nouns.get(kind, kind)).group
 
 
 COMMANDS = {

@@ -6,8 +6,11 @@ register through the same entry points as third-party ones; nothing here special
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -182,3 +185,87 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is None and hasattr(hint, "__name__"):
         return str(hint.__name__)
     return str(hint).replace("typing.", "")
+
+
+# --- describing and checking installed plugins -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One option of a plugin's `Config`: its name, type, default and docstring."""
+
+    name: str
+    type: str
+    default: str  # the default's repr, or "required"
+    doc: str
+
+
+def describe(group: str, name: str) -> list[OptionInfo]:
+    """Every option of the plugin's `Config` (inherited ones first), imported to read them."""
+    config_cls = load(group, name).Config
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except Exception:  # an annotation that does not resolve: show it as written
+        hints = {}
+    docs = field_docs(config_cls)
+    return [
+        OptionInfo(
+            f.name,
+            _type_name(hints[f.name]) if f.name in hints else str(f.type),
+            _default(f),
+            docs.get(f.name, ""),
+        )
+        for f in dataclasses.fields(config_cls)
+        if f.init
+    ]
+
+
+def field_docs(config_cls: type) -> dict[str, str]:
+    """Each field's docstring: the string literal written right after it in a class body."""
+    docs: dict[str, str] = {}
+    for cls in reversed(config_cls.__mro__):  # a subclass's docstring wins over its base's
+        docs.update(_class_field_docs(cls))
+    return docs
+
+
+def _class_field_docs(cls: type) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # built-in or source not shipped
+        return {}
+    body = ast.parse(source).body[0]
+    if not isinstance(body, ast.ClassDef):
+        return {}
+    docs = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            doc = _string_literal(after)
+            if doc is not None:
+                docs[node.target.id] = inspect.cleandoc(doc)
+    return docs
+
+
+def _string_literal(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+        return node.value.value if isinstance(node.value.value, str) else None
+    return None
+
+
+def _default(f: dataclasses.Field[Any]) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    return "required"
+
+
+def load_problem(plugin: PluginInfo) -> str | None:
+    """Why an installed plugin cannot be used (one line), or None when it loads.
+
+    Each plugin is imported on its own, so one broken package does not hide the others.
+    """
+    try:
+        load(plugin.kind, plugin.name)
+    except PluginError as exc:
+        return str(exc)
+    return None

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from marlrec.data import RecData
-from marlrec.registry import PluginError
-from marlrec.rewards import Reward, RewardConfig, SlateOutcome
+from marlrec.api import PluginError, RecData, Reward, RewardConfig, SlateOutcome
 
 
 class LongTailReward(Reward):
