@@ -13,8 +13,10 @@ What each kind implements and receives:
   `validate_split` checks a config's `split` and `split_ratios`.
 - `Encoder(config, cache_dir=, device=)`; implements `encode(texts) -> (len(texts), dim)`.
 - `StateModel(config, item_dim=, item_text=None, encoder=None)`, a `torch.nn.Module`;
-  implements `dim` and `forward(history (B, L, item_dim), lengths (B,)) -> (B, dim)`.
-  `masked_mean`, `real_positions` and `last_items` handle the right-padded histories.
+  implements `dim` and `forward(history (B, L, item_dim), lengths (B,)) -> (B, dim)`, and may
+  override `from_histories(Histories, item_emb)`, the states of packed item-id histories, to
+  avoid padding (pooled states through `embedding_bag`, windowed ones through
+  `Histories.last`). `masked_mean`, `real_positions` and `last_items` handle padded ones.
 - `Simulator(config, data=, item_emb=)`; implements `respond(user, slate, rng) -> Response`
   and may override `start_session(user, rng)`. `examination` is the DCG position model.
 - `Reward(config, data=, item_emb=)`, whose `Config` extends `RewardConfig` (`weight`);
@@ -23,7 +25,8 @@ What each kind implements and receives:
 - `Environment(config, ctx=EnvContext)`; implements `spec -> EnvSpec` (with its `ObsLayout`),
   `make()` and `rank(scorer: CandidateScorer, users, histories, k)`, and may implement
   `logged_choices(...) -> LoggedChoices` for imitation.
-- `Agent(config, spec=EnvSpec, device=)`; implements `fit(env, run: TrainRun)`,
+- `Agent(config, spec=EnvSpec, device=)`; implements `training_plan(env, run: TrainRun) ->
+  TrainingPlan | None` (the Tianshou algorithm the shared loop trains; None: nothing to learn),
   `scoring_network(role)`, `state_dict()` and `load_state_dict(state)`.
 - `Baseline(config, data=, item_emb=, seed=)`; implements `scores(users) -> (len(users),
   n_items)` and may override `rank_scores(users, histories)`. `train_pairs` and `binary_rows`
@@ -39,9 +42,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from marlrec.agents import Agent
+    from marlrec.agents import Agent, TrainingPlan
     from marlrec.baselines import Baseline, binary_rows, train_pairs
-    from marlrec.data import GroundTruth, Interactions, RecData, Split, split_interactions
+    from marlrec.data import (
+        GroundTruth,
+        Histories,
+        Interactions,
+        RecData,
+        Split,
+        split_interactions,
+    )
     from marlrec.datasets import Dataset, validate_split
     from marlrec.encoders import Encoder
     from marlrec.envs import (
@@ -66,6 +76,7 @@ _HOMES: dict[str, str] = {
     "MarlrecError": "marlrec.registry",
     "PluginError": "marlrec.registry",
     "RecData": "marlrec.data",
+    "Histories": "marlrec.data",
     "Interactions": "marlrec.data",
     "Split": "marlrec.data",
     "GroundTruth": "marlrec.data",
@@ -90,6 +101,7 @@ _HOMES: dict[str, str] = {
     "LoggedChoices": "marlrec.envs",
     "CandidateScorer": "marlrec.envs",
     "Agent": "marlrec.agents",
+    "TrainingPlan": "marlrec.agents",
     "TrainRun": "marlrec.settings",
     "Baseline": "marlrec.baselines",
     "train_pairs": "marlrec.baselines",
@@ -106,6 +118,7 @@ __all__ = [
     "EnvSpec",
     "Environment",
     "GroundTruth",
+    "Histories",
     "Interactions",
     "LoggedChoices",
     "MarlrecError",
@@ -122,6 +135,7 @@ __all__ = [
     "Split",
     "StateModel",
     "TrainRun",
+    "TrainingPlan",
     "binary_rows",
     "examination",
     "last_items",

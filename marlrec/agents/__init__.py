@@ -52,8 +52,9 @@ class Agent(Plugin):
         self.device = device
 
     @abstractmethod
-    def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan:
-        """The algorithm that trains this agent on copies of `env`, and how to run it."""
+    def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan | None:
+        """The algorithm that trains this agent on copies of `env`, and how to run it; None
+        for a fixed policy with nothing to learn."""
 
     @abstractmethod
     def scoring_network(self, role: int) -> torch.nn.Module:
