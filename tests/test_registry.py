@@ -61,7 +61,9 @@ def test_config_is_built_and_ints_widen_to_float() -> None:
 
 
 def test_misspelled_key_is_named_with_a_suggestion() -> None:
-    with pytest.raises(PluginError, match=r"unknown config key 'agent\.lrr'.*did you mean 'lr'"):
+    with pytest.raises(
+        PluginError, match=r"unknown config key 'agent\.lrr'.*did you mean 'agent\.lr'"
+    ):
         registry.build_config("agent", "x", ExampleConfig, {"lrr": 0.1})
 
 

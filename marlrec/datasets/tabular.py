@@ -626,6 +626,7 @@ class FileDataset(Dataset):
     `cache_file`.
     """
 
+    default_simulator = "replay"  # logs hold no ground-truth tastes: sessions replay them
     plugin: ClassVar[str]  # the entry-point name, which also names the cache files
     where: ClassVar[str]  # "dataset '<plugin>'", for messages
 
