@@ -101,7 +101,7 @@ class PluginConfigSource(ConfigSource):
         return True
 
     def is_group(self, config_path: str) -> bool:
-        return config_path.strip("/") in (*registry.KINDS, *SETTINGS_OPTIONS)
+        return config_path.strip("/") in ("", *registry.KINDS, *SETTINGS_OPTIONS)
 
     def is_config(self, config_path: str) -> bool:
         group, _, name = _without_suffix(config_path).partition("/")
