@@ -64,6 +64,17 @@ def test_every_installed_plugin_composes_validates_and_builds(
         assert name in pipeline.cfg[group] if many else pipeline.cfg[group].name == name
 
 
+@pytest.mark.parametrize("group", list(registry.KINDS))
+def test_names_in_plugin_code_are_the_entry_point_names(group: str) -> None:
+    """Classes that spell their own name for messages or cache files spell the entry point's."""
+    for info in registry.available(group):
+        cls = registry.load(group, info.name)
+        for attribute in ("name", "plugin"):
+            spelled = getattr(cls, attribute, info.name)
+            assert spelled == info.name, f"{cls.__name__}.{attribute} in {group}={info.name}"
+        assert getattr(cls, "where", f"'{info.name}'").endswith(f"'{info.name}'")
+
+
 def test_composed_defaults_are_the_config_dataclass_defaults() -> None:
     from marlrec.agents.idqn import IndependentDQN
 
