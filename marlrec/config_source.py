@@ -21,7 +21,6 @@ from marlrec import registry
 from marlrec.plugin import COMPOSED_DEFAULT
 
 SCHEME = "marlrec-plugins"
-LIST_GROUPS = ("reward", "baseline")
 # Settings groups have one option each; their dataclasses load only when composed.
 SETTINGS_OPTIONS = {"trainer": "default", "eval": "default", "logger": "tensorboard"}
 
@@ -78,10 +77,10 @@ def node(group: str, name: str) -> tuple[dict[str, Any], str | None]:
     if group in SETTINGS_OPTIONS:
         return defaults(settings_class(group)), None
     cls = registry.load(group, name)
-    options = defaults(cls.Config)
-    if group in LIST_GROUPS:
-        return {name: options}, None
-    section = {"name": name, **options}
+    values = defaults(cls.Config)
+    if registry.KINDS[group].many:
+        return {name: values}, None
+    section = {"name": name, **values}
     simulator = getattr(cls, "default_simulator", None)
     if group == "data" and simulator is not None:
         # A logged dataset has no ground-truth tastes: it picks a simulator, which a

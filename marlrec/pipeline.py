@@ -20,9 +20,8 @@ from marlrec.evaluation.harness import EvalConfig
 from marlrec.registry import MarlrecError
 from marlrec.settings import LoggerConfig, TrainerConfig
 
-SINGLE_GROUPS = ("data", "encoder", "state", "env", "simulator", "agent")
-LIST_GROUPS = ("reward", "baseline")
-GROUPS = SINGLE_GROUPS + LIST_GROUPS
+GROUPS = tuple(registry.KINDS)  # data-flow order
+LIST_GROUPS = tuple(group for group, kind in registry.KINDS.items() if kind.many)
 
 
 @dataclass(frozen=True)
