@@ -75,6 +75,11 @@ def test_names_in_plugin_code_are_the_entry_point_names(group: str) -> None:
         assert getattr(cls, "where", f"'{info.name}'").endswith(f"'{info.name}'")
 
 
+def test_response_model_caches_under_the_runs_cache_dir() -> None:
+    cfg = compose_config(["simulator=response_model", "cache_dir=/somewhere"])
+    assert configure(cfg).one("simulator").config.cache_dir == "/somewhere"
+
+
 def test_composed_defaults_are_the_config_dataclass_defaults() -> None:
     from marlrec.agents.idqn import IndependentDQN
 

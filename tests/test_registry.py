@@ -72,6 +72,11 @@ def test_wrong_type_is_named() -> None:
         registry.build_config("agent", "x", ExampleConfig, {"layers": "wide"})
 
 
+def test_list_groups_name_the_plugin_in_the_key_and_the_yaml_file() -> None:
+    with pytest.raises(PluginError, match=r"'reward\.x\.lr' for reward 'x' \(set in x\.yaml"):
+        registry.build_config("reward", "x", ExampleConfig, {"lr": "fast"}, source="x.yaml")
+
+
 def test_create_requires_a_name() -> None:
     with pytest.raises(PluginError, match="names no plugin"):
         registry.create("agent", {"lr": 0.1})
