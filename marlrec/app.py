@@ -25,8 +25,9 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from marlrec import registry
-from marlrec.pipeline import validate
+from marlrec import config_source, registry
+from marlrec.config_source import PluginConfigSource
+from marlrec.pipeline import configure
 from marlrec.registry import MarlrecError
 
 CONFIG_MODULE = "marlrec.conf"
@@ -54,14 +55,18 @@ EXPERT_FLAGS = (
 
 
 class PluginConfigSearchPath(SearchPathPlugin):
-    """Adds the YAML trees that installed plugin packages declare under `marlrec.conf`."""
+    """Adds the YAML trees that plugin packages declare under `marlrec.conf`, then every
+    installed plugin's `Config` defaults (behind the YAML, which may override them)."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
         for package in registry.config_packages():
             search_path.append(provider=f"marlrec:{package}", path=f"pkg://{package}")
+        search_path.append(provider="marlrec plugins", path=f"{config_source.SCHEME}://")
 
 
 def register_plugin_configs() -> None:
+    """Make Hydra see the plugins' configs; call before composing marlrec's config."""
+    Plugins.instance().register(PluginConfigSource)
     Plugins.instance().register(PluginConfigSearchPath)
 
 
@@ -83,7 +88,7 @@ def preflight(args: list[str]) -> None:
             [o for o in parsed if not o.is_hydra_override()], None
         )[0][0]
         _check_keys(first_job)
-        validate(_compose(first_job))
+        configure(_compose(first_job))
     GlobalHydra.instance().clear()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from marlrec import fitted, registry
+from marlrec import config_source, fitted, registry
 from marlrec.agents import Agent
 from marlrec.baselines import Baseline
 from marlrec.data import RecData
@@ -20,8 +20,34 @@ from marlrec.evaluation.harness import EvalConfig
 from marlrec.registry import MarlrecError
 from marlrec.settings import LoggerConfig, TrainerConfig
 
-SINGLE_GROUPS = ("data", "encoder", "state", "env", "simulator", "agent")
-LIST_GROUPS = ("reward", "baseline")
+GROUPS = tuple(registry.KINDS)  # data-flow order
+LIST_GROUPS = tuple(group for group, kind in registry.KINDS.items() if kind.many)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A chosen plugin: its name, its class and its validated config."""
+
+    name: str
+    cls: type
+    config: Any
+
+    def create(self, **dependencies: Any) -> Any:
+        return self.cls(self.config, **dependencies)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A composed config as typed configs: one list of chosen plugins per group, and settings."""
+
+    plugins: dict[str, list[Chosen]]
+    trainer: TrainerConfig
+    eval: EvalConfig
+    logger: LoggerConfig
+
+    def one(self, group: str) -> Chosen:
+        (chosen,) = self.plugins[group]
+        return chosen
 
 
 @dataclass
@@ -48,25 +74,35 @@ def sections(cfg: DictConfig, group: str) -> list[dict[str, Any]]:
     return [node]
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check every section against its plugin's `Config` without building anything."""
-    for group in SINGLE_GROUPS + LIST_GROUPS:
-        for section in sections(cfg, group):
-            fields = dict(section)
-            name = fields.pop("name", None)
-            cls = registry.load(group, str(name))
-            registry.build_config(group, str(name), cls.Config, fields)
-    settings(cfg)
+def configure(cfg: DictConfig) -> RunConfig:
+    """Check every section of a composed config against its dataclass, once, and build them.
+
+    The one place where config errors are found: unknown keys, wrong types, and the value
+    checks of each `Config`'s `__post_init__`, each as one line naming the full key.
+    """
+    plugins = {group: [_choose(group, s) for s in sections(cfg, group)] for group in GROUPS}
+    trainer, eval_cfg, logger = settings(cfg)
+    return RunConfig(plugins, trainer, eval_cfg, logger)
+
+
+def _choose(group: str, section: dict[str, Any]) -> Chosen:
+    fields = dict(section)
+    name = str(fields.pop("name", None))
+    cls = registry.load(group, name)
+    source = config_source.yaml_file(group, name)
+    return Chosen(name, cls, registry.build_config(group, name, cls.Config, fields, source))
 
 
 def settings(cfg: DictConfig) -> tuple[TrainerConfig, EvalConfig, LoggerConfig]:
-    def section(group: str) -> dict[str, Any]:
-        return OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[return-value]
+    def build(group: str, cls: type) -> Any:
+        section = OmegaConf.to_container(cfg[group], resolve=True)
+        source = config_source.yaml_file(group, config_source.SETTINGS_OPTIONS[group])
+        return registry.build_config(group, None, cls, section, source)  # type: ignore[arg-type]
 
     return (
-        registry.build_config("trainer", None, TrainerConfig, section("trainer")),
-        registry.build_config("eval", None, EvalConfig, section("eval")),
-        registry.build_config("logger", None, LoggerConfig, section("logger")),
+        build("trainer", TrainerConfig),
+        build("eval", EvalConfig),
+        build("logger", LoggerConfig),
     )
 
 
@@ -91,40 +127,29 @@ def cache_dir(cfg: DictConfig) -> Path:
 
 def build(cfg: DictConfig) -> Pipeline:
     """Instantiate every plugin the config names, in data-flow order."""
-    validate(cfg)
-    trainer, eval_cfg, logger = settings(cfg)
+    run = configure(cfg)
     seed = int(cfg.seed)
     seed_everything(seed)
     device = resolve_device(str(cfg.device))
     fitted.use_cache_dir(cache_dir(cfg))
-    (data_section,) = sections(cfg, "data")
-    data = registry.create("data", data_section).load(seed=seed, cache_dir=cache_dir(cfg))
-    (encoder_section,) = sections(cfg, "encoder")
-    encoder = registry.create("encoder", encoder_section, cache_dir=cache_dir(cfg), device=device)
+    data = run.one("data").create().load(seed=seed, cache_dir=cache_dir(cfg))
+    encoder = run.one("encoder").create(cache_dir=cache_dir(cfg), device=device)
     item_emb = encoder.encode(data.item_text).to(device)
-    (state_section,) = sections(cfg, "state")
-    state = registry.create(
-        "state",
-        state_section,
-        item_dim=item_emb.shape[1],
-        item_text=data.item_text,
-        encoder=encoder,
-    ).to(device)
-    (simulator_section,) = sections(cfg, "simulator")
-    simulator = registry.create("simulator", simulator_section, data=data, item_emb=item_emb)
-    rewards = {
-        s["name"]: registry.create("reward", s, data=data, item_emb=item_emb)
-        for s in sections(cfg, "reward")
-    }
+    state = (
+        run.one("state")
+        .create(item_dim=item_emb.shape[1], item_text=data.item_text, encoder=encoder)
+        .to(device)
+    )
+    simulator = run.one("simulator").create(data=data, item_emb=item_emb)
+    rewards = {c.name: c.create(data=data, item_emb=item_emb) for c in run.plugins["reward"]}
     if not rewards:
         raise MarlrecError("no reward selected: set reward=[click,...]")
     ctx = EnvContext(data, item_emb, state, simulator, rewards, device)
-    (env_section,) = sections(cfg, "env")
-    env = registry.create("env", env_section, ctx=ctx)
-    (agent_section,) = sections(cfg, "agent")
-    agent = registry.create("agent", agent_section, spec=env.spec, device=device)
+    env = run.one("env").create(ctx=ctx)
+    agent = run.one("agent").create(spec=env.spec, device=device)
     baselines = {
-        s["name"]: registry.create("baseline", s, data=data, item_emb=item_emb, seed=seed)
-        for s in sections(cfg, "baseline")
+        c.name: c.create(data=data, item_emb=item_emb, seed=seed) for c in run.plugins["baseline"]
     }
-    return Pipeline(cfg, device, data, item_emb, env, agent, baselines, trainer, eval_cfg, logger)
+    return Pipeline(
+        cfg, device, data, item_emb, env, agent, baselines, run.trainer, run.eval, run.logger
+    )

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+# Field metadata key: the value a composed config starts from, when it differs from the Python
+# default (an interpolation of a run-level key, such as `${cache_dir}`).
+COMPOSED_DEFAULT = "marlrec_composed_default"
+
+
+def composed_default(default: Any, composed: str) -> Any:
+    """A `Config` field defaulting to `composed` in a composed run, to `default` in Python."""
+    return field(default=default, metadata={COMPOSED_DEFAULT: composed})
 
 
 @dataclass(kw_only=True)

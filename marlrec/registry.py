@@ -34,6 +34,7 @@ class Kind:
     group: str
     entry_point_group: str
     noun: str
+    many: bool = False  # selected as a list (`reward=[click,diversity]`), keyed by plugin name
 
 
 KINDS: dict[str, Kind] = {
@@ -45,14 +46,18 @@ KINDS: dict[str, Kind] = {
         Kind("env", "marlrec.envs", "environment"),
         Kind("simulator", "marlrec.simulators", "simulator"),
         Kind("agent", "marlrec.agents", "agent"),
-        Kind("reward", "marlrec.rewards", "reward"),
-        Kind("baseline", "marlrec.baselines", "baseline"),
+        Kind("reward", "marlrec.rewards", "reward", many=True),
+        Kind("baseline", "marlrec.baselines", "baseline", many=True),
     )
 }
 
 # A package that ships YAML for marlrec's config groups names its config package here,
 # e.g. `my_reward = "my_reward_pkg.conf"`; Hydra then searches it like marlrec's own tree.
 CONFIG_ENTRY_POINT_GROUP = "marlrec.conf"
+
+
+# Hydra's mark of a value the user must set: a `Config` field without a default composes to it.
+MANDATORY = "???"
 
 
 @dataclass(frozen=True)
@@ -108,39 +113,48 @@ def load(group: str, name: str) -> type[Any]:
     return cls
 
 
-def build_config(group: str, name: str | None, config_cls: type, section: Mapping[str, Any]) -> Any:
-    """Validate a composed config section against a `Config` dataclass and build it.
+def build_config(
+    group: str,
+    name: str | None,
+    config_cls: type,
+    section: Mapping[str, Any],
+    source: str = "",
+) -> Any:
+    """Validate a config section against a `Config` dataclass and build it.
 
-    `name` is the chosen plugin's name, or None for a settings group such as `trainer`.
+    `name` is the chosen plugin's name, or None for a settings group such as `trainer`;
+    `source` says where the section's values were written (a YAML file), if known. Every
+    error is one line naming the full key, e.g. `reward.click.weight`.
     """
+    prefix = (
+        f"{group}.{name}" if name is not None and group in KINDS and KINDS[group].many else group
+    )
+    where = f"the '{group}' settings" if name is None else f"{kind_of(group).noun} '{name}'"
+    where += f" (set in {source} or an override)" if source else ""
     fields = {f.name: f for f in dataclasses.fields(config_cls) if f.init}
     hints = typing.get_type_hints(config_cls)
-    if name is None:
-        where = f"the '{group}' settings"
-    else:
-        where = f"{kind_of(group).noun} '{name}' (conf/{group}/{name}.yaml or an override)"
     for key in section:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = f"; did you mean '{prefix}.{close[0]}'?" if close else ""
             raise PluginError(
-                f"unknown config key '{group}.{key}' for {where}; "
+                f"unknown config key '{prefix}.{key}' for {where}; "
                 f"valid keys: {', '.join(fields) or 'none'}{hint}"
             )
     missing = [
         n
         for n, f in fields.items()
-        if n not in section
+        if section.get(n, MANDATORY) == MANDATORY
         and f.default is dataclasses.MISSING
         and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise PluginError(f"missing config key '{group}.{missing[0]}' for {where}")
+        raise PluginError(f"missing config key '{prefix}.{missing[0]}' for {where}")
     values = {}
     for key, value in section.items():
         if not _matches(value, hints[key]):
             raise PluginError(
-                f"config key '{group}.{key}' for {where} must be {_type_name(hints[key])}, "
+                f"config key '{prefix}.{key}' for {where} must be {_type_name(hints[key])}, "
                 f"got {value!r}"
             )
         values[key] = float(value) if hints[key] is float and isinstance(value, int) else value

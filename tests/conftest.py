@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from marlrec.app import register_plugin_configs
 from marlrec.pipeline import Pipeline, build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ def offline_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
+    register_plugin_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module("marlrec.conf", version_base="1.3"):
         return compose("config", overrides=overrides)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import math
@@ -12,9 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
-import marlrec
 from marlrec import registry
 from marlrec.data import RecData
 from marlrec.datasets.amazon import AmazonReviewsDataset
@@ -239,13 +236,7 @@ def test_temporal_split(tmp_path: Path) -> None:
     assert data.history_before(2, "test").tolist() == [0, 3]
 
 
-def test_yaml_matches_config_and_entry_point(tmp_path: Path) -> None:
-    conf = Path(marlrec.__file__).parent / "conf" / "data" / "amazon_reviews.yaml"
-    section = yaml.safe_load(conf.read_text())["data"]  # under `data:` in a _global_ file
-    assert next(iter(section)) == "name" and section.pop("name") == "amazon_reviews"
-    assert list(section) == [f.name for f in dataclasses.fields(AmazonReviewsDataset.Config)]
-    built = registry.build_config("data", "amazon_reviews", AmazonReviewsDataset.Config, section)
-    assert built == AmazonReviewsDataset.Config()
+def test_registered_as_an_entry_point(tmp_path: Path) -> None:
     assert registry.load("data", "amazon_reviews") is AmazonReviewsDataset
     reviews, _ = write_release(tmp_path, 2018)
     section = {"name": "amazon_reviews", "reviews": str(reviews), "k_core": 0, "version": 2018}

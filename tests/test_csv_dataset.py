@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-import marlrec
 from marlrec import registry
 from marlrec.data import RecData
 from marlrec.datasets.csv import CsvDataset
@@ -241,12 +239,7 @@ def test_parquet_types_timestamps_lists_and_an_index(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.interactions.item, [0, 1, 2, 1, 2, 0])
 
 
-def test_yaml_matches_config_and_entry_point() -> None:
-    conf = Path(marlrec.__file__).parent / "conf" / "data" / "csv.yaml"
-    section = yaml.safe_load(conf.read_text())["data"]  # under `data:` in a _global_ file
-    assert next(iter(section)) == "name" and section.pop("name") == "csv"
-    assert list(section) == [f.name for f in dataclasses.fields(CsvDataset.Config)]
-    assert registry.build_config("data", "csv", CsvDataset.Config, section) == CsvDataset.Config()
+def test_registered_as_an_entry_point() -> None:
     assert registry.load("data", "csv") is CsvDataset
 
 

@@ -6,7 +6,6 @@ from typing import Literal
 
 import pytest
 import torch
-import yaml
 
 from marlrec import registry
 from marlrec.encoders import hf
@@ -148,13 +147,6 @@ def test_default_model_separates_topics(tmp_path: Path) -> None:
     across = max(space_a @ food_a, space_a @ food_b, space_b @ food_a, space_b @ food_b)
     assert space_a @ space_b > across + 0.1
     assert food_a @ food_b > across + 0.1
-
-
-def test_yaml_defaults_match_config() -> None:
-    path = Path(__file__).parents[1] / "marlrec" / "conf" / "encoder" / "hf.yaml"
-    section = yaml.safe_load(path.read_text())
-    assert section.pop("name") == "hf"
-    assert build_config("encoder", "hf", HFEncoder.Config, section) == HFEncoder.Config()
 
 
 DECODERS: list[Architecture] = ["gpt2", "llama"]

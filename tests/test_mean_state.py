@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import yaml
 
 from marlrec.registry import build_config
 from marlrec.states.mean import MeanState
@@ -47,8 +44,5 @@ def test_zero_length_padding_dimension() -> None:
     torch.testing.assert_close(out, torch.zeros(2, 3))
 
 
-def test_yaml_names_the_plugin_and_has_no_options() -> None:
-    path = Path(__file__).parents[1] / "marlrec" / "conf" / "state" / "mean.yaml"
-    section = yaml.safe_load(path.read_text())
-    assert section == {"name": "mean"}
+def test_has_no_options() -> None:
     assert build_config("state", "mean", MeanState.Config, {}) == MeanState.Config()

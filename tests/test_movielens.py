@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import zipfile
@@ -11,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-import marlrec
 from marlrec import registry
 from marlrec.data import RecData
 from marlrec.datasets import movielens
@@ -397,16 +394,6 @@ def test_download_with_a_wrong_checksum_fails_and_leaves_nothing(tmp_path: Path)
 
 
 # --- configuration -------------------------------------------------------------------------
-
-
-def test_yaml_matches_config() -> None:
-    conf = Path(marlrec.__file__).parent / "conf" / "data" / "movielens.yaml"
-    section = yaml.safe_load(conf.read_text())["data"]  # under `data:` in a _global_ file
-    assert next(iter(section)) == "name" and section.pop("name") == "movielens"
-    fields = [f.name for f in dataclasses.fields(MovieLensDataset.Config)]
-    assert list(section) == fields
-    config = registry.build_config("data", "movielens", MovieLensDataset.Config, section)
-    assert config == MovieLensDataset.Config()
 
 
 def test_registered_as_an_entry_point(tmp_path: Path) -> None:

@@ -61,13 +61,20 @@ def test_config_is_built_and_ints_widen_to_float() -> None:
 
 
 def test_misspelled_key_is_named_with_a_suggestion() -> None:
-    with pytest.raises(PluginError, match=r"unknown config key 'agent\.lrr'.*did you mean 'lr'"):
+    with pytest.raises(
+        PluginError, match=r"unknown config key 'agent\.lrr'.*did you mean 'agent\.lr'"
+    ):
         registry.build_config("agent", "x", ExampleConfig, {"lrr": 0.1})
 
 
 def test_wrong_type_is_named() -> None:
     with pytest.raises(PluginError, match=r"'agent\.layers'.*must be list\[int\]"):
         registry.build_config("agent", "x", ExampleConfig, {"layers": "wide"})
+
+
+def test_list_groups_name_the_plugin_in_the_key_and_the_yaml_file() -> None:
+    with pytest.raises(PluginError, match=r"'reward\.x\.lr' for reward 'x' \(set in x\.yaml"):
+        registry.build_config("reward", "x", ExampleConfig, {"lr": "fast"}, source="x.yaml")
 
 
 def test_create_requires_a_name() -> None:

@@ -40,15 +40,17 @@ from marlrec.registry import PluginError
 
 
 @dataclass(kw_only=True)
-class IDQNConfig:
+class QLearningConfig:
+    """Options every DQN-style agent shares; `idqn` and the single-agent `dqn` extend them."""
+
     hidden: int = 128
-    """Width of each role's candidate-scoring network."""
+    """Width of each candidate-scoring Q-network."""
     lr: float = 1e-4
     """Adam learning rate."""
     gamma: float = 0.8
     """Discount per own turn of a role."""
     n_step: int = 1
-    """Own turns of a role whose rewards a target sums before it bootstraps (n-step returns)."""
+    """Own turns whose rewards a target sums before it bootstraps (n-step returns)."""
     target_update_freq: int = 200
     """Gradient steps between target-network syncs (0 disables the target network)."""
     double_q: bool = True
@@ -59,6 +61,17 @@ class IDQNConfig:
     """Exploration rate after the decay."""
     eps_decay_fraction: float = 0.5
     """Share of all training env steps over which exploration decays linearly."""
+
+    def __post_init__(self) -> None:
+        if self.n_step < 1 or self.hidden < 1:
+            raise PluginError("agent.n_step and agent.hidden must be at least 1")
+        for name in ("gamma", "eps_start", "eps_end", "eps_decay_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise PluginError(f"agent.{name} must lie in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass(kw_only=True)
+class IDQNConfig(QLearningConfig):
     prioritized: bool = False
     """Prioritised replay: transitions are sampled by the size of their TD error."""
     alpha: float = 0.6
@@ -69,10 +82,7 @@ class IDQNConfig:
     """One network for every role, with a learned role embedding (parameter sharing)."""
 
     def __post_init__(self) -> None:
-        if self.n_step < 1 or self.hidden < 1:
-            raise PluginError("agent.n_step and agent.hidden must be at least 1")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise PluginError(f"agent.gamma must lie in [0, 1], got {self.gamma}")
+        super().__post_init__()
         if self.alpha <= 0.0 or not 0.0 <= self.beta <= 1.0:
             raise PluginError(
                 f"agent.alpha must be positive and agent.beta in [0, 1], "

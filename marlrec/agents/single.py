@@ -20,6 +20,7 @@ from tianshou.algorithm.optim import AdamOptimizerFactory
 from torch import nn
 
 from marlrec.agents import Agent, TrainingPlan, TrainRun
+from marlrec.agents.idqn import QLearningConfig
 from marlrec.agents.marl import CandidateActor, CandidateCritic, CandidateQNet
 from marlrec.agents.ppo import ActorCriticConfig
 from marlrec.envs import Environment, EnvSpec
@@ -27,35 +28,12 @@ from marlrec.registry import PluginError
 
 
 @dataclass(kw_only=True)
-class DQNConfig:
-    hidden: int = 128
-    """Width of the candidate-scoring Q-network."""
-    lr: float = 1e-4
-    """Adam learning rate."""
+class DQNConfig(QLearningConfig):
     gamma: float = 0.9
     """Discount per slot filled (0.9 over four slots discounts a slate as 0.8 over a role's two
     turns does in the two-role `slate` env)."""
-    n_step: int = 1
-    """Steps whose rewards a target sums before it bootstraps (n-step returns)."""
-    target_update_freq: int = 200
-    """Gradient steps between target-network syncs (0 disables the target network)."""
-    double_q: bool = True
-    """Double Q-learning: the online network picks, the target network evaluates."""
-    eps_start: float = 1.0
-    """Exploration rate at the start of training."""
-    eps_end: float = 0.05
-    """Exploration rate after the decay."""
-    eps_decay_fraction: float = 0.5
-    """Share of all training env steps over which exploration decays linearly."""
     direct_scores: bool = True
     """Add a direct linear term over the retrieval score and popularity to the Q-values."""
-
-    def __post_init__(self) -> None:
-        if self.n_step < 1 or self.hidden < 1:
-            raise PluginError("agent.n_step and agent.hidden must be at least 1")
-        for name in ("gamma", "eps_start", "eps_end", "eps_decay_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise PluginError(f"agent.{name} must lie in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass(kw_only=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from marlrec.data import SPLIT_METHODS, RecData, check_split_ratios
 from marlrec.plugin import Plugin
@@ -13,6 +13,10 @@ from marlrec.registry import PluginError
 
 class Dataset(Plugin):
     """Constructed as `Dataset(config)`."""
+
+    default_simulator: ClassVar[str | None] = None
+    """The simulator that `data=<this>` selects unless `simulator=` says otherwise; None
+    keeps the primary config's choice."""
 
     @abstractmethod
     def load(self, *, seed: int, cache_dir: Path) -> RecData:

@@ -42,17 +42,11 @@ import numpy as np
 import pandas as pd
 
 from marlrec.data import SplitMethod
-from marlrec.datasets.tabular import (
-    FileDataset,
-    Filters,
-    Parsed,
-    RawInteractions,
-    Source,
-    apply_filters,
-    densify,
-    render,
-    template_fields,
-)
+from marlrec.datasets.files import Source
+from marlrec.datasets.filters import Filters, RawInteractions, apply_filters, densify
+from marlrec.datasets.splitting import Parsed
+from marlrec.datasets.tabular import FileDataset
+from marlrec.datasets.text import render, template_fields
 from marlrec.registry import PluginError
 
 WHERE = "dataset 'amazon_reviews'"

@@ -24,27 +24,21 @@ import numpy as np
 import pandas as pd
 
 from marlrec.data import SplitMethod
-from marlrec.datasets.tabular import (
-    FileDataset,
-    Filters,
+from marlrec.datasets.files import (
     Kind,
     ParquetTable,
-    Parsed,
-    RawInteractions,
     Source,
     Table,
-    apply_filters,
-    as_text,
-    catalog_rows,
     check_unique,
-    densify,
     header,
     is_parquet,
     read_table,
-    render,
-    template_fields,
     times_in_seconds,
 )
+from marlrec.datasets.filters import Filters, RawInteractions, apply_filters, catalog_rows, densify
+from marlrec.datasets.splitting import Parsed
+from marlrec.datasets.tabular import FileDataset
+from marlrec.datasets.text import as_text, render, template_fields
 from marlrec.registry import PluginError
 
 WHERE = "dataset 'csv'"

@@ -36,23 +36,11 @@ import numpy as np
 import pandas as pd
 
 from marlrec.data import SplitMethod
-from marlrec.datasets.tabular import (
-    FileDataset,
-    Filters,
-    Kind,
-    Parsed,
-    RawInteractions,
-    Table,
-    apply_filters,
-    as_text,
-    catalog_rows,
-    check_unique,
-    densify,
-    line_of,
-    read_table,
-    render,
-    template_fields,
-)
+from marlrec.datasets.files import Kind, Table, check_unique, line_of, read_table
+from marlrec.datasets.filters import Filters, RawInteractions, apply_filters, catalog_rows, densify
+from marlrec.datasets.splitting import Parsed
+from marlrec.datasets.tabular import FileDataset
+from marlrec.datasets.text import as_text, render, template_fields
 from marlrec.registry import PluginError
 
 WHERE = "dataset 'movielens'"

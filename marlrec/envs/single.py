@@ -11,7 +11,7 @@ feeds `obs.obs` to the network) and what a masked PPO actor reads; the mask is a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -26,23 +26,20 @@ ROLE = "slate"  # the one agent's role name, as `spec.roles` and evaluation see 
 
 
 @dataclass(kw_only=True)
-class SingleConfig:
+class SingleConfig(SlateConfig):
+    """The `slate` env's options with one fixed role: the agent fills all `slate_size` slots."""
+
     slate_size: int = 4
     """Slots in each slate, all filled by the one agent."""
-    n_candidates: int = 20
-    """M, the number of retrieved candidates the agent chooses from."""
-    max_slates: int = 5
-    """Slates per session before it ends, if the user has not left earlier."""
-    history_len: int = 50
-    """Most recent history items in each observation, read by trainable state models."""
-    explore_share: float = 0.0
-    """Fraction of the M candidates replaced by exploration items (0 keeps pure retrieval)."""
-    explore_long_tail: float = 0.5
-    """Share of the exploration items drawn from the least popular half of the catalog."""
-    retrieval: str = "content"
-    """`content` (cosine in the text-embedding space) or `ease` (collaborative item-item)."""
-    ease_l2: float = 250.0
-    """L2 weight of the `ease` retrieval's item-item matrix."""
+    roles: list[str] = field(default_factory=lambda: [ROLE], init=False)
+    slots_per_role: int = field(default=4, init=False)  # slate_size, set below
+    role_terms: dict[str, str] = field(default_factory=dict, init=False)
+    role_mix: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.slate_size < 1:
+            raise PluginError(f"env.slate_size must be at least 1, got {self.slate_size}")
+        self.slots_per_role = self.slate_size
 
 
 class SingleSlateEnv(gym.Env):
@@ -100,21 +97,6 @@ class SingleSlateEnv(gym.Env):
 
 class SingleAgentEnvironment(SlateEnvironment):
     Config = SingleConfig
-
-    def core_config(self, config: Any) -> SlateConfig:
-        if config.slate_size < 1:
-            raise PluginError(f"env.slate_size must be at least 1, got {config.slate_size}")
-        return SlateConfig(
-            roles=[ROLE],
-            slots_per_role=config.slate_size,
-            n_candidates=config.n_candidates,
-            max_slates=config.max_slates,
-            history_len=config.history_len,
-            explore_share=config.explore_share,
-            explore_long_tail=config.explore_long_tail,
-            retrieval=config.retrieval,
-            ease_l2=config.ease_l2,
-        )
 
     def make(self) -> SingleSlateEnv:
         return SingleSlateEnv(self.core)

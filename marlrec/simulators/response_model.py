@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from marlrec.data import RecData
+from marlrec.plugin import composed_default
 from marlrec.registry import PluginError
 from marlrec.simulators import Response, Simulator, examination
 from marlrec.simulators.click_model import ClickAUC, ClickModel, FitOptions, click_auc, load_or_fit
@@ -67,8 +68,9 @@ class ResponseModelConfig:
     """Leave logit added per slate already seen in the session (fatigue)."""
     leave_per_click: float = -2.0
     """Leave logit added per click in the slate just answered (negative: clicks keep users)."""
-    cache_dir: str = ""
-    """Where fitted models are cached; empty: $MARLREC_CACHE, else ~/.cache/marlrec."""
+    cache_dir: str = composed_default("", "${cache_dir}")
+    """Where fitted models are cached: the run's `cache_dir` when composed; empty:
+    $MARLREC_CACHE, else ~/.cache/marlrec."""
 
 
 @dataclass

@@ -23,14 +23,18 @@ class LongTailReward(Reward):
         head_share: float = 0.2
         """Fraction of items, by training popularity, that counts as the head (0 < x < 1)."""
 
+        def __post_init__(self) -> None:
+            # Checked with the rest of the config, before anything is built.
+            if not 0 < self.head_share < 1:
+                raise PluginError(
+                    f"reward.long_tail.head_share must be in (0, 1), got {self.head_share}"
+                )
+
     config: Config
 
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config, data=data, item_emb=item_emb)
-        share = config.head_share
-        if not 0 < share < 1:
-            raise PluginError(f"reward 'long_tail': head_share must be in (0, 1), got {share}")
-        n_head = math.ceil(share * data.n_items)
+        n_head = math.ceil(config.head_share * data.n_items)
         # A stable sort of negated counts keeps ties in id order, so the head is reproducible.
         by_popularity = np.argsort(-data.item_popularity, kind="stable")
         self.is_tail = np.ones(data.n_items, dtype=bool)

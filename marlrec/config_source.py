@@ -1,0 +1,133 @@
+"""Hydra's config group options, served from the installed plugins' `Config` dataclasses.
+
+Choosing `agent=idqn` composes `agent/idqn` from here: the `idqn` entry point's plugin, imported
+only when chosen, whose `Config` declares every option once (type, default, docstring). Listing
+the options reads package metadata only. YAML trees (marlrec's `conf/`, plugin packages) come
+earlier on the search path, so a YAML file of the same name still wins: presets select and
+override, third-party packages may ship their own defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.resources import files
+from typing import Any
+
+from hydra.core.object_type import ObjectType
+from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from omegaconf import OmegaConf
+
+from marlrec import registry
+from marlrec.plugin import COMPOSED_DEFAULT
+
+SCHEME = "marlrec-plugins"
+# Settings groups have one option each; their dataclasses load only when composed.
+SETTINGS_OPTIONS = {"trainer": "default", "eval": "default", "logger": "tensorboard"}
+
+
+def settings_class(group: str) -> type:
+    from marlrec.evaluation.harness import EvalConfig
+    from marlrec.settings import LoggerConfig, TrainerConfig
+
+    return {"trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}[group]
+
+
+def options(group: str) -> list[str]:
+    """The choices of a config group, from package metadata (no plugin code is imported)."""
+    if group in SETTINGS_OPTIONS:
+        return [SETTINGS_OPTIONS[group]]
+    if group in registry.KINDS:
+        return [info.name for info in registry.available(group)]
+    return []
+
+
+def yaml_file(group: str, name: str) -> str:
+    """The YAML file that `<group>/<name>` composes from, if one overrides the plugin's defaults;
+    else an empty string."""
+    for package in ("marlrec.conf", *registry.config_packages()):
+        try:
+            path = files(package) / group / f"{name}.yaml"
+        except ModuleNotFoundError:
+            continue
+        if path.is_file():
+            return str(path)
+    return ""
+
+
+def defaults(config_cls: type) -> dict[str, Any]:
+    """A `Config` dataclass's defaults as plain values; `???` (Hydra's "must be set") if none."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        if not f.init:
+            continue
+        if COMPOSED_DEFAULT in f.metadata:
+            value = f.metadata[COMPOSED_DEFAULT]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = registry.MANDATORY
+        values[f.name] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def node(group: str, name: str) -> tuple[dict[str, Any], str | None]:
+    """The composed defaults of `<group>/<name>` and its package (None: the group's own)."""
+    if group in SETTINGS_OPTIONS:
+        return defaults(settings_class(group)), None
+    cls = registry.load(group, name)
+    values = defaults(cls.Config)
+    if registry.KINDS[group].many:
+        return {name: values}, None
+    section = {"name": name, **values}
+    simulator = getattr(cls, "default_simulator", None)
+    if group == "data" and simulator is not None:
+        # A logged dataset has no ground-truth tastes: it picks a simulator, which a
+        # `simulator=` override still replaces.
+        return {"defaults": [{"override /simulator": simulator}], "data": section}, "_global_"
+    return section, None
+
+
+class PluginConfigSource(ConfigSource):
+    """The config source behind the `marlrec-plugins://` search path entry."""
+
+    @staticmethod
+    def scheme() -> str:
+        return SCHEME
+
+    def available(self) -> bool:
+        return True
+
+    def is_group(self, config_path: str) -> bool:
+        return config_path.strip("/") in ("", *registry.KINDS, *SETTINGS_OPTIONS)
+
+    def is_config(self, config_path: str) -> bool:
+        group, _, name = _without_suffix(config_path).partition("/")
+        return name in options(group)
+
+    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
+        group = config_path.strip("/")
+        if group == "":
+            wanted = results_filter in (None, ObjectType.GROUP)
+            return sorted((*registry.KINDS, *SETTINGS_OPTIONS)) if wanted else []
+        if results_filter not in (None, ObjectType.CONFIG):
+            return []
+        return sorted(options(group))
+
+    def load_config(self, config_path: str) -> ConfigResult:
+        group, _, name = _without_suffix(config_path).partition("/")
+        if name not in options(group):
+            raise ConfigLoadError(f"no plugin config '{config_path}'")
+        content, package = node(group, name)
+        return ConfigResult(
+            config=OmegaConf.create(content),
+            path=f"{SCHEME}://{group}/{name}",
+            provider="marlrec plugins",
+            header={"package": package},
+        )
+
+
+def _without_suffix(config_path: str) -> str:
+    path = config_path.strip("/")
+    return path.removesuffix(".yaml")
