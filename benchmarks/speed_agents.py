@@ -65,10 +65,11 @@ from tianshou.utils.net.discrete import DiscreteActor, DiscreteCritic
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec import registry
-from marlrec.agents import training
+from marlrec.app import register_plugin_configs
 from marlrec.envs import Environment
 from marlrec.pipeline import Pipeline, build
 from marlrec.settings import TrainerConfig, TrainRun
+from marlrec.training import loop as training
 
 THREADS = 1
 WARMUP_ENV_STEPS = 64
@@ -95,6 +96,7 @@ def build_pipeline(seed: int, n_users: int, n_items: int, cache: Path, device: s
         f"device={device}",
         f"cache_dir={cache}",
     ]
+    register_plugin_configs()
     GlobalHydra.instance().clear()
     with initialize_config_module("marlrec.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
@@ -261,7 +263,7 @@ def time_marlrec(
             save_best=lambda: None,
         )
         try:
-            agent.fit(env, run)
+            training.fit(agent, env, run)
         finally:
             writer.close()
     (stats,) = captured
