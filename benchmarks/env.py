@@ -39,6 +39,7 @@ from marlrec.envs import EnvContext
 from marlrec.envs.slate import SlateConfig, SlateCore, SlateEnvironment
 from marlrec.io import write_json
 from marlrec.pipeline import resolve_device
+from marlrec.retrieval.content import ContentRetriever
 from marlrec.rewards.click import ClickReward
 from marlrec.simulators.synthetic import SyntheticSimulator
 from marlrec.states.mean import MeanState
@@ -104,7 +105,8 @@ def environment(n_items: int, device: torch.device, seed: int) -> SlateEnvironme
     state = MeanState(MeanState.Config(), item_dim=DIM).to(device)
     simulator = SyntheticSimulator(SyntheticSimulator.Config(), data=data, item_emb=item_emb)
     click = ClickReward(ClickReward.Config(), data=data, item_emb=item_emb)
-    ctx = EnvContext(data, item_emb, state, simulator, {"click": click}, device)
+    retriever = ContentRetriever(ContentRetriever.Config(), data=data, item_emb=item_emb)
+    ctx = EnvContext(data, item_emb, state, simulator, {"click": click}, device, retriever)
     return SlateEnvironment(SlateConfig(n_candidates=N_CANDIDATES), ctx=ctx)
 
 

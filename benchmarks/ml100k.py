@@ -38,9 +38,9 @@ AGENTS: dict[str, list[str]] = {
     "mappo_shared": ["agent=mappo", "agent.share=true"],
     "dqn_single": ["env=single", "agent=dqn"],
     # The same agents choosing among collaborative (EASE) candidates instead of content ones.
-    "ippo_ease": ["agent=ippo", "env.retrieval=ease"],
-    "mappo_ease": ["agent=mappo", "env.retrieval=ease"],
-    "idqn_ease": ["agent=idqn", "env.retrieval=ease"],
+    "ippo_ease": ["agent=ippo", "retrieval=ease"],
+    "mappo_ease": ["agent=mappo", "retrieval=ease"],
+    "idqn_ease": ["agent=idqn", "retrieval=ease"],
 }
 COLUMNS = {
     "HR@10": "test/HR@10",

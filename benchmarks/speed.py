@@ -189,6 +189,7 @@ def session_eval_speedup(data: RecData, n_sessions: int) -> dict[str, float]:
         registry.create("simulator", {"name": simulator}, data=data, item_emb=item_emb),
         {"click": registry.create("reward", {"name": "click"}, data=data, item_emb=item_emb)},
         torch.device("cpu"),
+        registry.create("retrieval", {"name": "content"}, data=data, item_emb=item_emb),
     )
     env = SlateEnvironment(SlateConfig(), ctx=ctx)
     pop = registry.create("baseline", {"name": "pop"}, data=data, item_emb=item_emb, seed=0)

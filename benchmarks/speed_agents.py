@@ -131,8 +131,6 @@ def single_agent_env(pipeline: Pipeline) -> Environment:
         "history_len": slate.history_len,
         "explore_share": slate.explore_share,
         "explore_long_tail": slate.explore_long_tail,
-        "retrieval": slate.retrieval,
-        "ease_l2": slate.ease_l2,
     }
     return registry.create("env", section, ctx=pipeline.env.ctx)
 

@@ -17,6 +17,8 @@ What each kind implements and receives:
   override `from_histories(Histories, item_emb)`, the states of packed item-id histories, to
   avoid padding (pooled states through `embedding_bag`, windowed ones through
   `Histories.last`). `masked_mean`, `real_positions` and `last_items` handle padded ones.
+- `Retriever(config, data=, item_emb=)`; implements `scores(states (B, d), Histories) ->
+  (B, n_items)` in [-1, 1]: the catalog scored for each slate's candidates (`retrieval=...`).
 - `Simulator(config, data=, item_emb=)`; implements `respond(user, slate, rng) -> Response`
   and may override `start_session(user, rng)`. `examination` is the DCG position model.
 - `Reward(config, data=, item_emb=)`, whose `Config` extends `RewardConfig` (`weight`);
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     )
     from marlrec.plugin import NoConfig, Plugin
     from marlrec.registry import MarlrecError, PluginError
+    from marlrec.retrieval import Retriever
     from marlrec.rewards import Reward, RewardConfig, SlateOutcome
     from marlrec.settings import TrainRun
     from marlrec.simulators import Response, Simulator, examination
@@ -88,6 +91,7 @@ _HOMES: dict[str, str] = {
     "masked_mean": "marlrec.states",
     "real_positions": "marlrec.states",
     "last_items": "marlrec.states",
+    "Retriever": "marlrec.retrieval",
     "Simulator": "marlrec.simulators",
     "Response": "marlrec.simulators",
     "examination": "marlrec.simulators",
@@ -128,6 +132,7 @@ __all__ = [
     "PluginError",
     "RecData",
     "Response",
+    "Retriever",
     "Reward",
     "RewardConfig",
     "Simulator",

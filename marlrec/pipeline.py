@@ -144,7 +144,8 @@ def build(cfg: DictConfig) -> Pipeline:
     rewards = {c.name: c.create(data=data, item_emb=item_emb) for c in run.plugins["reward"]}
     if not rewards:
         raise MarlrecError("no reward selected: set reward=[click,...]")
-    ctx = EnvContext(data, item_emb, state, simulator, rewards, device)
+    retriever = run.one("retrieval").create(data=data, item_emb=item_emb)
+    ctx = EnvContext(data, item_emb, state, simulator, rewards, device, retriever)
     env = run.one("env").create(ctx=ctx)
     agent = run.one("agent").create(spec=env.spec, device=device)
     baselines = {

@@ -43,6 +43,7 @@ KINDS: dict[str, Kind] = {
         Kind("data", "marlrec.datasets", "dataset"),
         Kind("encoder", "marlrec.encoders", "encoder"),
         Kind("state", "marlrec.states", "state"),
+        Kind("retrieval", "marlrec.retrievers", "retriever"),
         Kind("env", "marlrec.envs", "environment"),
         Kind("simulator", "marlrec.simulators", "simulator"),
         Kind("agent", "marlrec.agents", "agent"),

@@ -166,6 +166,6 @@ def test_ml100k_preset_composes_the_benchmarks_strongest_configuration() -> None
     config = compose_config(["experiment=ml100k", "data.path=somewhere"])
     configure(config)
     assert (config.data.name, config.simulator.name) == ("movielens", "replay")
-    assert (config.agent.name, config.env.retrieval) == ("mappo", "ease")
+    assert (config.agent.name, config.retrieval.name) == ("mappo", "ease")
     assert list(config.baseline) == ["random", "pop", "itemknn", "ease"]
-    assert compose_config(["experiment=ml100k", "env.retrieval=content"]).env.retrieval == "content"
+    assert compose_config(["experiment=ml100k", "retrieval=content"]).retrieval.name == "content"

@@ -17,13 +17,14 @@ import torch
 import yaml
 
 from marlrec import registry
-from marlrec.api import EnvSpec, ObsLayout, PluginError, RecData, SlateOutcome
+from marlrec.api import EnvSpec, Histories, ObsLayout, PluginError, RecData, SlateOutcome
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 EXAMPLES = {
     "ShelfDataset",
     "WordHashEncoder",
     "DecayedMeanState",
+    "RecentCoRetriever",
     "PopularClickSimulator",
     "FreshClickReward",
     "RecentPopularityBaseline",
@@ -138,6 +139,22 @@ def test_state_is_a_decayed_mean_and_finite_when_empty(examples: dict[str, Any])
     # The last item weighs 1, the one before it 0.5; padding (NaN here) never leaks.
     torch.testing.assert_close(out[0], torch.tensor([0.5, 1.0]) / 1.5)
     torch.testing.assert_close(out[1], torch.zeros(2))
+
+
+def test_retriever_scores_what_followed_the_recent_items(
+    shelf: RecData, examples: dict[str, Any]
+) -> None:
+    cls = examples["RecentCoRetriever"]
+    retriever = cls(cls.Config(recent=1), data=shelf, item_emb=torch.zeros(shelf.n_items, 2))
+    first = shelf.train_histories[0]
+    histories = Histories.pack([first[:1], np.empty(0, dtype=np.int64)])
+    scores = retriever.scores(torch.zeros(2, 2), histories)
+    assert scores.shape == (2, shelf.n_items) and float(scores.min()) >= 0.0
+    assert float(scores.max()) <= 1.0
+    assert scores[0, first[1]] > 0, "the item that followed in the log is retrieved"
+    assert float(scores[1].abs().sum()) == 0.0, "an empty history scores nothing"
+    with pytest.raises(PluginError, match=r"retrieval\.recent"):
+        cls.Config(recent=0)
 
 
 def test_simulator_clicks_by_position_and_popularity(

@@ -11,7 +11,8 @@ import torch
 from marlrec import fitted
 from marlrec.baselines.ease import EASEBaseline
 from marlrec.data import RecData
-from marlrec.retrieval.ease import ease_weights, fit_ease
+from marlrec.registry import PluginError
+from marlrec.retrieval.ease import EASERetriever, ease_weights, fit_ease
 from tests.test_slate_env import data_fixture
 
 
@@ -67,3 +68,8 @@ def test_the_key_changes_with_the_training_data(synthetic: RecData) -> None:
     changed = train.item.copy()
     changed[0] = (changed[0] + 1) % synthetic.n_items
     assert key != fitted.fingerprint(train.user, changed, 1.0)
+
+
+def test_ease_retrieval_needs_a_positive_l2() -> None:
+    with pytest.raises(PluginError, match=r"retrieval.l2 must be positive, got 0.0"):
+        EASERetriever.Config(l2=0.0)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from omegaconf import DictConfig
 
 import marlrec.run
@@ -16,14 +15,13 @@ from marlrec.encoders import Encoder
 from marlrec.encoders.hf import HFEncoder
 from marlrec.envs.slate import SlateEnvironment
 from marlrec.pipeline import Pipeline
-from marlrec.registry import MarlrecError, PluginError, build_config, load
+from marlrec.registry import MarlrecError, PluginError, load
 from marlrec.states.gru import GRUState
 from marlrec.states.llm_text import LLMTextState
 from marlrec.states.mean import MeanState
 from marlrec.states.sequence import SequenceState
 from tests.conftest import SMALL, compose_config
 
-CONF = Path(__file__).parents[1] / "marlrec" / "conf" / "state"
 ITEM_DIM = 6
 MAX_LEN = 5
 SEQUENCE_STATES = ["gru", "transformer"]
@@ -45,15 +43,6 @@ def trained_like(state: SequenceState) -> SequenceState:
 
 def mean_of(history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return MeanState(MeanState.Config(), item_dim=history.shape[-1])(history, lengths)
-
-
-@pytest.mark.parametrize("name", [*SEQUENCE_STATES, "llm_text"])
-def test_yaml_names_the_plugin_and_matches_the_config_defaults(name: str) -> None:
-    section = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-    assert section.pop("name") == name
-    cls = load("state", name)
-    assert build_config("state", name, cls.Config, section) == cls.Config()
-    assert set(section) == {f.name for f in dataclasses.fields(cls.Config)}
 
 
 @pytest.mark.parametrize("name", SEQUENCE_STATES)

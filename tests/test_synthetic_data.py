@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from marlrec.data import RecData
 from marlrec.datasets.synthetic import MOODS, TOPICS, SyntheticDataset
-from marlrec.registry import PluginError, build_config
+from marlrec.registry import PluginError
 
 SMALL = SyntheticDataset.Config(n_users=80, n_items=150, n_topics=6, max_interactions=20)
 
@@ -136,11 +134,3 @@ def test_users_mostly_consume_their_favourite_topics(data: RecData) -> None:
 def test_invalid_config_is_a_plugin_error(bad: dict[str, object]) -> None:
     with pytest.raises(PluginError):
         SyntheticDataset(SyntheticDataset.Config(**bad))
-
-
-def test_yaml_defaults_match_config() -> None:
-    path = Path(__file__).parents[1] / "marlrec" / "conf" / "data" / "synthetic.yaml"
-    section = yaml.safe_load(path.read_text())
-    assert section.pop("name") == "synthetic"
-    config = build_config("data", "synthetic", SyntheticDataset.Config, section)
-    assert asdict(config) == asdict(SyntheticDataset.Config())

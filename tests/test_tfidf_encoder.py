@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from marlrec.encoders.tfidf import TfidfEncoder
 from marlrec.pipeline import build
-from marlrec.registry import PluginError, build_config
+from marlrec.registry import PluginError
 from tests.conftest import SMALL, compose_config
 
 CPU = torch.device("cpu")
@@ -87,13 +86,6 @@ def test_bad_options_are_one_line_plugin_errors(
     with pytest.raises(PluginError, match=message) as info:
         make(tmp_path, **options)
     assert "\n" not in str(info.value)
-
-
-def test_yaml_defaults_match_config() -> None:
-    path = Path(__file__).parents[1] / "marlrec" / "conf" / "encoder" / "tfidf.yaml"
-    section = yaml.safe_load(path.read_text())
-    assert section.pop("name") == "tfidf"
-    assert build_config("encoder", "tfidf", TfidfEncoder.Config, section) == TfidfEncoder.Config()
 
 
 def test_encoder_tfidf_in_a_composed_pipeline(offline_cache: Path) -> None:

@@ -15,6 +15,7 @@ from tianshou.env import BaseVectorEnv, DummyVectorEnv, PettingZooEnv
 from marlrec.data import RecData
 from marlrec.plugin import Plugin
 from marlrec.registry import PluginError
+from marlrec.retrieval import Retriever
 from marlrec.rewards import Reward
 from marlrec.simulators import Simulator
 from marlrec.states import StateModel
@@ -30,6 +31,7 @@ class EnvContext:
     simulator: Simulator
     rewards: dict[str, Reward]
     device: torch.device
+    retriever: Retriever  # scores the catalog for each slate's candidates
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 Each episode is one user's session, from the history the simulator opens it with
 (`Simulator.start_session`; by default the user's training history). A slate starts with
-retrieval: the top-M items by cosine similarity between the user's state and the item embeddings
-(`retrieval: content`) or by EASE item-item weights over the history (`retrieval: ease`), never
-an item already consumed. A share of the M candidates (`explore_share`) can instead be
-exploration items, drawn at random from the unconsumed catalog and from its least popular half.
+retrieval: the top-M items by the run's retrieval plugin (`retrieval=content`, cosine between
+the user's state and the item embeddings, or `retrieval=ease`, EASE item-item weights over the
+history), never an item already consumed. A share of the M candidates (`explore_share`) can
+instead be exploration items, drawn at random from the unconsumed catalog and from its least
+popular half.
 The roles then fill the slate's slots in a fixed interleaved order, each choosing a candidate
 not yet chosen (action mask). The simulator answers the full slate and the reward plugins score
 it: every role receives the cooperative global reward (the weighted sum of the terms) plus
@@ -41,7 +42,6 @@ from marlrec.envs import (
 )
 from marlrec.envs.session import session_users, slate_observation_space
 from marlrec.registry import PluginError
-from marlrec.retrieval.ease import ease_weights
 from marlrec.rewards import SlateOutcome
 
 # Exploration draws this many items per slot to fill at once, plus a margin, before falling
@@ -70,13 +70,6 @@ class SlateConfig:
     """Role -> reward name: the term that role receives on top of the global reward."""
     role_mix: float = 0.0
     """lambda: each role's reward is the global reward plus lambda times its own term."""
-    retrieval: str = "content"
-    """How the M candidates are retrieved: `content`, cosine between the user state and the
-    items' text embeddings (reaches items nobody has consumed yet), or `ease`, EASE item-item
-    weights fitted on the training interactions (collaborative: far stronger on logged data,
-    blind to new items but through exploration)."""
-    ease_l2: float = 250.0
-    """L2 weight of the `ease` retrieval's item-item matrix."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +92,6 @@ class SlateCore:
     def __init__(self, ctx: EnvContext, config: SlateConfig) -> None:
         self.ctx = ctx
         self.roles = list(config.roles)
-        self.item_unit = F.normalize(ctx.item_emb, dim=-1)
         self.n_roles = len(config.roles)
         self.slate_size = self.n_roles * config.slots_per_role
         self.n_candidates = config.n_candidates
@@ -126,9 +118,6 @@ class SlateCore:
         self.reward_weights = {name: r.weight for name, r in ctx.rewards.items()}
         self.role_terms = [config.role_terms.get(role) for role in self.roles]
         self.role_mix = float(config.role_mix)
-        self.item_item = None
-        if config.retrieval == "ease":
-            self.item_item = ease_weights(ctx.data, config.ease_l2).to(ctx.device)
 
     # --- user state and retrieval ---------------------------------------------------------
 
@@ -147,28 +136,9 @@ class SlateCore:
     @torch.no_grad()
     def retrieval_scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         """Each item's retrieval score in [-1, 1] for each state, -inf on items consumed."""
-        rows = histories.rows()
-        if self.item_item is None:
-            scores = F.normalize(states, dim=-1) @ self.item_unit.T
-        else:
-            scores = self._ease_scores(histories, rows)
-        scores[rows, histories.items] = -torch.inf
+        scores = self.ctx.retriever.scores(states, histories)
+        scores[histories.rows(), histories.items] = -torch.inf
         return scores
-
-    def _ease_scores(self, histories: Histories, rows: torch.Tensor) -> torch.Tensor:
-        """EASE's scores (consumed items @ item-item weights) scaled by each row's largest
-        magnitude: the order is EASE's, the range cosine's. The consumed matrix is sparse, so
-        the cost grows with the histories' lengths, not with B x n_items x n_items."""
-        n_items = len(self.item_item)
-        index = torch.stack([rows, histories.items])
-        ones = torch.ones(len(rows), device=rows.device)
-        consumed = torch.sparse_coo_tensor(index, ones, (len(histories), n_items)).coalesce()
-        # An item consumed twice still counts once, as in a 0/1 interaction matrix.
-        consumed = torch.sparse_coo_tensor(
-            consumed.indices(), consumed.values().clamp(max=1.0), consumed.shape
-        )
-        scores = torch.sparse.mm(consumed, self.item_item)
-        return scores / scores.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
 
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-M items by retrieval score, best first, and their scores."""
@@ -586,10 +556,6 @@ def validate_slate_config(config: SlateConfig, ctx: EnvContext) -> None:
             f"env.n_candidates={config.n_candidates} must be at least the slate size "
             f"({slate_size}) and below the catalog size ({ctx.data.n_items})"
         )
-    if config.retrieval not in ("content", "ease"):
-        raise PluginError(f"env.retrieval must be 'content' or 'ease', got '{config.retrieval}'")
-    if not config.ease_l2 > 0:
-        raise PluginError(f"env.ease_l2 must be positive, got {config.ease_l2}")
     for key in ("explore_share", "explore_long_tail"):
         value = getattr(config, key)
         if not 0.0 <= value <= 1.0:

@@ -1,1 +1,30 @@
-"""Candidate retrieval: the item scores from which each slate's candidates are drawn."""
+"""Retrieval plugins (entry-point group `marlrec.retrievers`): every item scored for many users
+at once, from which each slate's top-M candidates are drawn."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from marlrec.data import Histories, RecData
+from marlrec.plugin import Plugin
+
+
+class Retriever(Plugin):
+    """Constructed as `Retriever(config, data=..., item_emb=...)`; fits on the training split.
+
+    `item_emb` (n_items, d) sits on the run's device. The environment masks the items each user
+    has consumed and keeps the top M; the scores also reach the agents' observations, so every
+    retriever gives them in [-1, 1] (the range of a cosine).
+    """
+
+    def __init__(self, config: object, *, data: RecData, item_emb: torch.Tensor) -> None:
+        super().__init__(config)
+        self.data = data
+        self.item_emb = item_emb
+
+    @abstractmethod
+    def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
+        """Scores (B, n_items) in [-1, 1], higher is better, for users with states (B, d) and
+        histories (their item ids, packed); a new tensor the caller may write into."""
