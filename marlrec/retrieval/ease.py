@@ -42,10 +42,11 @@ class EASERetriever(Retriever):
         rows, n_items = histories.rows(), len(self.item_item)
         index = torch.stack([rows, histories.items])
         ones = torch.ones(len(rows), device=rows.device)
-        consumed = torch.sparse_coo_tensor(index, ones, (len(histories), n_items)).coalesce()
+        shape = (len(histories), n_items)
+        consumed = torch.sparse_coo_tensor(index, ones, shape, check_invariants=False).coalesce()
         # An item consumed twice still counts once, as in a 0/1 interaction matrix.
         consumed = torch.sparse_coo_tensor(
-            consumed.indices(), consumed.values().clamp(max=1.0), consumed.shape
+            consumed.indices(), consumed.values().clamp(max=1.0), shape, check_invariants=False
         )
         scores = torch.sparse.mm(consumed, self.item_item)
         return scores / scores.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
