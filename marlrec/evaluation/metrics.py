@@ -40,6 +40,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from marlrec.evaluation.ranking import ChunkTargets
 
@@ -118,13 +119,14 @@ class RankedChunk:
         positions = torch.arange(self.top_items.shape[1], device=self.top_items.device)
         return 1.0 / torch.log2(positions.float() + 2.0)
 
-    @cached_property
-    def list_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prefix sums over list positions of item unit vectors and of their squared norms."""
+    def list_embeddings(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over each top-k list of the items' unit vectors (users, d) and of their squared
+        norms (users,); pooled by `embedding_bag`, never gathered as (users, k, d)."""
         if self.ctx.item_unit is None:
             raise ValueError("no item embeddings were given to the evaluation")
-        vectors = self.ctx.item_unit[self.top_items]  # (users, K, d)
-        return vectors.cumsum(dim=1), self.ctx.squared_norms[self.top_items].cumsum(dim=1)
+        listed = self.top_items[:, :k]
+        vectors = F.embedding_bag(listed, self.ctx.item_unit, mode="sum")
+        return vectors, self.ctx.squared_norms[listed].sum(1)
 
     def rec_counts(self, k: int) -> torch.Tensor:
         """(n_items,) how many of this chunk's top-k lists contain each item."""
@@ -215,9 +217,8 @@ def _map(c: RankedChunk, k: int) -> torch.Tensor:
 
 def _ild(c: RankedChunk, k: int) -> torch.Tensor:
     # Sum over ordered pairs i != j of cos(i, j) = |sum_i e_i|^2 - sum_i |e_i|^2: O(K d), not K^2.
-    vector_sums, norm_sums = c.list_embeddings
-    total = vector_sums[:, k - 1]
-    pair_sum = total.pow(2).sum(-1) - norm_sums[:, k - 1]
+    total, norms = c.list_embeddings(k)
+    pair_sum = total.pow(2).sum(-1) - norms
     if k < 2:
         return torch.zeros_like(pair_sum)
     return 1.0 - pair_sum / (k * (k - 1))
