@@ -36,7 +36,8 @@ from tianshou.env import BaseVectorEnv, DummyVectorEnv
 
 from marlrec.data import GroundTruth, Interactions, RecData, leave_one_out
 from marlrec.envs import EnvContext
-from marlrec.envs.slate import SlateConfig, SlateCore, SlateEnvironment
+from marlrec.envs.core import SlateConfig, SlateCore
+from marlrec.envs.slate import SlateEnvironment
 from marlrec.io import write_json
 from marlrec.pipeline import resolve_device
 from marlrec.retrieval.content import ContentRetriever

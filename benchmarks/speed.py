@@ -41,7 +41,8 @@ from marlrec import registry
 from marlrec.app import register_plugin_configs
 from marlrec.data import Histories, RecData, fill_histories
 from marlrec.envs import EnvContext
-from marlrec.envs.slate import SlateConfig, SlateEnvironment
+from marlrec.envs.core import SlateConfig
+from marlrec.envs.slate import SlateEnvironment
 from marlrec.evaluation.harness import (
     EvalConfig,
     ScoreRanker,

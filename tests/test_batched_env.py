@@ -15,8 +15,9 @@ from tianshou.env import BaseVectorEnv, DummyVectorEnv
 from marlrec.data import RecData
 from marlrec.envs import Environment
 from marlrec.envs.batched import BatchedSlateEnv
+from marlrec.envs.core import SlateConfig
 from marlrec.envs.single import SingleAgentEnvironment, SingleConfig
-from marlrec.envs.slate import SlateConfig, SlateEnvironment
+from marlrec.envs.slate import SlateEnvironment
 from tests.test_slate_env import ScriptedSimulator, context, data_fixture
 
 

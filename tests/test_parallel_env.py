@@ -10,7 +10,7 @@ from tianshou.env import PettingZooEnv
 
 from marlrec import registry
 from marlrec.data import RecData
-from marlrec.envs.slate import SlateConfig
+from marlrec.envs.core import SlateConfig
 from marlrec.envs.slate_parallel import SlateParallelEnvironment
 from tests.test_slate_env import EvenItems, ScriptedSimulator, context, data_fixture
 

@@ -9,8 +9,9 @@ import torch
 from marlrec import registry
 from marlrec.data import RecData
 from marlrec.envs import Environment
+from marlrec.envs.core import SlateConfig
 from marlrec.envs.single import SingleAgentEnvironment, SingleConfig
-from marlrec.envs.slate import SlateConfig, SlateEnvironment
+from marlrec.envs.slate import SlateEnvironment
 from marlrec.evaluation import harness
 from marlrec.evaluation.harness import (
     Actor,

@@ -14,7 +14,8 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from marlrec.agents.mappo import MAPPO, MAPPOConfig
 from marlrec.agents.ppo import IndependentPPO, PPOConfig
 from marlrec.agents.single import DQNConfig, SingleDQN, SinglePPO, SinglePPOConfig
-from marlrec.envs.slate import SlateConfig, SlateEnvironment
+from marlrec.envs.core import SlateConfig
+from marlrec.envs.slate import SlateEnvironment
 from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import PluginError

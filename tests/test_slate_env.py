@@ -20,7 +20,8 @@ from marlrec.data import RecData, fill_histories
 from marlrec.datasets.movielens import MovieLensDataset
 from marlrec.datasets.synthetic import SyntheticDataset
 from marlrec.envs import EnvContext
-from marlrec.envs.slate import SlateConfig, SlateEnvironment
+from marlrec.envs.core import SlateConfig
+from marlrec.envs.slate import SlateEnvironment
 from marlrec.registry import PluginError
 from marlrec.rewards import Reward, RewardConfig, SlateOutcome
 from marlrec.simulators import Response, Simulator

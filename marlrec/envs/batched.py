@@ -38,7 +38,7 @@ from marlrec.envs.session import session_users, slate_observation_space
 from marlrec.registry import MarlrecError
 
 if TYPE_CHECKING:
-    from marlrec.envs.slate import SlateCore
+    from marlrec.envs.core import SlateCore
 
 EnvIds = int | Sequence[int] | np.ndarray | None
 

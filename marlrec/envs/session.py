@@ -8,7 +8,7 @@ import numpy as np
 from gymnasium import spaces
 
 if TYPE_CHECKING:
-    from marlrec.envs.slate import SlateCore
+    from marlrec.envs.core import SlateCore
 
 
 def slate_observation_space(core: SlateCore) -> spaces.Dict:

@@ -18,8 +18,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from marlrec.envs.aec import SlateAEC
 from marlrec.envs.batched import BatchedSlateEnv, single_observation_space
-from marlrec.envs.slate import SlateAEC, SlateConfig, SlateCore, SlateEnvironment
+from marlrec.envs.core import SlateConfig, SlateCore
+from marlrec.envs.slate import SlateEnvironment
 from marlrec.registry import PluginError
 
 ROLE = "slate"  # the one agent's role name, as `spec.roles` and evaluation see it

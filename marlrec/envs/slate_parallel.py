@@ -26,8 +26,10 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
+from marlrec.envs.aec import SlateSession
+from marlrec.envs.core import SlateCore
 from marlrec.envs.session import session_users, slate_observation_space
-from marlrec.envs.slate import SlateCore, SlateEnvironment, SlateSession
+from marlrec.envs.slate import SlateEnvironment
 
 
 class SlateParallel(SlateSession, ParallelEnv):
