@@ -147,4 +147,4 @@ class SlateAEC(SlateSession, AECEnv):
             self.terminations = dict.fromkeys(self.agents, True)
             self.agent_selection = self.possible_agents[self.core.turn_order[0]]
         else:
-            self._start_slate(retrieve=outcome.clicks.any() or not self.core.reuse_retrieval)
+            self._start_slate(retrieve=bool(outcome.clicks.any()) or not self.core.reuse_retrieval)
