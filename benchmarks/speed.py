@@ -20,6 +20,7 @@ timings measured back to back; a key that cannot be measured here is null, with 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -317,8 +318,6 @@ def ml100k_run_speedup(data_path: Path, cache: Path) -> dict[str, float]:
 
 
 def read_json(path: Path) -> Any:
-    import json
-
     return json.loads(path.read_text())
 
 

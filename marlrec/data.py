@@ -190,10 +190,13 @@ class Histories:
         return len(self.lengths)
 
     def rows(self) -> torch.Tensor:
-        """(N,) the row each packed item belongs to."""
-        return torch.repeat_interleave(
-            torch.arange(len(self), device=self.items.device), self.lengths
-        )
+        """(N,) the row each packed item belongs to (computed once: retrieval asks twice)."""
+        return self._rows
+
+    @cached_property
+    def _rows(self) -> torch.Tensor:
+        rows = torch.arange(len(self), device=self.items.device)
+        return torch.repeat_interleave(rows, self.lengths)
 
     def select(self, rows: torch.Tensor) -> Histories:
         """The histories of the given rows, in that order."""

@@ -75,7 +75,7 @@ class SlateAEC(SlateSession, AECEnv):
         obs_space = slate_observation_space(core)
         self.observation_spaces = {a: obs_space for a in roles}
         self.action_spaces = {a: spaces.Discrete(core.n_candidates) for a in roles}
-        self._users = session_users(core)
+        self._users = session_users(core.ctx.data)
         self.rng = np.random.default_rng()
 
     def observation_space(self, agent: str) -> spaces.Space:

@@ -90,7 +90,7 @@ class BatchedSlateEnv(BaseVectorEnv):
         self.waiting_conn, self.waiting_id = [], []
         self.ready_id = list(range(num_envs))
         self._spaces = self._make_spaces(num_envs)
-        self._users_pool = session_users(core)
+        self._users_pool = session_users(core.ctx.data)
         self._turn_order = torch.as_tensor(core.turn_order, device=core.ctx.device)
         self._allocate(num_envs)
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from gymnasium import spaces
 
+from marlrec.data import RecData
+
 if TYPE_CHECKING:
     from marlrec.envs.core import SlateCore
 
@@ -21,6 +23,6 @@ def slate_observation_space(core: SlateCore) -> spaces.Dict:
     )
 
 
-def session_users(core: SlateCore) -> np.ndarray:
+def session_users(data: RecData) -> np.ndarray:
     """Users a session can start from: those with a training history."""
-    return np.flatnonzero([len(h) > 0 for h in core.ctx.data.train_histories])
+    return np.flatnonzero([len(h) > 0 for h in data.train_histories])

@@ -49,7 +49,7 @@ class SlateParallel(SlateSession, ParallelEnv):
         self.render_mode = render_mode
         self._observation_space = slate_observation_space(core)
         self._action_space = spaces.Discrete(core.n_candidates)
-        self._users = session_users(core)
+        self._users = session_users(core.ctx.data)
         self.rng = np.random.default_rng()
 
     def observation_space(self, agent: str) -> spaces.Space:

@@ -25,6 +25,7 @@ from marlrec.agents import Agent
 from marlrec.data import RecData, fill_histories
 from marlrec.envs import Environment
 from marlrec.envs.batched import BatchedSlateEnv
+from marlrec.envs.session import session_users
 from marlrec.evaluation.metrics import (
     METRICS,
     CatalogMetric,
@@ -248,7 +249,7 @@ def policy_scores(
 
 def session_plan(env: Environment, n_sessions: int, seed: int) -> np.ndarray:
     """The users of the evaluation sessions, drawn once; session i is seeded `seed + i`."""
-    pool = np.flatnonzero([len(h) > 0 for h in env.ctx.data.train_histories])
+    pool = session_users(env.ctx.data)
     return np.random.default_rng(seed).choice(pool, size=n_sessions)
 
 
