@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from marlrec import registry
+
 # Field metadata key: the value a composed config starts from, when it differs from the Python
 # default (an interpolation of a run-level key, such as `${cache_dir}`).
 COMPOSED_DEFAULT = "marlrec_composed_default"
@@ -31,3 +33,15 @@ class Plugin:
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    @property
+    def name(self) -> str:
+        """The name the plugin is installed under (its entry point), or its class name if none."""
+        found = registry.installed_as(type(self))
+        return found[1] if found else type(self).__name__
+
+    @property
+    def where(self) -> str:
+        """Who speaks in a message: e.g. `reward 'click'`."""
+        found = registry.installed_as(type(self))
+        return f"{found[0].noun} '{found[1]}'" if found else f"plugin '{type(self).__name__}'"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 import textwrap
 import types
@@ -88,6 +89,24 @@ def available(group: str) -> list[PluginInfo]:
         PluginInfo(group, ep.name, ep.value, ep.dist.name if ep.dist else "?")
         for ep in sorted(_entry_points(group).values(), key=lambda ep: ep.name)
     ]
+
+
+def installed_as(cls: type) -> tuple[Kind, str] | None:
+    """The kind and entry-point name a plugin class is installed under, or None.
+
+    The entry point is the one place a plugin's name is written: messages, cache files and
+    logs read it from here. A class installed under several names answers with the first.
+    """
+    return _installed_as(f"{cls.__module__}:{cls.__qualname__}")
+
+
+@functools.cache
+def _installed_as(target: str) -> tuple[Kind, str] | None:
+    for kind in KINDS.values():
+        for ep in sorted(_entry_points(kind.group).values(), key=lambda ep: ep.name):
+            if ep.value == target:
+                return kind, ep.name
+    return None
 
 
 def config_packages() -> list[str]:

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from marlrec import config_source, registry
 from marlrec.app import register_plugin_configs
 from marlrec.pipeline import build, configure
-from marlrec.registry import MarlrecError
+from marlrec.plugin import Plugin
+from marlrec.registry import MarlrecError, PluginError
 from tests.conftest import SMALL, cli_env, compose_config
 
 
@@ -65,14 +67,24 @@ def test_every_installed_plugin_composes_validates_and_builds(
 
 
 @pytest.mark.parametrize("group", list(registry.KINDS))
-def test_names_in_plugin_code_are_the_entry_point_names(group: str) -> None:
-    """Classes that spell their own name for messages or cache files spell the entry point's."""
+def test_a_plugin_is_named_by_its_entry_point_only(group: str) -> None:
+    """No class spells its own name: messages and cache files read the entry point's."""
     for info in registry.available(group):
         cls = registry.load(group, info.name)
-        for attribute in ("name", "plugin"):
-            spelled = getattr(cls, attribute, info.name)
-            assert spelled == info.name, f"{cls.__name__}.{attribute} in {group}={info.name}"
-        assert getattr(cls, "where", f"'{info.name}'").endswith(f"'{info.name}'")
+        assert cls.name is Plugin.name and cls.where is Plugin.where, f"{cls.__name__} in {group}"
+        assert registry.installed_as(cls) == (registry.KINDS[group], info.name)
+        # File readers' messages are module functions: their one constant must agree.
+        where = getattr(sys.modules[cls.__module__], "WHERE", f"'{info.name}'")
+        assert where.endswith(f"'{info.name}'"), f"{cls.__module__}.WHERE in {group}={info.name}"
+
+
+def test_a_plugin_speaks_under_its_entry_point_name(tmp_path: Path) -> None:
+    data = configure(compose_config(["data=synthetic"])).one("data").create()
+    assert (data.name, data.where) == ("synthetic", "dataset 'synthetic'")
+    with pytest.raises(PluginError, match=r"^simulator 'replay': horizon must be >= 1"):
+        configure(compose_config(["simulator=replay", "simulator.horizon=0"])).one(
+            "simulator"
+        ).create(data=data.load(seed=0, cache_dir=tmp_path), item_emb=torch.zeros(150, 4))
 
 
 def test_response_model_caches_under_the_runs_cache_dir() -> None:

@@ -285,7 +285,7 @@ class IndependentDQN(Agent):
         )
 
     def training_plan(self, env: Environment, run: TrainRun) -> TrainingPlan:
-        algorithm = self._algorithm(multi_agent_env(env, "idqn"))
+        algorithm = self._algorithm(multi_agent_env(env, self.name))
         total_steps = run.trainer.max_epochs * run.trainer.epoch_num_env_steps
         policies = [algorithm.get_algorithm(role).policy for role in self.spec.roles]
         c = self.config

@@ -124,7 +124,6 @@ class MAPPO(IndependentPPO):
     """Decentralised actors (separate, or one shared with `share`) and one centralised critic."""
 
     Config = MAPPOConfig
-    name = "mappo"
     multi_agent_algorithm = TeamRewardOnPolicyAlgorithm
 
     def _build_critics(self) -> nn.ModuleList:

@@ -137,7 +137,6 @@ class IndependentPPO(Agent):
     """An actor (candidate logits, masked) and a critic per role, or one of each with `share`."""
 
     Config = PPOConfig
-    name = "ippo"
     multi_agent_algorithm: type[CooperativeOnPolicyAlgorithm] = CooperativeOnPolicyAlgorithm
 
     def __init__(self, config: PPOConfig, *, spec: EnvSpec, device: torch.device) -> None:

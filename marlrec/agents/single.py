@@ -57,8 +57,6 @@ def single_agent_env(env: Environment, agent: str) -> gym.Env:
 class SingleAgent(Agent):
     """What `dqn` and `ppo` share: one role, one network that scores candidates."""
 
-    name = "single"
-
     def __init__(self, config: Any, *, spec: EnvSpec, device: torch.device) -> None:
         super().__init__(config, spec=spec, device=device)
         if len(spec.roles) != 1:
@@ -73,7 +71,6 @@ class SingleDQN(SingleAgent):
     """Double DQN with a target network over the dueling candidate-scoring network."""
 
     Config = DQNConfig
-    name = "dqn"
 
     def __init__(self, config: DQNConfig, *, spec: EnvSpec, device: torch.device) -> None:
         super().__init__(config, spec=spec, device=device)
@@ -118,7 +115,6 @@ class SinglePPO(SingleAgent):
     """PPO with the masked candidate actor and a critic; samples in training, argmax otherwise."""
 
     Config = SinglePPOConfig
-    name = "ppo"
 
     def __init__(self, config: SinglePPOConfig, *, spec: EnvSpec, device: torch.device) -> None:
         super().__init__(config, spec=spec, device=device)

@@ -45,7 +45,7 @@ class BPRBaseline(Baseline):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if min(config.dim, config.epochs, config.batch_size) < 1 or config.lr <= 0:
-            raise PluginError("baseline 'bpr': dim, epochs, batch_size and lr must be positive")
+            raise PluginError(f"{self.where}: dim, epochs, batch_size and lr must be positive")
         self.user_emb, self.item_emb_learned = fit_bpr(data, config, seed)
 
     def scores(self, users: np.ndarray) -> torch.Tensor:

@@ -40,12 +40,10 @@ class ContentKNNBaseline(Baseline):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if min(config.k, config.recent, config.chunk_users) < 1:
-            raise PluginError(
-                "baseline 'content_knn': k, recent and chunk_users must be at least 1"
-            )
+            raise PluginError(f"{self.where}: k, recent and chunk_users must be at least 1")
         if len(item_emb) != data.n_items:
             raise PluginError(
-                f"baseline 'content_knn': {len(item_emb)} item embeddings for {data.n_items} items"
+                f"{self.where}: {len(item_emb)} item embeddings for {data.n_items} items"
             )
         self.unit = torch.nn.functional.normalize(item_emb.detach().float(), dim=-1)
 

@@ -29,7 +29,7 @@ class EASEBaseline(Baseline):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if config.l2 <= 0:
-            raise PluginError(f"baseline 'ease': l2 must be positive, got {config.l2}")
+            raise PluginError(f"{self.where}: l2 must be positive, got {config.l2}")
         self.weights = ease_weights(data, config.l2)
 
     def scores(self, users: np.ndarray) -> torch.Tensor:

@@ -33,7 +33,7 @@ class ItemKNNBaseline(Baseline):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
         if config.k < 1 or config.chunk_items < 1:
-            raise PluginError("baseline 'itemknn': k and chunk_items must be positive")
+            raise PluginError(f"{self.where}: k and chunk_items must be positive")
         # Stored transposed, (target, neighbour), so that scoring is one sparse @ dense product.
         self.weights_t = neighbour_weights(data, config.k, config.shrink, config.chunk_items)
 

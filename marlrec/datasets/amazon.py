@@ -130,8 +130,6 @@ class AmazonReviewsDataset(FileDataset):
         """Train, valid and test fractions of the temporal and random splits (not loo)."""
 
     config: Config
-    plugin = "amazon_reviews"
-    where = WHERE
 
     def __init__(self, config: Config) -> None:
         _validate(config)
@@ -154,7 +152,7 @@ class AmazonReviewsDataset(FileDataset):
             meta = Source(path=sources[1], where=WHERE)
             products = read_meta(meta, release, set(item_ids.tolist()), c.duplicate_meta)
         return Parsed(
-            name="amazon_reviews",
+            name=self.name,
             interactions=interactions,
             n_users=len(user_ids),
             item_text=_texts(item_ids, products, c.text_template),

@@ -83,8 +83,6 @@ class CsvDataset(FileDataset):
         """Train, valid and test fractions of the temporal and random splits (not loo)."""
 
     config: Config
-    plugin = "csv"
-    where = WHERE
 
     def __init__(self, config: Config) -> None:
         _validate(config)
@@ -147,7 +145,7 @@ class CsvDataset(FileDataset):
             rows = catalog.get_indexer(item_ids)
             texts = self._texts(items.iloc[rows], text_cols)
         return Parsed(
-            name="csv",
+            name=self.name,
             interactions=interactions,
             n_users=len(user_ids),
             item_text=texts,

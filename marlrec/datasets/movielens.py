@@ -124,8 +124,6 @@ class MovieLensDataset(FileDataset):
         """Train, valid and test fractions of the temporal and random splits (not loo)."""
 
     config: Config
-    plugin = "movielens"
-    where = WHERE
 
     def __init__(self, config: Config) -> None:
         _validate(config)
@@ -160,7 +158,7 @@ class MovieLensDataset(FileDataset):
         interactions, user_ids, item_ids = densify(raw)
         rows = catalog.get_indexer(item_ids)
         return Parsed(
-            name="movielens",
+            name=self.name,
             interactions=interactions,
             n_users=len(user_ids),
             item_text=_describe(movies, rows, item_ids, self.config.text_template),

@@ -278,7 +278,7 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        _validate(config)
+        _validate(config, self.where)
 
     def load(self, *, seed: int, cache_dir: Path) -> RecData:
         """Generate the dataset; it is fast and fully determined by `seed`, so nothing is cached."""
@@ -288,7 +288,7 @@ class SyntheticDataset(Dataset):
         truth = _make_truth(c, catalog, rng)
         interactions = _make_interactions(c, truth, catalog["topic_profile"], rng)
         return RecData(
-            name="synthetic",
+            name=self.name,
             n_users=c.n_users,
             n_items=c.n_items,
             interactions=interactions,
@@ -306,8 +306,7 @@ class SyntheticDataset(Dataset):
         )
 
 
-def _validate(c: SyntheticDataset.Config) -> None:
-    where = "dataset 'synthetic'"
+def _validate(c: SyntheticDataset.Config, where: str) -> None:
     if not 2 <= c.n_topics <= len(TOPICS):
         raise PluginError(
             f"{where}: n_topics must be between 2 and {len(TOPICS)}, got {c.n_topics}"

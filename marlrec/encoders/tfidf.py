@@ -47,7 +47,7 @@ class TfidfEncoder(Encoder):
         for key, least in (("dim", 1), ("word_ngrams", 1), ("char_ngrams", 0)):
             if getattr(config, key) < least:
                 raise PluginError(
-                    f"encoder 'tfidf': {key} must be at least {least}, got {getattr(config, key)}"
+                    f"{self.where}: {key} must be at least {least}, got {getattr(config, key)}"
                 )
 
     def encode(self, texts: list[str]) -> torch.Tensor:

@@ -57,13 +57,9 @@ class ReplaySimulator(Simulator):
         super().__init__(config, data=data, item_emb=item_emb)
         for key in ("horizon", "patience"):
             if getattr(config, key) < 1:
-                raise PluginError(
-                    f"simulator 'replay': {key} must be >= 1, got {getattr(config, key)}"
-                )
+                raise PluginError(f"{self.where}: {key} must be >= 1, got {getattr(config, key)}")
         if config.min_history < 0:
-            raise PluginError(
-                f"simulator 'replay': min_history must be >= 0, got {config.min_history}"
-            )
+            raise PluginError(f"{self.where}: min_history must be >= 0, got {config.min_history}")
         train = data.split.train
         self._bounds = np.searchsorted(train.user, np.arange(data.n_users + 1))
         self._sessions: dict[int, _Session] = {}

@@ -92,7 +92,7 @@ class ResponseModelSimulator(Simulator):
         self, config: ResponseModelConfig, *, data: RecData, item_emb: torch.Tensor
     ) -> None:
         super().__init__(config, data=data, item_emb=item_emb)
-        _validate(config)
+        _validate(config, self.where)
         self.emb = item_emb.detach().to("cpu", torch.float32).numpy()
         self.model: ClickModel
         self.model, self.cache_file, self.from_cache = load_or_fit(
@@ -161,7 +161,7 @@ def _cache_dir(config: ResponseModelConfig) -> Path:
     return Path(config.cache_dir or os.environ.get("MARLREC_CACHE", DEFAULT_CACHE)).expanduser()
 
 
-def _validate(config: ResponseModelConfig) -> None:
+def _validate(config: ResponseModelConfig, where: str) -> None:
     positive: tuple[str, ...] = (
         "rank",
         "negatives",
@@ -172,10 +172,6 @@ def _validate(config: ResponseModelConfig) -> None:
     positive += ("max_positives",)
     for key in positive:
         if getattr(config, key) < 1:
-            raise PluginError(
-                f"simulator 'response_model': {key} must be >= 1, got {getattr(config, key)}"
-            )
+            raise PluginError(f"{where}: {key} must be >= 1, got {getattr(config, key)}")
     if not config.learning_rate > 0 or config.weight_decay < 0:
-        raise PluginError(
-            "simulator 'response_model': learning_rate must be > 0 and weight_decay >= 0"
-        )
+        raise PluginError(f"{where}: learning_rate must be > 0 and weight_decay >= 0")

@@ -38,7 +38,7 @@ class SyntheticSimulator(Simulator):
         super().__init__(config, data=data, item_emb=item_emb)
         if data.truth is None:
             raise PluginError(
-                f"simulator 'synthetic' needs a dataset with ground-truth tastes "
+                f"{self.where} needs a dataset with ground-truth tastes "
                 f"(data=synthetic), but dataset '{data.name}' has none"
             )
         self.truth = data.truth

@@ -19,8 +19,6 @@ from marlrec.states.sequence import SequenceConfig, SequenceState
 class GRUState(SequenceState):
     """state = mean + W · GRU(history)[last item]; equal to `mean` until trained."""
 
-    name = "gru"
-
     @dataclass(kw_only=True)
     class Config(SequenceConfig):
         pass

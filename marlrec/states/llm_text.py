@@ -66,7 +66,7 @@ class LLMTextState(StateModel):
         encoder: Encoder | None = None,
     ) -> None:
         super().__init__(config, item_dim=item_dim, item_text=item_text, encoder=encoder)
-        _check(config)
+        _check(config, self.where)
         if item_text is None or encoder is None:
             raise PluginError(
                 "state 'llm_text' needs the catalog's item texts and the run's encoder "
@@ -129,7 +129,7 @@ class LLMTextState(StateModel):
         vectors = self.encoder.encode(texts).float().cpu()
         if vectors.shape[1] != self.item_dim:
             raise PluginError(
-                f"state 'llm_text': the encoder gives {vectors.shape[1]}-d vectors but the items "
+                f"{self.where}: the encoder gives {vectors.shape[1]}-d vectors but the items "
                 f"are {self.item_dim}-d; it must use the run's encoder"
             )
         return vectors
@@ -138,7 +138,7 @@ class LLMTextState(StateModel):
         bad = [i for key in keys for i in key if not 0 <= i < len(self.item_text)]
         if bad:
             raise MarlrecError(
-                f"state 'llm_text': unknown item id {bad[0]} in a history "
+                f"{self.where}: unknown item id {bad[0]} in a history "
                 f"(the catalog has ids 0..{len(self.item_text) - 1})"
             )
 
@@ -175,13 +175,11 @@ def _shorten(text: str, limit: int) -> str:
     return text.rstrip(TRAILING)
 
 
-def _check(config: LLMTextConfig) -> None:
+def _check(config: LLMTextConfig, where: str) -> None:
     for key, least in (("items", 1), ("item_chars", 0), ("memo_size", 1)):
         if getattr(config, key) < least:
             raise PluginError(
-                f"state 'llm_text': {key} must be at least {least}, got {getattr(config, key)}"
+                f"{where}: {key} must be at least {least}, got {getattr(config, key)}"
             )
     if "{items}" not in config.template:
-        raise PluginError(
-            f"state 'llm_text': template must contain '{{items}}', got {config.template!r}"
-        )
+        raise PluginError(f"{where}: template must contain '{{items}}', got {config.template!r}")

@@ -45,9 +45,8 @@ class SequenceConfig:
 
 
 class SequenceState(StateModel):
-    """Subclasses give `name`, `build_sequence_model` and `sequence_features`."""
+    """Subclasses give `build_sequence_model` and `sequence_features`."""
 
-    name: str
     config: SequenceConfig
 
     def __init__(
@@ -110,9 +109,7 @@ class SequenceState(StateModel):
         for key in ("max_len", "hidden", "layers"):
             if getattr(config, key) < 1:
                 raise PluginError(
-                    f"state '{self.name}': {key} must be at least 1, got {getattr(config, key)}"
+                    f"{self.where}: {key} must be at least 1, got {getattr(config, key)}"
                 )
         if not 0.0 <= config.dropout < 1.0:
-            raise PluginError(
-                f"state '{self.name}': dropout must be in [0, 1), got {config.dropout}"
-            )
+            raise PluginError(f"{self.where}: dropout must be in [0, 1), got {config.dropout}")

@@ -47,8 +47,6 @@ class CausalBlock(nn.Module):
 class TransformerState(SequenceState):
     """state = mean + W · CausalTransformer(history)[last item]; equal to `mean` until trained."""
 
-    name = "transformer"
-
     @dataclass(kw_only=True)
     class Config(SequenceConfig):
         layers: int = 2
@@ -62,7 +60,7 @@ class TransformerState(SequenceState):
         config = self.config
         if config.heads < 1 or config.hidden % config.heads:
             raise PluginError(
-                f"state 'transformer': heads ({config.heads}) must be at least 1 and divide "
+                f"{self.where}: heads ({config.heads}) must be at least 1 and divide "
                 f"hidden ({config.hidden})"
             )
         self.input = nn.Linear(self.item_dim, config.hidden)
