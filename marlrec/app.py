@@ -55,13 +55,14 @@ EXPERT_FLAGS = (
 
 
 class PluginConfigSearchPath(SearchPathPlugin):
-    """Adds the YAML trees that plugin packages declare under `marlrec.conf`, then every
-    installed plugin's `Config` defaults (behind the YAML, which may override them)."""
+    """Puts every installed plugin's `Config` defaults first (a plugin's YAML file is laid
+    over them there), then the YAML trees that plugin packages declare under `marlrec.conf`
+    (presets such as `experiment/`)."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        search_path.prepend(provider="marlrec plugins", path=f"{config_source.SCHEME}://")
         for package in registry.config_packages():
             search_path.append(provider=f"marlrec:{package}", path=f"pkg://{package}")
-        search_path.append(provider="marlrec plugins", path=f"{config_source.SCHEME}://")
 
 
 def register_plugin_configs() -> None:

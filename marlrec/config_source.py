@@ -2,9 +2,9 @@
 
 Choosing `agent=idqn` composes `agent/idqn` from here: the `idqn` entry point's plugin, imported
 only when chosen, whose `Config` declares every option once (type, default, docstring). Listing
-the options reads package metadata only. YAML trees (marlrec's `conf/`, plugin packages) come
-earlier on the search path, so a YAML file of the same name still wins: presets select and
-override, third-party packages may ship their own defaults.
+the options reads package metadata only. This source comes first on the search path: a YAML file
+of the same name (`<group>/<name>.yaml` in marlrec's `conf/` or a plugin package's tree) is laid
+over the dataclass defaults, so it can only override them, never declare an option anew.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from marlrec import registry
 from marlrec.plugin import COMPOSED_DEFAULT
@@ -77,7 +77,7 @@ def node(group: str, name: str) -> tuple[dict[str, Any], str | None]:
     if group in SETTINGS_OPTIONS:
         return defaults(settings_class(group)), None
     cls = registry.load(group, name)
-    values = defaults(cls.Config)
+    values = overlaid(defaults(cls.Config), group, name)
     if registry.KINDS[group].many:
         return {name: values}, None
     section = {"name": name, **values}
@@ -87,6 +87,25 @@ def node(group: str, name: str) -> tuple[dict[str, Any], str | None]:
         # `simulator=` override still replaces.
         return {"defaults": [{"override /simulator": simulator}], "data": section}, "_global_"
     return section, None
+
+
+def overlaid(values: dict[str, Any], group: str, name: str) -> dict[str, Any]:
+    """`values` with the YAML file of `<group>/<name>`, if any, laid over them.
+
+    In a group selected as a list (`reward`), the file holds its plugin's section under its name,
+    as composed at the group's package.
+    """
+    path = yaml_file(group, name)
+    if not path:
+        return values
+    overlay = OmegaConf.load(path)
+    if not isinstance(overlay, DictConfig):
+        raise registry.PluginError(f"{path} must hold a mapping of options, not a list")
+    if registry.KINDS[group].many:
+        overlay = overlay.get(name, OmegaConf.create())
+    merged = OmegaConf.to_container(OmegaConf.merge(values, overlay))
+    assert isinstance(merged, dict)
+    return {str(k): v for k, v in merged.items()}
 
 
 class PluginConfigSource(ConfigSource):

@@ -146,12 +146,17 @@ def test_head_share_outside_zero_one_is_a_plugin_error(
     assert "\n" not in str(info.value)
 
 
-def test_composed_config_takes_plugin_yaml_and_overrides(target: Path, tmp_path: Path) -> None:
-    overrides = ["reward=[click,long_tail]", "reward.long_tail.weight=2.0"]
-    done = run(["-c", COMPOSE, *overrides], tmp_path, target)
+@pytest.mark.parametrize(
+    ("override", "weight"), [([], 0.5), (["reward.long_tail.weight=2.0"], 2.0)]
+)
+def test_plugin_yaml_overrides_the_dataclass_and_the_command_line_overrides_both(
+    override: list[str], weight: float, target: Path, tmp_path: Path
+) -> None:
+    """The package's YAML sets only `weight` (0.5); `head_share` comes from the dataclass."""
+    done = run(["-c", COMPOSE, "reward=[click,long_tail]", *override], tmp_path, target)
     assert done.returncode == 0, done.stderr
     reward = json.loads(done.stdout.splitlines()[-1])
-    assert reward == {"click": {"weight": 1.0}, "long_tail": {"weight": 2.0, "head_share": 0.2}}
+    assert reward == {"click": {"weight": 1.0}, "long_tail": {"weight": weight, "head_share": 0.2}}
 
 
 def test_selecting_it_uninstalled_is_a_one_line_error(tmp_path: Path) -> None:
