@@ -34,6 +34,39 @@ def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
         figure.savefig(tmp, format="png", dpi=100)
 
 
+def write_role_shares(results: dict[str, dict[str, float]], path: Path) -> bool:
+    """Each role's share of slots and clicks in the simulated sessions, one panel per policy,
+    as a PNG; False (nothing written) when the sessions were not run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    prefix, suffix = "sim/role/", "/slot_share"
+    roles = [
+        k[len(prefix) : -len(suffix)]
+        for k in next(iter(results.values()))
+        if k.startswith(prefix) and k.endswith(suffix)
+    ]
+    if not roles:
+        return False
+    figure = Figure(figsize=(3 + 1.6 * len(results), 3.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(results), sharey=True, squeeze=False)[0]
+    for axis, (policy, row) in zip(axes, results.items(), strict=True):
+        at = range(len(roles))
+        for offset, (share, color) in enumerate((("slot_share", "C0"), ("click_share", "C1"))):
+            heights = [row[f"{prefix}{role}/{share}"] for role in roles]
+            axis.bar([x + 0.4 * offset for x in at], heights, 0.4, color=color, label=share)
+        axis.set_xticks([x + 0.2 for x in at], roles, rotation=30, ha="right")
+        axis.set_title(policy, fontsize=9)
+    axes[0].set_ylabel("share of the session's slots / clicks")
+    axes[0].legend(fontsize=8)
+    figure.suptitle("what each role contributes")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return True
+
+
 def print_history(history: list[dict[str, Any]]) -> None:
     """One row per epoch; the best validation is starred."""
     scores = [r[VALID_METRIC] for r in history if VALID_METRIC in r]
@@ -57,6 +90,7 @@ SHORT_NAMES = {
     "sim/mean_return": "return",
     "sim/clicks_per_session": "clicks/session",
     "sim/session_depth": "slates/session",
+    "sim/session_diversity": "session ILD",
 }
 
 

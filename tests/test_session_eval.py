@@ -20,6 +20,7 @@ from marlrec.evaluation.harness import (
     session_eval_per_user,
     session_plan,
 )
+from marlrec.evaluation.metrics import MetricContext, slate_beyond_accuracy
 from tests.test_slate_env import context, data_fixture
 
 
@@ -89,3 +90,25 @@ def test_single_agent_env_is_evaluated_batched_too(synthetic: RecData) -> None:
     env = SingleAgentEnvironment(SingleConfig(), ctx=context(synthetic))
     act = fixed_scorer(env, 1)
     assert_same(session_eval(env, act, 50, 3), session_eval_per_user(env, act, 50, 3))
+
+
+def test_each_role_reports_its_share_of_slots_and_clicks(synthetic: RecData) -> None:
+    config = SlateConfig(roles=["relevance", "diversity", "exploration"], slots_per_role=2)
+    env = SlateEnvironment(config, ctx=context(synthetic))
+    results = session_eval(env, fixed_scorer(env, 2), 100, 4)
+    for role in config.roles:  # roles take turns, two slots each
+        assert results[f"role/{role}/slot_share"] == pytest.approx(1 / 3)
+    clicks = [results[f"role/{role}/click_share"] for role in config.roles]
+    assert sum(clicks) == pytest.approx(1.0) and min(clicks) >= 0
+    assert 0 < results["session_diversity"] <= 2 and results["session_novelty"] > 0
+
+
+def test_slate_diversity_and_novelty_by_hand() -> None:
+    popularity = np.array([3.0, 1.0, 0.0, 0.0])
+    item_emb = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    ctx = MetricContext.build(popularity, item_emb, torch.device("cpu"))
+    figures = slate_beyond_accuracy(torch.tensor([[0, 1], [0, 2], [2, 3]]), ctx)
+    assert figures["diversity"].tolist() == pytest.approx([0.0, 1.0, 2.0])
+    share = (popularity + 1) / (popularity.sum() + 4)  # add-one smoothed popularity
+    expected = -np.log2(share)[[[0, 1], [0, 2], [2, 3]]].mean(1)
+    assert figures["novelty"].tolist() == pytest.approx(expected.tolist())

@@ -231,11 +231,15 @@ class SlateCore:
         return SlateScore(terms, total, total + self.role_mix * own)
 
     def slate_info(self, outcome: SlateOutcome, score: SlateScore) -> dict[str, Any]:
-        """What every agent's info carries after a slate: each term logged on its own."""
+        """What every agent's info carries after a slate: each term logged on its own, and
+        the slate itself (items, the role that filled each slot, which slots were clicked)."""
         return {
             "reward_terms": dict(score.terms),
             "reward_global": score.total,
             "role_rewards": dict(zip(self.roles, score.role_rewards.tolist(), strict=True)),
             "clicks": int(outcome.clicks.sum()),
             "user": outcome.user,
+            "slate": outcome.items,
+            "slot_roles": outcome.roles,
+            "slot_clicks": outcome.clicks,
         }

@@ -36,6 +36,7 @@ from marlrec.evaluation.metrics import (
     UserMetric,
     select,
     session_results,
+    slate_beyond_accuracy,
 )
 from marlrec.evaluation.ranking import ChunkTargets, HeldOut, sample_negatives, top_k
 from marlrec.registry import MarlrecError, PluginError
@@ -60,7 +61,8 @@ class EvalConfig:
     num_negatives: int = 100
     """Negatives per user under the sampled protocol (seeded by the run's seed)."""
     sessions: int = 200
-    """Simulated sessions per policy for return, clicks and depth."""
+    """Simulated sessions per policy: return, clicks, depth, the slates' diversity and novelty,
+    and each role's share of slots and clicks."""
     chunk_users: int = 1024
     """Users ranked per batch (bounds memory: chunk_users x n_items scores)."""
 
@@ -255,15 +257,21 @@ def session_plan(env: Environment, n_sessions: int, seed: int) -> np.ndarray:
 
 @dataclass
 class SessionTally:
-    """Running figures of the evaluation sessions, one entry per session."""
+    """Running figures of the evaluation sessions, one entry per session, and each role's part:
+    its share of the slots and of the clicks, and its own (role-mixed) return per session."""
 
-    reward_names: Sequence[str]
+    env: Environment
     n_sessions: int
 
     def __post_init__(self) -> None:
-        n = self.n_sessions
+        n, ctx = self.n_sessions, self.env.ctx
         self.statistics = {"return": np.zeros(n), "clicks": np.zeros(n), "depth": np.zeros(n)}
-        self.terms = {name: np.zeros(n) for name in self.reward_names}
+        self.terms = {name: np.zeros(n) for name in ctx.rewards}
+        self.roles = list(self.env.spec.roles)
+        self.role_slots, self.role_clicks = np.zeros(len(self.roles)), np.zeros(len(self.roles))
+        self.role_returns = np.zeros((n, len(self.roles)))
+        self.slates: list[np.ndarray] = []
+        self.slate_sessions: list[int] = []
 
     def add_slate(self, session: int, info: dict[str, Any]) -> None:
         # The cooperative reward, once per slate (roles' own λ-mixed rewards differ).
@@ -272,13 +280,45 @@ class SessionTally:
         self.statistics["depth"][session] += 1
         for name, value in info["reward_terms"].items():
             self.terms[name][session] += value
+        slot_roles = np.asarray(info["slot_roles"])
+        np.add.at(self.role_slots, slot_roles, 1)
+        np.add.at(self.role_clicks, slot_roles, np.asarray(info["slot_clicks"], dtype=float))
+        self.role_returns[session] += [info["role_rewards"][role] for role in self.roles]
+        self.slates.append(np.asarray(info["slate"]))
+        self.slate_sessions.append(session)
 
     def results(self, metrics: Sequence[SessionMetric] | None) -> dict[str, float]:
         chosen = EvalConfig().session_metrics() if metrics is None else metrics
+        self.statistics.update(self._per_slate_means())
         statistics = {key: values.tolist() for key, values in self.statistics.items()}
-        results = session_results(chosen, statistics)
+        results = session_results([m for m in chosen if m.statistic in statistics], statistics)
         results.update({f"reward/{name}": float(v.mean()) for name, v in self.terms.items()})
+        for number, role in enumerate(self.roles):
+            results[f"role/{role}/slot_share"] = _share(self.role_slots, number)
+            results[f"role/{role}/click_share"] = _share(self.role_clicks, number)
+            results[f"role/{role}/return"] = float(self.role_returns[:, number].mean())
         return results
+
+    def _per_slate_means(self) -> dict[str, np.ndarray]:
+        """Each session's mean over its slates of each slate's diversity and novelty."""
+        if not self.slates:
+            return {}
+        ctx = self.env.ctx
+        metric_ctx = MetricContext.build(
+            ctx.data.item_popularity, ctx.item_emb, torch.device("cpu")
+        )
+        figures = slate_beyond_accuracy(torch.as_tensor(np.stack(self.slates)), metric_ctx)
+        sessions = np.asarray(self.slate_sessions)
+        depth = np.maximum(self.statistics["depth"], 1)
+        return {
+            key: np.bincount(sessions, values.numpy(), minlength=self.n_sessions) / depth
+            for key, values in figures.items()
+        }
+
+
+def _share(counts: np.ndarray, number: int) -> float:
+    total = counts.sum()
+    return float(counts[number] / total) if total else 0.0
 
 
 def session_eval(
@@ -288,8 +328,10 @@ def session_eval(
     seed: int,
     metrics: Sequence[SessionMetric] | None = None,
 ) -> dict[str, float]:
-    """Session metrics (default: mean return, clicks per session, session depth in slates)
-    and each reward term's mean per session, every session stepped in one batched env.
+    """Session metrics (default: mean return, clicks per session, session depth in slates, the
+    slates' mean diversity and novelty), each reward term's mean per session and each role's
+    part (`role/<role>/slot_share`, `click_share`, `return`), every session stepped in one
+    batched env.
 
     The same figures as `session_eval_per_user`. A simulator keeps its session state per user,
     so two sessions of one user never run at once: a later one waits for the earlier to end.
@@ -301,7 +343,7 @@ def session_eval(
         return session_eval_per_user(env, act, n_sessions, seed, metrics)
     users = session_plan(env, n_sessions, seed)
     role_of = {role: number for number, role in enumerate(env.spec.roles)}
-    tally = SessionTally(list(env.ctx.rewards), n_sessions)
+    tally = SessionTally(env, n_sessions)
     pending = list(range(n_sessions))
     running: dict[int, int] = {}  # env copy -> session
     obs = torch.zeros(vector.env_num, env.spec.layout.size)
@@ -364,7 +406,7 @@ def session_eval_per_user(
     environments without a batched form."""
     aec = env.make_aec()
     users = session_plan(env, n_sessions, seed)
-    tally = SessionTally(list(env.ctx.rewards), n_sessions)
+    tally = SessionTally(env, n_sessions)
     roles = list(env.spec.roles)
     for session, user in enumerate(users.tolist()):
         aec.reset(seed=seed + session, options={"user": user})

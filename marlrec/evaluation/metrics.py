@@ -160,7 +160,7 @@ class SessionMetric:
     """The mean over simulated sessions of one per-session statistic."""
 
     name: str
-    statistic: Literal["return", "clicks", "depth"]
+    statistic: Literal["return", "clicks", "depth", "diversity", "novelty"]
     needs: frozenset[Need] = frozenset({"sessions"})
 
 
@@ -216,8 +216,13 @@ def _map(c: RankedChunk, k: int) -> torch.Tensor:
 
 
 def _ild(c: RankedChunk, k: int) -> torch.Tensor:
+    return intra_list_distance(*c.list_embeddings(k), k)
+
+
+def intra_list_distance(total: torch.Tensor, norms: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean pairwise cosine distance within each list of k items, from the sums over each list
+    of the items' unit vectors `total` (lists, d) and squared norms `norms` (lists,)."""
     # Sum over ordered pairs i != j of cos(i, j) = |sum_i e_i|^2 - sum_i |e_i|^2: O(K d), not K^2.
-    total, norms = c.list_embeddings(k)
     pair_sum = total.pow(2).sum(-1) - norms
     if k < 2:
         return torch.zeros_like(pair_sum)
@@ -226,6 +231,17 @@ def _ild(c: RankedChunk, k: int) -> torch.Tensor:
 
 def _novelty(c: RankedChunk, k: int) -> torch.Tensor:
     return c.ctx.self_information[c.top_items[:, :k]].mean(dim=1)
+
+
+def slate_beyond_accuracy(slates: torch.Tensor, ctx: MetricContext) -> dict[str, torch.Tensor]:
+    """Per shown slate (slates, slate_size): its diversity (intra-list distance; only with
+    item embeddings) and its novelty (mean self-information of its items)."""
+    figures = {"novelty": ctx.self_information[slates].mean(dim=1)}
+    if ctx.item_unit is not None:
+        total = F.embedding_bag(slates, ctx.item_unit, mode="sum")
+        norms = ctx.squared_norms[slates].sum(1)
+        figures["diversity"] = intra_list_distance(total, norms, slates.shape[1])
+    return figures
 
 
 # --- catalog-wide ----------------------------------------------------------------------------
@@ -278,6 +294,8 @@ register(CatalogMetric(name="gini", label="Gini", needs=_COUNTS, from_counts=_gi
 register(SessionMetric(name="mean_return", statistic="return"))
 register(SessionMetric(name="clicks_per_session", statistic="clicks"))
 register(SessionMetric(name="session_depth", statistic="depth"))
+register(SessionMetric(name="session_diversity", statistic="diversity"))
+register(SessionMetric(name="session_novelty", statistic="novelty"))
 
 ACCURACY = tuple(m.name for m in METRICS.values() if getattr(m, "over", None) == "targets")
 
