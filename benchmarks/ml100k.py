@@ -1,13 +1,19 @@
-"""ML-100K benchmark: every baseline and the multi-agent configurations, over seeds, one table.
+"""ML-100K benchmark: the agents, their ablations and every baseline, over seeds, one table.
 
 Protocol: every rating an implicit interaction, chronological leave-one-out, full ranking over all
-items outside the user's history, test split, @10. Agents train with `marlrec train` against the
-`replay` simulator (one run dir per configuration, step count and seed, kept under `--out`, so an
-interrupted benchmark resumes where it stopped); baselines are fitted in this process, one file
-per seed and SASRec epoch count. The table gives the mean ± standard deviation over seeds and is
-written as markdown and JSON.
+items outside the user's history, @10; anything chosen (early stopping, the best checkpoint) is
+chosen on the validation split, the table reports the test split. Every policy, agents and
+baselines alike, also plays simulated sessions against the same simulator (by default
+`response_model`, fitted on the training split only) with the same simulated users per seed:
+return, slates per session, and the shown slates' diversity and novelty.
 
-    python benchmarks/ml100k.py --data ../shared/data/ml-100k [--seeds 0,1,2] [--steps 1536]
+Agents train with `marlrec train experiment=ml100k` plus each configuration's overrides (one run
+dir per configuration, budget and seed under `--out`, so an interrupted benchmark resumes where
+it stopped). Baselines are built once per seed by the same pipeline and evaluated by the same
+harness (`marlrec.run.evaluate`'s rows). The table gives the mean ± standard deviation over seeds
+and is written as markdown and JSON.
+
+    python benchmarks/ml100k.py --data ../shared/data/ml-100k [--seeds 0,1,2] [--steps N]
 """
 
 from __future__ import annotations
@@ -20,62 +26,62 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
-from ml100k_baselines import MODELS, add_device_and_cache, item_embeddings
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 
-from marlrec.baselines.sasrec import SASRecBaseline
-from marlrec.datasets.movielens import MovieLensDataset
-from marlrec.evaluation.harness import EvalConfig, baseline_ranker, ranking_eval
+from marlrec.app import register_plugin_configs
+from marlrec.evaluation.harness import baseline_actor, baseline_ranker, evaluate_policies
 from marlrec.io import atomic_write, write_json
+from marlrec.pipeline import build
 
-# Multi-agent (and single-agent ablation) configurations: name -> `marlrec train` overrides.
+# Agent configurations: name -> overrides on top of `experiment=ml100k`. The preset's own
+# configuration comes first; then what it is made of, taken apart.
 AGENTS: dict[str, list[str]] = {
-    "idqn": ["agent=idqn"],
-    "idqn_shared": ["agent=idqn", "agent.share=true"],
+    "mappo (preset)": [],
+    "single agent (env=single, ppo)": ["env=single", "agent=ppo"],
+    "relevance role alone": ["env.roles=[relevance]", "env.slots_per_role=4"],
+    "diversity role alone": ["env.roles=[diversity]", "env.slots_per_role=4"],
     "ippo": ["agent=ippo"],
-    "mappo": ["agent=mappo"],
-    "mappo_shared": ["agent=mappo", "agent.share=true"],
-    "dqn_single": ["env=single", "agent=dqn"],
-    # The same agents choosing among collaborative (EASE) candidates instead of content ones.
-    "ippo_ease": ["agent=ippo", "retrieval=ease"],
-    "mappo_ease": ["agent=mappo", "retrieval=ease"],
-    "idqn_ease": ["agent=idqn", "retrieval=ease"],
+    "idqn": ["agent=idqn"],
 }
+BASELINES = ["random", "pop", "itemknn", "ease", "bpr", "sasrec"]
 COLUMNS = {
     "HR@10": "test/HR@10",
     "NDCG@10": "test/NDCG@10",
     "Coverage@10": "test/Coverage@10",
-    "ILD@10": "test/ILD@10",
+    "valid NDCG@10": "valid/NDCG@10",
     "return": "sim/mean_return",
-    "env steps/s": "train_env_steps_per_second",
+    "slates/session": "sim/session_depth",
+    "session ILD": "sim/session_diversity",
+    "session novelty": "sim/session_novelty",
     "wall s": "wall_seconds",
 }
-RANKING = EvalConfig(metrics=["hr", "ndcg", "coverage", "ild"], ks=[10])
+
+
+def common_overrides(args: argparse.Namespace, seed: int) -> list[str]:
+    return [
+        "experiment=ml100k",
+        f"data.path={args.data.resolve()}",
+        f"seed={seed}",
+        f"simulator={args.simulator}",
+    ]
 
 
 def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     """One `marlrec train` run; a finished run with the same settings is read, not trained again."""
-    run_dir = args.out / "runs" / name / f"{args.steps}steps" / f"seed{seed}"
+    budget = f"{args.steps}steps" if args.steps else "preset"
+    slug = name.split(" (")[0].replace(" ", "_")
+    run_dir = args.out / "runs" / slug / budget / f"seed{seed}"
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
-        command = [
-            str(Path(sys.executable).with_name("marlrec")),
-            "train",
-            "data=movielens",
-            f"data.path={args.data.resolve()}",
-            f"seed={seed}",
-            "baseline=[]",
-            "trainer.max_epochs=1",
-            f"trainer.epoch_num_env_steps={args.steps}",
-            "trainer.show_progress=false",
-            f"hydra.run.dir={run_dir}",
-            *AGENTS[name],
-        ]
+        command = [sys.executable, "-m", "marlrec.cli", "train", *common_overrides(args, seed)]
+        command += ["baseline=[]", "trainer.show_progress=false", f"hydra.run.dir={run_dir}"]
+        command += [f"trainer.epoch_num_env_steps={args.steps}"] if args.steps else []
         started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        wall = {"wall_seconds": time.perf_counter() - started}
-        atomic_write(run_dir / "wall.json", lambda f: f.write(json.dumps(wall).encode()))
+        subprocess.run([*command, *AGENTS[name]], check=True, stdout=subprocess.DEVNULL)
+        write_json(run_dir / "wall.json", {"wall_seconds": time.perf_counter() - started})
     metrics = json.loads(metrics_file.read_text())
     wall_file = run_dir / "wall.json"  # absent when the run was finished outside this script
     wall = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
@@ -84,31 +90,32 @@ def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, flo
 
 def fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]:
     """Every baseline for one seed; a finished seed's figures are read back, not fitted again."""
-    done = args.out / "baselines" / f"seed{seed}-sasrec{args.sasrec_epochs}epochs.json"
+    done = args.out / "baselines" / f"seed{seed}-{args.simulator}.json"
     if done.is_file():
-        return json.loads(done.read_text())
-    rows = _fit_baselines(args, seed)
+        return dict(json.loads(done.read_text()))
+    started = time.perf_counter()
+    overrides = [*common_overrides(args, seed), f"baseline=[{','.join(args.baselines)}]"]
+    pipeline = build(compose_config(overrides))
+    rankers = {n: baseline_ranker(b) for n, b in pipeline.baselines.items()}
+    actors = {n: baseline_actor(pipeline.env, b) for n, b in pipeline.baselines.items()}
+    # The session seed `marlrec train` evaluates with: the same simulated users as the agents.
+    session_seed = seed + 20_000
+    rows = evaluate_policies(
+        pipeline.data, pipeline.env, rankers, actors, pipeline.eval, session_seed
+    )
+    wall = time.perf_counter() - started
+    rows = {name: {**row, "wall_seconds": wall} for name, row in rows.items()}
     write_json(done, rows)
     return rows
 
 
-def _fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]:
-    data = MovieLensDataset(MovieLensDataset.Config(path=str(args.data))).load(
-        seed=seed, cache_dir=args.cache
-    )
-    item_emb = item_embeddings(data, args.cache, torch.device(args.device))
-    rows = {}
-    for name, cls in MODELS.items():
-        started = time.perf_counter()
-        config = (
-            SASRecBaseline.Config(epochs=args.sasrec_epochs, show_progress=False)
-            if cls is SASRecBaseline
-            else cls.Config()
-        )
-        model = cls(config, data=data, item_emb=item_emb, seed=seed)
-        figures = ranking_eval(data, baseline_ranker(model), "test", RANKING, item_emb=item_emb)
-        rows[name] = {**figures, "wall_seconds": time.perf_counter() - started}
-    return rows
+def compose_config(overrides: list[str]) -> Any:
+    register_plugin_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module("marlrec.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
 
 
 def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:
@@ -117,9 +124,7 @@ def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
     for policy, rows in per_seed.items():
         table[policy] = {}
         for column, key in COLUMNS.items():
-            # Baselines are ranked on the test split alone, so their keys carry no `test/`.
-            values = [row.get(key, row.get(key.removeprefix("test/"))) for row in rows]
-            values = [v for v in values if v is not None]
+            values = [row[key] for row in rows if key in row]
             if values:
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
                 table[policy][column] = [statistics.fmean(values), spread]
@@ -148,22 +153,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/ml-100k"))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--agents", default=",".join(AGENTS), help="comma-separated")
-    parser.add_argument("--steps", type=int, default=1536, help="training env steps per agent")
+    parser.add_argument("--agents", default=";".join(AGENTS), help="semicolon-separated names")
+    parser.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated")
     parser.add_argument(
-        "--sasrec-epochs", type=int, default=200, help="most epochs; early-stopped on validation"
+        "--steps", type=int, default=0, help="env steps per epoch (0: the preset's budget)"
     )
+    parser.add_argument("--simulator", default="response_model")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ml100k"))
-    add_device_and_cache(parser)
     args = parser.parse_args()
     if not (args.data / "u.data").is_file():
         parser.error(f"{args.data} holds no MovieLens-100K (u.data is missing)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     seeds = [int(s) for s in args.seeds.split(",")]
-    agents = [a for a in args.agents.split(",") if a]
+    agents = [a for a in args.agents.split(";") if a]
+    args.baselines = [b for b in args.baselines.split(",") if b]
     unknown = sorted(set(agents) - set(AGENTS))
     if unknown:
-        parser.error(f"unknown agent configuration {unknown[0]}; known: {', '.join(AGENTS)}")
+        parser.error(f"unknown agent configuration {unknown[0]!r}; known: {'; '.join(AGENTS)}")
     per_seed: dict[str, list[dict[str, float]]] = {}
     for seed in seeds:
         for name, row in fit_baselines(args, seed).items():
@@ -171,13 +177,21 @@ def main() -> None:
         for name in agents:
             print(f"training {name}, seed {seed}", flush=True)
             per_seed.setdefault(name, []).append(train_agent(name, seed, args))
+        write_results(args, per_seed, seeds[: seeds.index(seed) + 1])
+
+
+def write_results(
+    args: argparse.Namespace, per_seed: dict[str, list[dict[str, float]]], seeds: list[int]
+) -> None:
+    """The table so far (after each seed, so an interrupted benchmark keeps what it measured)."""
     table = summarise(per_seed)
     text = markdown(table, len(seeds))
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        args.out / "table.json",
+        {"seeds": seeds, "steps": args.steps, "simulator": args.simulator, "table": table},
+    )
     atomic_write(args.out / "table.md", lambda f: f.write((text + "\n").encode()))
-    summary = {"seeds": seeds, "steps": args.steps, "sasrec_epochs": args.sasrec_epochs}
-    write_json(args.out / "table.json", {**summary, "table": table})
     print(f"wrote {args.out / 'table.md'} and table.json")
 
 
