@@ -26,6 +26,9 @@ commands:
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
   recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
   serve       a JSON HTTP API over a run: marlrec serve run_dir=... [host=127.0.0.1 port=8000]
+  abtest      two runs in the same simulated sessions, each metric's difference with a 95%
+              interval and p-value: marlrec abtest run_a=... run_b=... [users=1000 seed=0
+              out=abtest force=false]
   compare     runs side by side, mean ± std over seeds: marlrec compare <run or multirun
               dirs...> [--out compare/] [--metrics test/HR@10,test/NDCG@10] [--force]
   plugins     list installed plugins by kind, with the package each comes from;
@@ -99,6 +102,42 @@ def serve_command(args: list[str]) -> int:
         pass
     finally:
         server.server_close()
+    return 0
+
+
+def abtest_command(args: list[str]) -> int:
+    from marlrec.abtest import METRICS, abtest, write_report
+
+    defaults = {"users": 1000, "seed": 0, "out": "abtest", "force": False}
+    options = _options(args, ("run_a", "run_b"), defaults)
+    users, seed, force = options["users"], options["seed"], options["force"]
+    if not isinstance(users, int) or isinstance(users, bool) or users < 2:
+        raise MarlrecError(f"users must be an integer of at least 2, got {users!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise MarlrecError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(force, bool):
+        raise MarlrecError(f"force must be true or false, got {force!r}")
+    out = Path(str(options["out"]))
+    if (out / "abtest.json").exists() and not force:  # checked before minutes of sessions
+        raise MarlrecError(f"{out / 'abtest.json'} exists; choose another out=... or force=true")
+    report = abtest(Path(str(options["run_a"])), Path(str(options["run_b"])), users, seed)
+    write_report(report, out, force)
+    table = Table(title=f"B - A over {users} simulated sessions ({len(METRICS)} metrics)")
+    for column in ("metric", "A", "B", "B - A", "95% interval", "p", "sessions needed"):
+        table.add_column(column, justify="right")
+    for row in report["comparisons"]:
+        needed = row["sessions_needed"]
+        table.add_row(
+            row["metric"],
+            f"{row['mean_a']:.4f}",
+            f"{row['mean_b']:.4f}",
+            f"{row['difference']:+.4f}",
+            f"[{row['low']:+.4f}, {row['high']:+.4f}]",
+            f"{row['p_value']:.3g}",
+            "-" if needed is None else str(needed),
+        )
+    Console(width=160).print(table)
+    print(f"wrote {out / 'abtest.json'} and {out / 'abtest.png'}")
     return 0
 
 
@@ -183,6 +222,7 @@ COMMANDS = {
     "evaluate": evaluate_command,
     "recommend": recommend_command,
     "serve": serve_command,
+    "abtest": abtest_command,
     "compare": compare_command,
     "plugins": plugins_command,
 }

@@ -90,6 +90,31 @@ def test_recommend_explains_each_item(trained_run: Path, offline_cache: Path) ->
     assert "chosen by the 'relevance' agent" in result.stdout
 
 
+def test_abtest_of_a_run_against_itself_finds_no_difference(
+    trained_run: Path, offline_cache: Path, tmp_path: Path
+) -> None:
+    """Common random numbers: the same policy in the same sessions differs by exactly zero."""
+    args = ["abtest", f"run_a={trained_run}", f"run_b={trained_run}", "users=60"]
+    marlrec(*args, f"out={tmp_path}", cache=offline_cache, cwd=tmp_path)
+    report = json.loads((tmp_path / "abtest.json").read_text())
+    assert report["common_random_numbers"] and (tmp_path / "abtest.png").is_file()
+    rows = {row["metric"]: row for row in report["comparisons"]}
+    assert set(rows) == {"return", "clicks", "session length", "diversity", "novelty"}
+    for row in rows.values():
+        assert (row["difference"], row["low"], row["high"], row["p_value"]) == (0, 0, 0, 1)
+        assert row["mean_a"] == row["mean_b"] and row["sessions_needed"] is None
+    again = subprocess.run(
+        [sys.executable, "-m", "marlrec.cli", *args, f"out={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=cli_env(offline_cache),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert again.returncode != 0 and "exists; choose another out=... or force=true" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
 def test_multirun_writes_one_job_per_seed_into_one_dir(tmp_path: Path, offline_cache: Path) -> None:
     sweep = tmp_path / "sweep"
     marlrec(

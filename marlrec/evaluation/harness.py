@@ -287,10 +287,13 @@ class SessionTally:
         self.slates.append(np.asarray(info["slate"]))
         self.slate_sessions.append(session)
 
+    def per_session(self) -> dict[str, np.ndarray]:
+        """Each statistic (return, clicks, depth, diversity, novelty), one value per session."""
+        return {**self.statistics, **self._per_slate_means()}
+
     def results(self, metrics: Sequence[SessionMetric] | None) -> dict[str, float]:
         chosen = EvalConfig().session_metrics() if metrics is None else metrics
-        self.statistics.update(self._per_slate_means())
-        statistics = {key: values.tolist() for key, values in self.statistics.items()}
+        statistics = {key: values.tolist() for key, values in self.per_session().items()}
         results = session_results([m for m in chosen if m.statistic in statistics], statistics)
         results.update({f"reward/{name}": float(v.mean()) for name, v in self.terms.items()})
         for number, role in enumerate(self.roles):
@@ -331,16 +334,22 @@ def session_eval(
     """Session metrics (default: mean return, clicks per session, session depth in slates, the
     slates' mean diversity and novelty), each reward term's mean per session and each role's
     part (`role/<role>/slot_share`, `click_share`, `return`), every session stepped in one
-    batched env.
+    batched env."""
+    return play_sessions(env, act, n_sessions, seed).results(metrics)
 
-    The same figures as `session_eval_per_user`. A simulator keeps its session state per user,
+
+def play_sessions(env: Environment, act: Actor, n_sessions: int, seed: int) -> SessionTally:
+    """The `n_sessions` sessions of `session_plan(env, n_sessions, seed)`, played in one batched
+    env (or one after another where the env has no batched form).
+
+    The same figures as `play_sessions_per_user`. A simulator keeps its session state per user,
     so two sessions of one user never run at once: a later one waits for the earlier to end.
     Rewards that remember what the whole run showed (`coverage`) see the slates of different
     users interleaved, not session after session.
     """
     vector = env.make_vector(min(n_sessions, SESSION_BATCH))
     if not isinstance(vector, BatchedSlateEnv):
-        return session_eval_per_user(env, act, n_sessions, seed, metrics)
+        return play_sessions_per_user(env, act, n_sessions, seed)
     users = session_plan(env, n_sessions, seed)
     role_of = {role: number for number, role in enumerate(env.spec.roles)}
     tally = SessionTally(env, n_sessions)
@@ -375,7 +384,7 @@ def session_eval(
                 tally.add_slate(running[row], info)
             if done:
                 del running[row]
-    return tally.results(metrics)
+    return tally
 
 
 def _startable(
@@ -404,6 +413,13 @@ def session_eval_per_user(
 ) -> dict[str, float]:
     """`session_eval` one session after another in the per-user AEC env: the reference for
     environments without a batched form."""
+    return play_sessions_per_user(env, act, n_sessions, seed).results(metrics)
+
+
+def play_sessions_per_user(
+    env: Environment, act: Actor, n_sessions: int, seed: int
+) -> SessionTally:
+    """`play_sessions` one session after another in the per-user AEC env."""
     aec = env.make_aec()
     users = session_plan(env, n_sessions, seed)
     tally = SessionTally(env, n_sessions)
@@ -423,7 +439,7 @@ def session_eval_per_user(
             if "reward_terms" in aec.infos[agent] and aec.unwrapped.slate_number > depth:
                 depth = aec.unwrapped.slate_number
                 tally.add_slate(session, aec.infos[agent])
-    return tally.results(metrics)
+    return tally
 
 
 def evaluate_policies(
