@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from marlrec.data import Histories
 from marlrec.io import atomic_path
+from marlrec.pipeline import Pipeline
 from marlrec.training.loop import VALID_METRIC
 
 
@@ -65,6 +69,65 @@ def write_role_shares(results: dict[str, dict[str, float]], path: Path) -> bool:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     return True
+
+
+def write_interest_map(pipeline: Pipeline, path: Path, seed: int, most: int = 600) -> bool:
+    """Users' states and items projected together to 2-D by t-SNE, each user coloured by the
+    category most frequent in their training history (the dataset's first categorical item
+    attribute), as a PNG; False (nothing written) when the data has no such attribute."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.manifold import TSNE
+
+    data, item_emb = pipeline.data, pipeline.item_emb.detach().cpu().float()
+    category = item_categories(data.item_attributes)
+    if category is None:
+        return False
+    name, categories = category
+    rng = np.random.default_rng(seed)
+    histories = data.train_histories
+    users = np.flatnonzero([len(h) > 0 for h in histories])
+    users = rng.choice(users, min(most, len(users)), replace=False)
+    with torch.no_grad():
+        packed = Histories.pack([histories[u] for u in users], item_emb.device)
+        states = pipeline.env.ctx.state.from_histories(packed, item_emb).cpu().float()
+    dominant = [int(categories[histories[u]].sum(axis=0).argmax()) for u in users]
+    items = rng.choice(data.n_items, min(most, data.n_items), replace=False)
+    shown_items = states.shape[1] == item_emb.shape[1]  # the same space: draw them together
+    together = torch.cat([states, item_emb[items]]) if shown_items else states
+    points = torch.nn.functional.normalize(together, dim=1).numpy()
+    perplexity = min(30.0, (len(points) - 1) / 3)
+    xy = TSNE(init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
+    figure = Figure(figsize=(7, 6))
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot()
+    if shown_items:
+        axis.scatter(xy[len(users) :, 0], xy[len(users) :, 1], s=4, c="lightgrey", label="items")
+    for value in sorted(set(dominant)):
+        mine = np.flatnonzero(np.array(dominant) == value)
+        axis.scatter(xy[mine, 0], xy[mine, 1], s=10, label=f"{name} {value}")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.suptitle(f"interest map: {len(users)} users' states (t-SNE), by dominant {name}")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return True
+
+
+def item_categories(attributes: dict[str, np.ndarray]) -> tuple[str, np.ndarray] | None:
+    """The first categorical item attribute, as a (n_items, categories) multi-hot matrix: one
+    already (`genres`), or one-hot from a small-integer code (`topic`)."""
+    for name, values in attributes.items():
+        if values.ndim == 2 and values.shape[1] > 1:
+            return name, np.asarray(values, dtype=np.float64)
+        distinct = len(np.unique(values)) if values.ndim == 1 else 0
+        # Ids and years are integers too, but with (nearly) one value per item or many values.
+        if values.dtype.kind in "iu" and 1 < distinct <= min(30, len(values) // 2):
+            codes = values - values.min()
+            return name, np.eye(int(codes.max()) + 1)[codes]
+    return None
 
 
 def print_history(history: list[dict[str, Any]]) -> None:

@@ -34,7 +34,13 @@ from marlrec.io import atomic_path, atomic_write, write_json
 from marlrec.pipeline import Pipeline, build
 from marlrec.recommend import load_run, restore_best
 from marlrec.registry import MarlrecError
-from marlrec.report import print_history, print_table, write_learning_curve, write_role_shares
+from marlrec.report import (
+    print_history,
+    print_table,
+    write_interest_map,
+    write_learning_curve,
+    write_role_shares,
+)
 from marlrec.settings import TrainRun
 from marlrec.threads import fit_threads, register_job
 from marlrec.training.imitation import imitate
@@ -187,6 +193,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         write_learning_curve(run.history, run_dir / "learning_curve.png")
         print_history(run.history)
     write_role_shares(results, run_dir / "roles.png")
+    write_interest_map(pipeline, run_dir / "interest_map.png", seed=int(cfg.seed))
     print_table(results, title=f"{cfg.agent.name} on {cfg.data.name} ({run_dir})")
     return metrics
 

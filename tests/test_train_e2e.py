@@ -53,7 +53,8 @@ def test_run_dir_holds_config_metrics_checkpoint_and_logs(trained_run: Path) -> 
     assert (trained_run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert set(metrics["eval"]) == {"agent", "random", "pop"}
-    assert (trained_run / "roles.png").read_bytes()[:4] == b"\x89PNG"
+    for plot in ("roles.png", "interest_map.png"):
+        assert (trained_run / plot).read_bytes()[:4] == b"\x89PNG", plot
     shares = [v for k, v in metrics["eval"]["agent"].items() if k.endswith("/click_share")]
     assert len(shares) == 2 and sum(shares) == pytest.approx(1.0)
     assert metrics["train"]["train_env_steps"] >= 4500
