@@ -43,6 +43,10 @@ class TrainerConfig:
     the retrieved candidates (a warm start from the training interactions); 0: none."""
     imitation_lr: float = 0.001
     """Adam learning rate of the imitation steps."""
+    imitation_steps_per_update: int = 0
+    """Imitation steps after each collect-and-update step of RL, on fresh batches of logged
+    choices: imitation goes on as an auxiliary loss, so that RL adds to what it taught instead
+    of eroding it; 0: imitation only before RL."""
     test_episodes: int = 50
     """Sessions run at each epoch's test step."""
     eval_every_epochs: int = 1
@@ -75,7 +79,13 @@ class TrainerConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise PluginError(f"trainer.{key} must be at least 1, got {getattr(self, key)}")
-        for key in ("eval_every_epochs", "patience", "imitation_steps", "threads"):
+        for key in (
+            "eval_every_epochs",
+            "patience",
+            "imitation_steps",
+            "imitation_steps_per_update",
+            "threads",
+        ):
             if getattr(self, key) < 0:
                 raise PluginError(f"trainer.{key} must be 0 or more, got {getattr(self, key)}")
         if self.imitation_lr <= 0:

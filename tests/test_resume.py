@@ -39,6 +39,7 @@ TINY = [
     "eval.sessions=5",
     "agent.hidden=16",
     "baseline=[random]",
+    "trainer.imitation_steps_per_update=1",  # imitation during RL resumes exactly too
 ]
 # Figures that depend on wall-clock time, not on what was learned.
 TIMINGS = ("train_seconds", "train_env_steps_per_second", "imitation_seconds")

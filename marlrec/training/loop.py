@@ -39,6 +39,7 @@ from marlrec.agents import Agent, BufferFactory, TrainingHook
 from marlrec.envs import Environment
 from marlrec.io import atomic_write
 from marlrec.settings import TrainRun
+from marlrec.training.anchor import ImitationAnchor
 from marlrec.training.checkpoint import (
     COLLECTOR_FIELDS,
     STATE_FORMAT,
@@ -88,10 +89,14 @@ class TrainingLoop:
         logger: CheckpointLogger,
         saved: dict[str, Any] | None,
         training_hook: TrainingHook | None,
+        anchor: ImitationAnchor | None = None,
     ) -> None:
         self.algorithm, self.run, self.logger, self.saved = algorithm, run, logger, saved
         self.train_collector, self.test_collector = collectors
         self.training_hook = training_hook
+        self.anchor = anchor
+        if anchor is not None and saved is not None and saved.get("anchor") is not None:
+            anchor.load_state_dict(saved["anchor"])
         self.progress = LoopProgress(**saved["progress"]) if saved else LoopProgress()
         # The run's history list is filled in place, so the caller sees it after training.
         run.history[:] = self.progress.history
@@ -114,6 +119,11 @@ class TrainingLoop:
         envs = self.test_collector.env
         envs.seed(epoch_seeds(self.run.seed, epoch, TEST_STREAM, envs.env_num))
         self.test_collector.reset_env()
+
+    def after_update(self) -> None:
+        """After each collect-and-update step: imitation keeps what it taught (if set)."""
+        if self.anchor is not None:
+            self.anchor.step(self.run.trainer.imitation_steps_per_update)
 
     # Around each epoch
 
@@ -200,6 +210,7 @@ class TrainingLoop:
             "logger": self.logger.counters(),
             "progress": asdict(self.progress),
             "rng": rng_state(),
+            "anchor": self.anchor.state_dict() if self.anchor is not None else None,
         }
         atomic_write(path, lambda f: torch.save(state, f))
 
@@ -271,7 +282,9 @@ class _LoopTrainer:
 
     def _update_step(self, collect_stats: Any) -> Any:
         with self.loop.autocast():
-            return super()._update_step(collect_stats)  # type: ignore[misc]
+            stats = super()._update_step(collect_stats)  # type: ignore[misc]
+        self.loop.after_update()
+        return stats
 
 
 class LoopOffPolicyTrainer(_LoopTrainer, OffPolicyTrainer):
@@ -295,11 +308,13 @@ def train_with_tianshou(
     off_policy: bool,
     training_hook: TrainingHook | None = None,
     make_buffer: BufferFactory | None = None,
+    anchor: ImitationAnchor | None = None,
 ) -> dict[str, float]:
     """Collect from env copies and update `algorithm` for the run's epochs; summary figures.
 
     With `run.trainer.resume` and a training state at `run.state_path`, training continues from
-    it. `make_buffer` replaces the default `VectorReplayBuffer` (e.g. a prioritised one).
+    it. `make_buffer` replaces the default `VectorReplayBuffer` (e.g. a prioritised one);
+    `anchor` imitates between updates.
     """
     t = run.trainer
     saved = load_training_state(run.state_path) if t.resume and run.state_path else None
@@ -328,7 +343,7 @@ def train_with_tianshou(
                 "gradient_step": saved["gradient_step"],
                 **saved["logger"],
             }
-        loop = TrainingLoop(algorithm, run, collectors, logger, saved, training_hook)
+        loop = TrainingLoop(algorithm, run, collectors, logger, saved, training_hook, anchor)
         params = _trainer_params(run, collectors, loop, logger, off_policy, saved is not None)
         trainer_class = LoopOffPolicyTrainer if off_policy else LoopOnPolicyTrainer
         # Tianshou warns on every 2-D (episode x role) return array; the reduction handles it.
@@ -385,4 +400,5 @@ def fit(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
         off_policy=plan.off_policy,
         training_hook=plan.training_hook,
         make_buffer=plan.make_buffer,
+        anchor=ImitationAnchor(agent, env, run) if run.trainer.imitation_steps_per_update else None,
     )
