@@ -40,6 +40,8 @@ from marlrec.pipeline import build
 # configuration comes first; then what it is made of, taken apart.
 AGENTS: dict[str, list[str]] = {
     "mappo (preset)": [],
+    "imitation only (no RL)": ["trainer.max_epochs=0"],
+    "RL without imitation during it": ["trainer.imitation_steps_per_update=0"],
     "single agent (env=single, ppo)": ["env=single", "agent=ppo"],
     "relevance role alone": ["env.roles=[relevance]", "env.slots_per_role=4"],
     "diversity role alone": ["env.roles=[diversity]", "env.slots_per_role=4"],

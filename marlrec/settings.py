@@ -19,7 +19,8 @@ class TrainerConfig:
     """The `trainer` config group: how long and how to train, whatever the agent."""
 
     max_epochs: int = 10
-    """Training epochs; a test step, a validation and a checkpoint follow each."""
+    """Training epochs; a test step, a validation and a checkpoint follow each. 0: no
+    reinforcement learning, the agents keep what imitation taught (the imitation-only row)."""
     epoch_num_env_steps: int = 2000
     """Environment steps (one per slot filled) collected per epoch."""
     collect_num_env_steps: int = 64
@@ -67,7 +68,6 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "max_epochs",
             "epoch_num_env_steps",
             "collect_num_env_steps",
             "update_repetitions",
@@ -80,6 +80,7 @@ class TrainerConfig:
             if getattr(self, key) < 1:
                 raise PluginError(f"trainer.{key} must be at least 1, got {getattr(self, key)}")
         for key in (
+            "max_epochs",
             "eval_every_epochs",
             "patience",
             "imitation_steps",

@@ -110,6 +110,20 @@ def test_imitation_during_rl_teaches_and_resumes_the_same_batches(tmp_path: Path
     assert restored.steps == anchor.steps == 153
 
 
+def test_no_rl_epochs_keep_what_imitation_taught(tmp_path: Path) -> None:
+    """`trainer.max_epochs=0`: the imitation-only row; the networks are left as they are."""
+    pipeline = build(compose_config([*SMALL, "trainer.max_epochs=0", "trainer.imitation_steps=5"]))
+    saved: list[int] = []
+    run = run_for(pipeline, tmp_path)
+    run.save_checkpoint = saved.append
+    imitate(pipeline.agent, pipeline.env, run)
+    network = pipeline.agent.scoring_network(0)
+    before = copy.deepcopy(network.state_dict())
+    assert fit(pipeline.agent, pipeline.env, run) == {} and saved == [0]
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_imitation_settings_are_checked() -> None:
     with pytest.raises(PluginError, match=r"trainer\.imitation_steps must be 0 or more"):
         TrainerConfig(imitation_steps=-1)

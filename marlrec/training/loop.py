@@ -389,8 +389,8 @@ def _trainer_params(
 
 def fit(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
     """Train `agent` on copies of `env` for the run's epochs; summary figures."""
-    plan = agent.training_plan(env, run)
-    if plan is None:  # a fixed policy: its checkpoint alone makes the run servable
+    plan = agent.training_plan(env, run) if run.trainer.max_epochs else None
+    if plan is None:  # a fixed policy, or no RL: its checkpoint alone makes the run servable
         run.save_checkpoint(0)
         return {}
     return train_with_tianshou(
