@@ -20,12 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tianshou.algorithm.algorithm_base import OffPolicyAlgorithm, OnPolicyAlgorithm, Policy
-from tianshou.algorithm.multiagent.marl import (
-    MARLDispatcher,
-    MultiAgentOffPolicyAlgorithm,
-    MultiAgentOnPolicyAlgorithm,
-    MultiAgentPolicy,
-)
+from tianshou.algorithm.multiagent.marl import MultiAgentPolicy
 from tianshou.algorithm.optim import OptimizerFactory, ParamsType
 from tianshou.data import Batch, ReplayBuffer
 from tianshou.env import PettingZooEnv
@@ -33,6 +28,10 @@ from torch import nn
 
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
+from marlrec.tianshou_compat import (
+    HookedMultiAgentOffPolicyAlgorithm,
+    HookedMultiAgentOnPolicyAlgorithm,
+)
 
 # Scale of the standardised retrieval score and popularity in an actor's direct logit term.
 DIRECT_GAIN = 10.0
@@ -45,11 +44,11 @@ class CooperativePolicy(MultiAgentPolicy):
 
     @property
     def is_within_training_step(self) -> bool:
-        return self._within_training_step
+        return self._training_step_flag
 
     @is_within_training_step.setter
     def is_within_training_step(self, value: bool) -> None:
-        self._within_training_step = value
+        self._training_step_flag = value
         for policy in getattr(self, "policies", {}).values():
             policy.is_within_training_step = value
 
@@ -58,26 +57,20 @@ class CooperativePolicy(MultiAgentPolicy):
         self.is_within_training_step = False
 
 
-class CooperativeOffPolicyAlgorithm(MultiAgentOffPolicyAlgorithm):
+class CooperativeOffPolicyAlgorithm(HookedMultiAgentOffPolicyAlgorithm):
     """Tianshou's multi-agent off-policy algorithm with a `CooperativePolicy`."""
 
     def __init__(self, *, algorithms: list[OffPolicyAlgorithm], env: PettingZooEnv) -> None:
-        dispatcher: MARLDispatcher[OffPolicyAlgorithm] = MARLDispatcher(algorithms, env)
-        policy = CooperativePolicy({a: alg.policy for a, alg in dispatcher.algorithms.items()})
-        OffPolicyAlgorithm.__init__(self, policy=policy)
-        self._dispatcher = dispatcher
-        self._submodules = nn.ModuleList(algorithms)
+        super().__init__(algorithms=algorithms, env=env)
+        self.policy = CooperativePolicy(self.policy.policies)
 
 
-class CooperativeOnPolicyAlgorithm(MultiAgentOnPolicyAlgorithm):
+class CooperativeOnPolicyAlgorithm(HookedMultiAgentOnPolicyAlgorithm):
     """Tianshou's multi-agent on-policy algorithm with a `CooperativePolicy`."""
 
     def __init__(self, *, algorithms: list[OnPolicyAlgorithm], env: PettingZooEnv) -> None:
-        dispatcher: MARLDispatcher[OnPolicyAlgorithm] = MARLDispatcher(algorithms, env)
-        policy = CooperativePolicy({a: alg.policy for a, alg in dispatcher.algorithms.items()})
-        OnPolicyAlgorithm.__init__(self, policy=policy)
-        self._dispatcher = dispatcher
-        self._submodules = nn.ModuleList(algorithms)
+        super().__init__(algorithms=algorithms, env=env)
+        self.policy = CooperativePolicy(self.policy.policies)
 
 
 def multi_agent_env(env: Environment, agent: str) -> PettingZooEnv:
@@ -108,11 +101,15 @@ class SharedOptimizerFactory(OptimizerFactory):
 
 
 def own_turn_transitions(
-    buffer: ReplayBuffer, indices: np.ndarray, agent_id: str
+    buffer: ReplayBuffer,
+    indices: np.ndarray,
+    agent_id: str,
+    rewards: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For each of one role's steps, follow the episode to that role's own next turn.
 
-    `buffer.rew` must hold this role's reward column (Tianshou's dispatcher arranges that).
+    `rewards` (one per buffer slot) are what the role accrues; by default `buffer.rew`, which
+    must then hold this role's reward column (Tianshou's dispatcher arranges that).
     Returns the reward accrued until the next own turn, the index of that turn, whether to
     bootstrap from it (the episode went on), and whether the transition is complete (its next
     turn has been collected; the newest steps of a running episode are not yet).
@@ -122,8 +119,9 @@ def own_turn_transitions(
     active = np.ones(len(indices), dtype=bool)
     ended = np.zeros(len(indices), dtype=bool)
     complete = np.ones(len(indices), dtype=bool)
+    rewards = buffer.rew if rewards is None else rewards
     while active.any():
-        accrued[active] += buffer.rew[current[active]]
+        accrued[active] += rewards[current[active]]
         done_here = active & buffer.done[current]
         ended |= done_here
         active &= ~done_here

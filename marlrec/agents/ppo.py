@@ -33,6 +33,7 @@ from marlrec.agents.marl import (
 )
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
+from marlrec.tianshou_compat import HookedPPO
 
 
 @dataclass(kw_only=True)
@@ -82,7 +83,7 @@ def with_own_target(buffer: ReplayBuffer, indices: np.ndarray, agent_id: str) ->
     return complete & ~cut
 
 
-class RolePPO(PPO):
+class RolePPO(HookedPPO):
     """PPO whose returns and advantages follow the role from its turn to its own next turn.
 
     Transitions without a return (`with_own_target`) are left out of the update.
@@ -91,20 +92,24 @@ class RolePPO(PPO):
     def __init__(self, *, agent_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.agent_id = agent_id
+        # What the role accrues between its turns, one per buffer slot; None: `buffer.rew`.
+        self.accrued_rewards: np.ndarray | None = None
 
-    def _preprocess_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+    def prepare_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
         complete = with_own_target(buffer, indices, self.agent_id)
         if not complete.any():
             return Batch()  # Tianshou's dispatcher skips a role with no data
         indices = indices[complete]
         batch = batch[complete]
         batch.obs = self._critic_observations(buffer, indices)
-        return super()._preprocess_batch(batch, buffer, indices)
+        return super().prepare_batch(batch, buffer, indices)
 
-    def _add_returns_and_advantages(
+    def add_returns_and_advantages(
         self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray
     ) -> Batch:
-        accrued, next_turn, bootstrap, _ = own_turn_transitions(buffer, indices, self.agent_id)
+        accrued, next_turn, bootstrap, _ = own_turn_transitions(
+            buffer, indices, self.agent_id, self.accrued_rewards
+        )
         values = self._values(batch.obs)
         next_values = np.zeros(len(indices))
         if bootstrap.any():
