@@ -28,6 +28,7 @@ from torch import nn
 
 from marlrec.agents import Agent, BufferFactory, TrainingPlan, TrainRun
 from marlrec.agents.marl import (
+    CandidateEncoder,
     CandidateQNet,
     CooperativeOffPolicyAlgorithm,
     SharedOptimizerFactory,
@@ -175,10 +176,13 @@ class RoleDQN(HookedDQN):
     def own_turn_q(self, buffer: ReplayBuffer, indices: np.ndarray) -> torch.Tensor:
         """Q of the role's own turns at `indices`, kept on the network's device."""
         obs = buffer.obs[indices]
+        model = self.policy.model
         with torch.no_grad():
-            online, _ = self.policy.model(obs.obs)
+            # The online and the target network read the same weight-free inputs.
+            inputs = model.inputs(obs.obs) if isinstance(model, CandidateEncoder) else obs.obs
+            online, _ = model(inputs)
             online = self.policy.compute_q_value(online, obs.mask)
-            q = self.model_old(obs.obs)[0] if self.use_target_network else online
+            q = self.model_old(inputs)[0] if self.use_target_network else online
             if self.is_double:
                 return q.gather(1, online.argmax(dim=1, keepdim=True)).squeeze(1).float()
             return self.policy.compute_q_value(q, obs.mask).max(dim=1)[0].float()

@@ -81,7 +81,7 @@ class SlateCritic(CandidateEncoder):
         self.to(device)
 
     def forward(self, obs: Batch, state: Any = None, info: Any = None) -> torch.Tensor:
-        f = self.features(obs.obs)
+        f = self.features(self.read(obs))
         slate = torch.as_tensor(obs.slate, dtype=torch.float32, device=self.device)
         by_role = slate[..., :-1]  # (B, M, n_roles)
         placed = torch.einsum("bmr,bmh->brh", by_role, f.candidates)
@@ -100,7 +100,7 @@ class CentralisedRolePPO(RolePPO):
         self.layout = layout
 
     def _critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
-        obs = buffer.obs[indices]
+        obs = super()._critic_observations(buffer, indices)
         obs.slate = slate_so_far(buffer, indices, self.roles, self.layout)
         return obs
 

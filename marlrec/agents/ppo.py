@@ -25,8 +25,10 @@ from marlrec.agents import Agent, TrainingPlan, TrainRun
 from marlrec.agents.marl import (
     CandidateActor,
     CandidateCritic,
+    CandidateEncoder,
     CooperativeOnPolicyAlgorithm,
     SharedOptimizerFactory,
+    attach_inputs,
     multi_agent_env,
     own_turn_advantages,
     own_turn_transitions,
@@ -126,8 +128,12 @@ class RolePPO(HookedPPO):
         return batch
 
     def _critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
-        """What the critic reads at the buffer's `indices`: here, the role's own observation."""
-        return buffer.obs[indices]
+        """What the critic reads at the buffer's `indices`: here, the role's own observation,
+        with the weight-free inputs that the actor and the critic share."""
+        obs = buffer.obs[indices]
+        if isinstance(self.critic, CandidateEncoder):
+            attach_inputs(obs, self.critic)
+        return obs
 
     def _values(self, obs: Batch) -> np.ndarray:
         with torch.no_grad():
