@@ -99,8 +99,8 @@ class CentralisedRolePPO(RolePPO):
         self.roles = roles
         self.layout = layout
 
-    def _critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
-        obs = super()._critic_observations(buffer, indices)
+    def critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+        obs = super().critic_observations(buffer, indices)
         obs.slate = slate_so_far(buffer, indices, self.roles, self.layout)
         return obs
 

@@ -103,7 +103,7 @@ class RolePPO(HookedPPO):
             return Batch()  # Tianshou's dispatcher skips a role with no data
         indices = indices[complete]
         batch = batch[complete]
-        batch.obs = self._critic_observations(buffer, indices)
+        batch.obs = self.critic_observations(buffer, indices)
         return super().prepare_batch(batch, buffer, indices)
 
     def add_returns_and_advantages(
@@ -115,7 +115,7 @@ class RolePPO(HookedPPO):
         values = self._values(batch.obs)
         next_values = np.zeros(len(indices))
         if bootstrap.any():
-            following = self._critic_observations(buffer, next_turn[bootstrap])
+            following = self.critic_observations(buffer, next_turn[bootstrap])
             next_values[bootstrap] = self._values(following)
         deltas = accrued + self.gamma * next_values - values
         advantages = own_turn_advantages(
@@ -127,7 +127,7 @@ class RolePPO(HookedPPO):
         batch.adv = to_torch_as(advantages, batch.v_s)
         return batch
 
-    def _critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+    def critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
         """What the critic reads at the buffer's `indices`: here, the role's own observation,
         with the weight-free inputs that the actor and the critic share."""
         obs = buffer.obs[indices]
