@@ -8,7 +8,14 @@ from tianshou.data import Batch, ReplayBuffer
 from tianshou.env import PettingZooEnv
 from tianshou.utils.torch_utils import policy_within_training_step
 
-from marlrec.agents.marl import CandidateQNet, SharedOptimizerFactory, own_turn_transitions
+from marlrec.agents.marl import (
+    CandidateActor,
+    CandidateCritic,
+    CandidateQNet,
+    SharedOptimizerFactory,
+    attach_inputs,
+    own_turn_transitions,
+)
 
 
 def _buffer(steps: list[tuple[str, float, bool]]) -> ReplayBuffer:
@@ -119,3 +126,30 @@ def test_a_shared_q_network_tells_the_roles_apart(small_pipeline) -> None:
         net.direct.weight.copy_(torch.tensor([[0.0, 100.0]]))
     popularity = spec.layout.split(obs)["popularity"][0]
     assert popularity[net(obs)[0][0].argmax()] == popularity.max()
+
+
+def test_networks_read_shared_inputs_as_they_read_the_observation(small_pipeline) -> None:
+    # A target network (or a critic) handed the inputs another network computed scores the
+    # batch exactly as from the observation itself, also once the inputs ride on a Batch
+    # that is split and shuffled.
+    spec, cpu = small_pipeline.env.spec, torch.device("cpu")
+    torch.manual_seed(0)
+    online, target = CandidateQNet(spec, 16, cpu), CandidateQNet(spec, 16, cpu)
+    actor, critic = CandidateActor(spec, 16, cpu), CandidateCritic(spec, 16, cpu)
+    aec = small_pipeline.env.make()
+    aec.reset(seed=2)
+    flat = []
+    for _ in range(3):
+        observation = aec.observe(aec.agent_selection)
+        flat.append(observation["observation"])
+        aec.step(int(np.flatnonzero(observation["action_mask"])[0]))
+    obs = np.stack(flat)
+    inputs = online.inputs(obs)
+    for net in (online, target):
+        assert torch.equal(net(inputs)[0], net(obs)[0])
+    mask = np.ones((3, spec.layout.n_candidates), bool)
+    attached = attach_inputs(Batch(obs=obs, mask=mask), critic)[np.array([2, 0])]
+    plain = Batch(obs=obs, mask=mask)[np.array([2, 0])]
+    assert "candidate_inputs" in attached.get_keys() and "candidate_inputs" not in plain.get_keys()
+    assert torch.equal(actor(attached)[0], actor(plain)[0])
+    assert torch.equal(critic(attached), critic(plain))

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from tianshou.algorithm import DQN
 from tianshou.algorithm.algorithm_base import TrainingStats
 from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
 from tianshou.data import (
@@ -29,6 +28,7 @@ from torch import nn
 
 from marlrec.agents import Agent, BufferFactory, TrainingPlan, TrainRun
 from marlrec.agents.marl import (
+    CandidateEncoder,
     CandidateQNet,
     CooperativeOffPolicyAlgorithm,
     SharedOptimizerFactory,
@@ -37,6 +37,7 @@ from marlrec.agents.marl import (
 )
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
+from marlrec.tianshou_compat import HookedDQN
 
 
 @dataclass(kw_only=True)
@@ -146,14 +147,14 @@ def own_turn_returns(
     return result, has_target
 
 
-class RoleDQN(DQN):
+class RoleDQN(HookedDQN):
     """DQN whose targets follow the role from its turn along its own next turns."""
 
     def __init__(self, *, agent_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.agent_id = agent_id
 
-    def _preprocess_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+    def prepare_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
         device = next(self.policy.model.parameters()).device
         returns, has_target = own_turn_returns(
             buffer,
@@ -161,7 +162,7 @@ class RoleDQN(DQN):
             self.agent_id,
             self.gamma,
             self.n_step,
-            lambda turns: self._target_q(buffer, turns),
+            lambda turns: self.own_turn_q(buffer, turns),
             device,
         )
         batch.returns = returns
@@ -172,13 +173,16 @@ class RoleDQN(DQN):
         batch.weight = weight * sampled
         return batch
 
-    def _target_q(self, buffer: ReplayBuffer, indices: np.ndarray) -> torch.Tensor:
+    def own_turn_q(self, buffer: ReplayBuffer, indices: np.ndarray) -> torch.Tensor:
         """Q of the role's own turns at `indices`, kept on the network's device."""
         obs = buffer.obs[indices]
+        model = self.policy.model
         with torch.no_grad():
-            online, _ = self.policy.model(obs.obs)
+            # The online and the target network read the same weight-free inputs.
+            inputs = model.inputs(obs.obs) if isinstance(model, CandidateEncoder) else obs.obs
+            online, _ = model(inputs)
             online = self.policy.compute_q_value(online, obs.mask)
-            q = self.model_old(obs.obs)[0] if self.use_target_network else online
+            q = self.model_old(inputs)[0] if self.use_target_network else online
             if self.is_double:
                 return q.gather(1, online.argmax(dim=1, keepdim=True)).squeeze(1).float()
             return self.policy.compute_q_value(q, obs.mask).max(dim=1)[0].float()
@@ -199,11 +203,11 @@ class CooperativeDQN(CooperativeOffPolicyAlgorithm):
             set_beta(buffer, self.beta)
         return super().update(buffer, sample_size)
 
-    def _postprocess_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> None:
+    def finish_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> None:
         if not isinstance(buffer, PrioritizedReplayBuffer):
             return
         agent_ids = buffer.obs.agent_id[indices]
-        for agent_id in self._dispatcher.algorithms:
+        for agent_id in self.policy.policies:
             part = batch[agent_id]
             if "weight" not in part.get_keys():
                 continue

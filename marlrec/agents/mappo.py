@@ -11,6 +11,8 @@ the roles' rewards (the cooperative reward itself unless roles mix in their own 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +81,7 @@ class SlateCritic(CandidateEncoder):
         self.to(device)
 
     def forward(self, obs: Batch, state: Any = None, info: Any = None) -> torch.Tensor:
-        f = self.features(obs.obs)
+        f = self.features(self.read(obs))
         slate = torch.as_tensor(obs.slate, dtype=torch.float32, device=self.device)
         by_role = slate[..., :-1]  # (B, M, n_roles)
         placed = torch.einsum("bmr,bmh->brh", by_role, f.candidates)
@@ -97,27 +99,41 @@ class CentralisedRolePPO(RolePPO):
         self.roles = roles
         self.layout = layout
 
-    def _critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
-        obs = buffer.obs[indices]
+    def critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+        obs = super().critic_observations(buffer, indices)
         obs.slate = slate_so_far(buffer, indices, self.roles, self.layout)
         return obs
 
 
 class TeamRewardOnPolicyAlgorithm(CooperativeOnPolicyAlgorithm):
-    """Every role learns from the team reward: the mean of the roles' reward columns."""
+    """Every role learns from the team reward: the mean of the roles' reward columns.
 
-    def _preprocess_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+    Each role's returns accrue the team reward handed to it for the update; the buffer keeps
+    the roles' own rewards.
+    """
+
+    def prepare_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
         rewards = buffer.rew
         if not (isinstance(rewards, np.ndarray) and rewards.ndim == 2):
-            return super()._preprocess_batch(batch, buffer, indices)
-        team = np.repeat(rewards.mean(axis=1, keepdims=True), rewards.shape[1], axis=1)
-        # The dispatcher hands each role its column of `buffer.rew`; swap in the team's for it.
-        buffer._meta.rew = team
-        batch.rew = team[indices]
-        try:
-            return super()._preprocess_batch(batch, buffer, indices)
-        finally:
-            buffer._meta.rew = rewards
+            return super().prepare_batch(batch, buffer, indices)
+        with team_rewards(self.roles(), rewards.mean(axis=1)):
+            return super().prepare_batch(batch, buffer, indices)
+
+    def roles(self) -> list[RolePPO]:
+        algorithms = (self.get_algorithm(agent) for agent in self.policy.policies)
+        return [a for a in algorithms if isinstance(a, RolePPO)]
+
+
+@contextlib.contextmanager
+def team_rewards(roles: list[RolePPO], team: np.ndarray) -> Iterator[None]:
+    """Let every role accrue `team` (one reward per buffer slot) in place of its own column."""
+    for role in roles:
+        role.accrued_rewards = team
+    try:
+        yield
+    finally:
+        for role in roles:
+            role.accrued_rewards = None
 
 
 class MAPPO(IndependentPPO):

@@ -13,6 +13,7 @@ network serves every role and a learned role embedding tells the roles apart.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tianshou.algorithm.algorithm_base import OffPolicyAlgorithm, OnPolicyAlgorithm, Policy
-from tianshou.algorithm.multiagent.marl import (
-    MARLDispatcher,
-    MultiAgentOffPolicyAlgorithm,
-    MultiAgentOnPolicyAlgorithm,
-    MultiAgentPolicy,
-)
+from tianshou.algorithm.multiagent.marl import MultiAgentPolicy
 from tianshou.algorithm.optim import OptimizerFactory, ParamsType
 from tianshou.data import Batch, ReplayBuffer
 from tianshou.env import PettingZooEnv
@@ -33,6 +29,10 @@ from torch import nn
 
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
+from marlrec.tianshou_compat import (
+    HookedMultiAgentOffPolicyAlgorithm,
+    HookedMultiAgentOnPolicyAlgorithm,
+)
 
 # Scale of the standardised retrieval score and popularity in an actor's direct logit term.
 DIRECT_GAIN = 10.0
@@ -45,11 +45,11 @@ class CooperativePolicy(MultiAgentPolicy):
 
     @property
     def is_within_training_step(self) -> bool:
-        return self._within_training_step
+        return self._training_step_flag
 
     @is_within_training_step.setter
     def is_within_training_step(self, value: bool) -> None:
-        self._within_training_step = value
+        self._training_step_flag = value
         for policy in getattr(self, "policies", {}).values():
             policy.is_within_training_step = value
 
@@ -58,26 +58,20 @@ class CooperativePolicy(MultiAgentPolicy):
         self.is_within_training_step = False
 
 
-class CooperativeOffPolicyAlgorithm(MultiAgentOffPolicyAlgorithm):
+class CooperativeOffPolicyAlgorithm(HookedMultiAgentOffPolicyAlgorithm):
     """Tianshou's multi-agent off-policy algorithm with a `CooperativePolicy`."""
 
     def __init__(self, *, algorithms: list[OffPolicyAlgorithm], env: PettingZooEnv) -> None:
-        dispatcher: MARLDispatcher[OffPolicyAlgorithm] = MARLDispatcher(algorithms, env)
-        policy = CooperativePolicy({a: alg.policy for a, alg in dispatcher.algorithms.items()})
-        OffPolicyAlgorithm.__init__(self, policy=policy)
-        self._dispatcher = dispatcher
-        self._submodules = nn.ModuleList(algorithms)
+        super().__init__(algorithms=algorithms, env=env)
+        self.policy = CooperativePolicy(self.policy.policies)
 
 
-class CooperativeOnPolicyAlgorithm(MultiAgentOnPolicyAlgorithm):
+class CooperativeOnPolicyAlgorithm(HookedMultiAgentOnPolicyAlgorithm):
     """Tianshou's multi-agent on-policy algorithm with a `CooperativePolicy`."""
 
     def __init__(self, *, algorithms: list[OnPolicyAlgorithm], env: PettingZooEnv) -> None:
-        dispatcher: MARLDispatcher[OnPolicyAlgorithm] = MARLDispatcher(algorithms, env)
-        policy = CooperativePolicy({a: alg.policy for a, alg in dispatcher.algorithms.items()})
-        OnPolicyAlgorithm.__init__(self, policy=policy)
-        self._dispatcher = dispatcher
-        self._submodules = nn.ModuleList(algorithms)
+        super().__init__(algorithms=algorithms, env=env)
+        self.policy = CooperativePolicy(self.policy.policies)
 
 
 def multi_agent_env(env: Environment, agent: str) -> PettingZooEnv:
@@ -108,11 +102,15 @@ class SharedOptimizerFactory(OptimizerFactory):
 
 
 def own_turn_transitions(
-    buffer: ReplayBuffer, indices: np.ndarray, agent_id: str
+    buffer: ReplayBuffer,
+    indices: np.ndarray,
+    agent_id: str,
+    rewards: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For each of one role's steps, follow the episode to that role's own next turn.
 
-    `buffer.rew` must hold this role's reward column (Tianshou's dispatcher arranges that).
+    `rewards` (one per buffer slot) are what the role accrues; by default `buffer.rew`, which
+    must then hold this role's reward column (Tianshou's dispatcher arranges that).
     Returns the reward accrued until the next own turn, the index of that turn, whether to
     bootstrap from it (the episode went on), and whether the transition is complete (its next
     turn has been collected; the newest steps of a running episode are not yet).
@@ -122,8 +120,9 @@ def own_turn_transitions(
     active = np.ones(len(indices), dtype=bool)
     ended = np.zeros(len(indices), dtype=bool)
     complete = np.ones(len(indices), dtype=bool)
+    rewards = buffer.rew if rewards is None else rewards
     while active.any():
-        accrued[active] += buffer.rew[current[active]]
+        accrued[active] += rewards[current[active]]
         done_here = active & buffer.done[current]
         ended |= done_here
         active &= ~done_here
@@ -164,6 +163,25 @@ def own_turn_advantages(
 
 
 @dataclass
+class CandidateInputs:
+    """What the encoders read from an observation batch before any weight applies.
+
+    Networks over the same catalog and layout (a Q-network and its target copy, say) compute
+    it once for a batch they both score and each take it in place of the observation.
+    """
+
+    parts: dict[str, torch.Tensor]  # the observation's parts (ObsLayout.split)
+    candidates: torch.Tensor  # (B, M, d + 2) item embeddings, retrieval score, popularity
+    to_slate: torch.Tensor  # (B, M, 1) cosine similarity to the closest chosen candidate
+    history: torch.Tensor | None  # (B, L, d) recent items, for a trainable state model
+
+    @property
+    def scalars(self) -> torch.Tensor:
+        """(B, M, 2) retrieval score and popularity."""
+        return self.candidates[..., -2:]
+
+
+@dataclass
 class CandidateFeatures:
     """What every candidate-scoring head reads, computed once per observation batch."""
 
@@ -173,6 +191,24 @@ class CandidateFeatures:
     context: torch.Tensor  # (B, 2 * hidden + n_roles + 2) user, slate so far, role, progress
     per_candidate: torch.Tensor  # (B, M, 3 * hidden + 1) each candidate against user and slate
     scalars: torch.Tensor  # (B, M, 2) retrieval score and popularity
+
+
+# Unit-length catalog rows by id of the catalog tensor, dropped with it; the roles' networks
+# share one copy.
+_unit_rows: dict[int, torch.Tensor] = {}
+
+
+def unit_rows(emb: torch.Tensor) -> torch.Tensor:
+    """`emb`'s rows scaled to unit length, computed once per catalog tensor.
+
+    Normalising rows and then gathering gives the same values as gathering and then
+    normalising, without normalising every candidate again in every forward pass.
+    """
+    key = id(emb)
+    if key not in _unit_rows:
+        _unit_rows[key] = F.normalize(emb, dim=-1)
+        weakref.finalize(emb, _unit_rows.pop, key, None)
+    return _unit_rows[key]
 
 
 class CandidateEncoder(nn.Module):
@@ -191,7 +227,9 @@ class CandidateEncoder(nn.Module):
         self.layout = spec.layout
         self.device = device
         # The catalog's embeddings are data, not parameters: kept out of checkpoints.
-        self.register_buffer("item_emb", spec.item_emb.to(device), persistent=False)
+        item_emb = spec.item_emb.to(device)
+        self.register_buffer("item_emb", item_emb, persistent=False)
+        self.register_buffer("item_unit", unit_rows(item_emb), persistent=False)
         # A trainable state model (shared by every role's network) is recomputed from the
         # observation's recent history so that it learns with the agents; a fixed one is read
         # from the observation as the environment computed it.
@@ -206,32 +244,51 @@ class CandidateEncoder(nn.Module):
         self.context_size = 2 * hidden + n_roles + 2
         self.per_candidate_size = 3 * hidden + 1
 
-    def features(self, obs: Any) -> CandidateFeatures:
+    def inputs(self, obs: Any) -> CandidateInputs:
+        """The weight-free part of `features`, for networks that score the same batch."""
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         parts = self.layout.split(obs)
-        raw = self.item_emb[parts["candidates"]]  # (B, M, d)
-        chosen = parts["chosen"]
+        ids, chosen = parts["candidates"], parts["chosen"]
         scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)
-        cand = self.item_proj(torch.cat([raw, scalars], dim=-1))
-        user = self.state_proj(self._user_state(parts))
+        candidates = torch.cat([self.item_emb[ids], scalars], dim=-1)
+        unit = self.item_unit[ids]
+        to_slate = (unit @ unit.transpose(1, 2)).masked_fill(chosen[:, None, :] == 0, -1.0)
+        history = None
+        if self.state_model is not None:
+            history = self.item_emb[parts["history"].clamp(min=0)]
+        return CandidateInputs(parts, candidates, to_slate.amax(-1)[..., None], history)
+
+    def read(self, obs: Any) -> Any:
+        """What a network hands `features`: the flat observation, or its inputs as attached to
+        an observation `Batch` by `attach_inputs`."""
+        flat, _ = observation_and_mask(obs)
+        saved = obs.get("candidate_inputs") if isinstance(obs, Batch) else None
+        if saved is None:
+            return flat
+        parts = self.layout.split(torch.as_tensor(flat, dtype=torch.float32, device=self.device))
+        return CandidateInputs(parts, saved.candidates, saved.to_slate, saved.get("history"))
+
+    def features(self, obs: Any) -> CandidateFeatures:
+        """From a flat observation batch, or its `CandidateInputs`."""
+        x = obs if isinstance(obs, CandidateInputs) else self.inputs(obs)
+        parts, chosen = x.parts, x.parts["chosen"]
+        cand = self.item_proj(x.candidates)
+        user = self.state_proj(self._user_state(x))
         if self.role_embedding is not None:
             user = user + self.role_embedding(parts["role"].argmax(dim=-1))
         slate = (chosen[..., None] * cand).sum(1) / chosen.sum(1, keepdim=True).clamp(min=1)
         context = torch.cat([user, slate, parts["role"], parts["progress"]], dim=-1)
-        unit = F.normalize(raw, dim=-1)
-        to_slate = (unit @ unit.transpose(1, 2)).masked_fill(chosen[:, None, :] == 0, -1.0)
         per_candidate = torch.cat(
-            [cand, cand * user[:, None], cand * slate[:, None], to_slate.amax(-1)[..., None]],
-            dim=-1,
+            [cand, cand * user[:, None], cand * slate[:, None], x.to_slate], dim=-1
         )
-        return CandidateFeatures(parts, user, cand, context, per_candidate, scalars)
+        return CandidateFeatures(parts, user, cand, context, per_candidate, x.scalars)
 
-    def _user_state(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _user_state(self, x: CandidateInputs) -> torch.Tensor:
         if self.state_model is None:
-            return parts["state"]
-        history = parts["history"]
-        lengths = (history >= 0).sum(dim=1)
-        return self.state_model(self.item_emb[history.clamp(min=0)], lengths)
+            return x.parts["state"]
+        assert x.history is not None, "inputs computed without the history the state model reads"
+        lengths = (x.parts["history"] >= 0).sum(dim=1)
+        return self.state_model(x.history, lengths)
 
 
 class CandidateQNet(CandidateEncoder):
@@ -279,6 +336,21 @@ class CandidateQNet(CandidateEncoder):
         return self.value(f.context) + advantage - mean, state
 
 
+def attach_inputs(obs: Batch, encoder: CandidateEncoder) -> Batch:
+    """`obs` carrying its `CandidateInputs`, computed once for every network that reads it.
+
+    An on-policy update reads the same observations many times, with the actor and the critic
+    and over several passes; they split and shuffle along with the observations.
+    """
+    with torch.no_grad():
+        x = encoder.inputs(obs.obs)
+    saved = Batch(candidates=x.candidates, to_slate=x.to_slate)
+    if x.history is not None:
+        saved.history = x.history
+    obs.candidate_inputs = saved
+    return obs
+
+
 def observation_and_mask(obs: Any) -> tuple[Any, torch.Tensor | None]:
     """The flat observation and the action mask of what a Tianshou policy hands its network.
 
@@ -321,8 +393,8 @@ class CandidateActor(CandidateEncoder):
         self.to(device)
 
     def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
-        flat, mask = observation_and_mask(obs)
-        f = self.features(flat)
+        _, mask = observation_and_mask(obs)
+        f = self.features(self.read(obs))
         hidden = self.score_candidate(f.per_candidate) + self.score_context(f.context)[:, None]
         available = f.parts["chosen"] == 0
         if mask is not None:
@@ -358,8 +430,7 @@ class CandidateCritic(CandidateEncoder):
         self.to(device)
 
     def forward(self, obs: Any, state: Any = None, info: Any = None) -> torch.Tensor:
-        flat, _ = observation_and_mask(obs)
-        f = self.features(flat)
+        f = self.features(self.read(obs))
         return self.value(torch.cat([f.context, open_candidates(f)], dim=-1))
 
 

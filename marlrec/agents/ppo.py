@@ -25,14 +25,17 @@ from marlrec.agents import Agent, TrainingPlan, TrainRun
 from marlrec.agents.marl import (
     CandidateActor,
     CandidateCritic,
+    CandidateEncoder,
     CooperativeOnPolicyAlgorithm,
     SharedOptimizerFactory,
+    attach_inputs,
     multi_agent_env,
     own_turn_advantages,
     own_turn_transitions,
 )
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
+from marlrec.tianshou_compat import HookedPPO
 
 
 @dataclass(kw_only=True)
@@ -82,7 +85,7 @@ def with_own_target(buffer: ReplayBuffer, indices: np.ndarray, agent_id: str) ->
     return complete & ~cut
 
 
-class RolePPO(PPO):
+class RolePPO(HookedPPO):
     """PPO whose returns and advantages follow the role from its turn to its own next turn.
 
     Transitions without a return (`with_own_target`) are left out of the update.
@@ -91,24 +94,28 @@ class RolePPO(PPO):
     def __init__(self, *, agent_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.agent_id = agent_id
+        # What the role accrues between its turns, one per buffer slot; None: `buffer.rew`.
+        self.accrued_rewards: np.ndarray | None = None
 
-    def _preprocess_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+    def prepare_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
         complete = with_own_target(buffer, indices, self.agent_id)
         if not complete.any():
             return Batch()  # Tianshou's dispatcher skips a role with no data
         indices = indices[complete]
         batch = batch[complete]
-        batch.obs = self._critic_observations(buffer, indices)
-        return super()._preprocess_batch(batch, buffer, indices)
+        batch.obs = self.critic_observations(buffer, indices)
+        return super().prepare_batch(batch, buffer, indices)
 
-    def _add_returns_and_advantages(
+    def add_returns_and_advantages(
         self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray
     ) -> Batch:
-        accrued, next_turn, bootstrap, _ = own_turn_transitions(buffer, indices, self.agent_id)
+        accrued, next_turn, bootstrap, _ = own_turn_transitions(
+            buffer, indices, self.agent_id, self.accrued_rewards
+        )
         values = self._values(batch.obs)
         next_values = np.zeros(len(indices))
         if bootstrap.any():
-            following = self._critic_observations(buffer, next_turn[bootstrap])
+            following = self.critic_observations(buffer, next_turn[bootstrap])
             next_values[bootstrap] = self._values(following)
         deltas = accrued + self.gamma * next_values - values
         advantages = own_turn_advantages(
@@ -120,9 +127,13 @@ class RolePPO(PPO):
         batch.adv = to_torch_as(advantages, batch.v_s)
         return batch
 
-    def _critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
-        """What the critic reads at the buffer's `indices`: here, the role's own observation."""
-        return buffer.obs[indices]
+    def critic_observations(self, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+        """What the critic reads at the buffer's `indices`: here, the role's own observation,
+        with the weight-free inputs that the actor and the critic share."""
+        obs = buffer.obs[indices]
+        if isinstance(self.critic, CandidateEncoder):
+            attach_inputs(obs, self.critic)
+        return obs
 
     def _values(self, obs: Batch) -> np.ndarray:
         with torch.no_grad():

@@ -9,20 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 from tianshou.algorithm.algorithm_base import Algorithm
-from tianshou.data import ReplayBuffer
 
 from marlrec.registry import MarlrecError
+from marlrec.tianshou_compat import (
+    is_optimizer_state_key,
+    load_optimizer_states,
+    optimizer_states,
+)
 
 STATE_FORMAT = 1
-TRAINER_FIELDS = (
-    "_best_score",
-    "_best_reward",
-    "_best_reward_std",
-    "_best_epoch",
-    "_policy_update_time",
-    "_env_episode",
-    "_stat",
-)
 COLLECTOR_FIELDS = ("collect_step", "collect_episode", "collect_time")
 
 
@@ -32,12 +27,11 @@ def algorithm_state(algorithm: Algorithm) -> dict[str, Any]:
     Tianshou's `Algorithm.state_dict` keeps only its own optimisers, not those of the
     per-agent algorithms inside a multi-agent one, nor counters such as DQN's update count.
     """
-    opt_key = Algorithm._STATE_DICT_KEY_OPTIMIZERS
     tensors = torch.nn.Module.state_dict(algorithm)
     algorithms = _algorithms(algorithm)
     return {
-        "tensors": {k: v for k, v in tensors.items() if k.rsplit(".", 1)[-1] != opt_key},
-        "optimizers": {n: [o.state_dict() for o in a._optimizers] for n, a in algorithms.items()},
+        "tensors": {k: v for k, v in tensors.items() if not is_optimizer_state_key(k)},
+        "optimizers": {n: optimizer_states(a) for n, a in algorithms.items()},
         "schedulers": {n: [s.state_dict() for s in a.lr_schedulers] for n, a in algorithms.items()},
         "scalars": {name: _scalars(m) for name, m in algorithm.named_modules()},
     }
@@ -46,8 +40,7 @@ def algorithm_state(algorithm: Algorithm) -> dict[str, Any]:
 def load_algorithm_state(algorithm: Algorithm, state: dict[str, Any]) -> None:
     torch.nn.Module.load_state_dict(algorithm, state["tensors"])
     for name, member in _algorithms(algorithm).items():
-        for optim, saved in zip(member._optimizers, state["optimizers"][name], strict=True):
-            optim.load_state_dict(saved)
+        load_optimizer_states(member, state["optimizers"][name])
         for scheduler, saved in zip(member.lr_schedulers, state["schedulers"][name], strict=True):
             scheduler.load_state_dict(saved)
     modules = dict(algorithm.named_modules())
@@ -97,11 +90,3 @@ def load_training_state(path: Path) -> dict[str, Any] | None:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise MarlrecError(f"{path} is not a training state this marlrec version can resume")
     return state
-
-
-def relink_buffer(buffer: ReplayBuffer) -> ReplayBuffer:
-    """After unpickling, point a vector buffer's sub-buffers at its storage again."""
-    relink = getattr(buffer, "_set_batch_for_children", None)
-    if relink is not None and buffer._meta.get_keys():
-        relink()
-    return buffer

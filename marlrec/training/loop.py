@@ -39,15 +39,23 @@ from marlrec.agents import Agent, BufferFactory, TrainingHook
 from marlrec.envs import Environment
 from marlrec.io import atomic_write
 from marlrec.settings import TrainRun
+from marlrec.tianshou_compat import (
+    TrainerCounters,
+    UpdateContextTrainer,
+    relink_buffer,
+    restore_trainer_statistics,
+    resume_trainer_counters,
+    stop_training,
+    trainer_counters,
+    trainer_statistics,
+)
 from marlrec.training.anchor import ImitationAnchor
 from marlrec.training.checkpoint import (
     COLLECTOR_FIELDS,
     STATE_FORMAT,
-    TRAINER_FIELDS,
     algorithm_state,
     load_algorithm_state,
     load_training_state,
-    relink_buffer,
     rng_state,
     set_rng_state,
 )
@@ -136,7 +144,8 @@ class TrainingLoop:
 
     def end_epoch(self, trainer: Any, stats: EpochStats) -> bool:
         """Validate, keep the best, checkpoint and report; whether to stop early."""
-        epoch, env_step = trainer._epoch, trainer._env_step
+        counters = trainer_counters(trainer)
+        epoch, env_step = counters.epoch, counters.env_step
         record: dict[str, Any] = {"epoch": epoch, "env_step": env_step}
         test = stats.test_collect_stat
         if test is not None and test.returns_stat is not None:
@@ -194,15 +203,16 @@ class TrainingLoop:
         if path is None:
             return
         buffer = self.train_collector.buffer
+        counters = trainer_counters(trainer)
         state = {
             "format": STATE_FORMAT,
-            "epoch": trainer._epoch,
-            "env_step": trainer._env_step,
-            "gradient_step": trainer._current_update_step,
+            "epoch": counters.epoch,
+            "env_step": counters.env_step,
+            "gradient_step": counters.gradient_step,
             "algorithm": algorithm_state(self.algorithm),
             # An emptied buffer (on-policy agents clear it every update) is rebuilt, not saved.
             "buffer": buffer if len(buffer) else None,
-            "trainer": {key: getattr(trainer, key) for key in TRAINER_FIELDS},
+            "trainer": trainer_statistics(trainer),
             "collectors": [
                 {key: getattr(c, key) for key in COLLECTOR_FIELDS}
                 for c in (self.train_collector, self.test_collector)
@@ -217,14 +227,13 @@ class TrainingLoop:
     def restore_trainer(self, trainer: Any) -> None:
         """Counters and RNG states of the checkpoint, right before the next epoch begins."""
         assert self.saved is not None
-        for key, value in self.saved["trainer"].items():
-            setattr(trainer, key, value)
+        restore_trainer_statistics(trainer, self.saved["trainer"])
         for collector, counters in zip(
             (self.train_collector, self.test_collector), self.saved["collectors"], strict=True
         ):
             for key, value in counters.items():
                 setattr(collector, key, value)
-        trainer._stop_fn_flag = self.progress.stopped_early
+        stop_training(trainer, self.progress.stopped_early)
         set_rng_state(self.saved["rng"])
         self._clock = time.perf_counter()
 
@@ -253,7 +262,7 @@ class TrainingLoop:
         return summary
 
 
-class _LoopTrainer:
+class _LoopTrainer(UpdateContextTrainer):
     """Hooks the loop into a Tianshou online trainer (mixed in before the trainer class)."""
 
     loop: TrainingLoop
@@ -268,23 +277,21 @@ class _LoopTrainer:
             return
         # Tianshou's resume_from_log path, without its initial test step: the best so far
         # comes from the checkpoint, and a test step here would shift the RNG streams.
-        self._start_epoch, self._env_step, self._current_update_step = self._logger.restore_data()  # type: ignore[attr-defined]
-        self._epoch = self._start_epoch
-        self._start_time = time.time()
+        resume_trainer_counters(self, TrainerCounters(*self.loop.logger.restore_data()))
         self.loop.restore_trainer(self)
 
     def execute_epoch(self) -> EpochStats:
-        self.loop.start_epoch(self._epoch + 1)  # type: ignore[attr-defined]
+        self.loop.start_epoch(trainer_counters(self).epoch + 1)
         stats: EpochStats = super().execute_epoch()  # type: ignore[misc]
         if self.loop.end_epoch(self, stats):
-            self._stop_fn_flag = True
+            stop_training(self)
         return stats
 
-    def _update_step(self, collect_stats: Any) -> Any:
-        with self.loop.autocast():
-            stats = super()._update_step(collect_stats)  # type: ignore[misc]
+    def update_context(self) -> contextlib.AbstractContextManager[Any]:
+        return self.loop.autocast()
+
+    def after_update(self) -> None:
         self.loop.after_update()
-        return stats
 
 
 class LoopOffPolicyTrainer(_LoopTrainer, OffPolicyTrainer):

@@ -22,6 +22,7 @@ from marlrec.agents import BufferFactory
 from marlrec.envs import Environment
 from marlrec.registry import MarlrecError
 from marlrec.settings import TrainerConfig, TrainRun
+from marlrec.tianshou_compat import restart_episode_statistics
 
 TRAIN_STREAM, TEST_STREAM = 0, 1
 
@@ -115,8 +116,7 @@ def close_open_episodes(buffer: ReplayBuffer) -> None:
         if len(sub) and not buffer.done[last]:
             for key in ("truncated", "done"):
                 buffer.set_array_at_key(np.array([True]), key, index=np.array([last]))
-        # Tianshou keeps the running episode's statistics on each sub-buffer.
-        sub._ep_return, sub._ep_len, sub._ep_start_idx = 0.0, 0, sub._insertion_idx
+    restart_episode_statistics(buffer)
 
 
 def default_buffer(seed: int) -> BufferFactory:
