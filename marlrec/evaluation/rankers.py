@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from marlrec.data import fill_histories
 from marlrec.envs import CandidateScorer, Environment
 from marlrec.envs.core import SlateCore
 from marlrec.evaluation.ranking import top_k
@@ -49,7 +50,12 @@ class ScoringRanker(Ranker, Protocol):
 
 
 class ScoreRanker:
-    """Ranks by a score function, each user's history masked, ties by lower item id."""
+    """Ranks by a score function, each user's history masked, ties by lower item id.
+
+    The score function returns a new tensor on every call (as `Baseline.scores` does): the
+    history is masked in it, in place. A view (one popularity row expanded to every user) is
+    copied first.
+    """
 
     def __init__(self, score: ScoreFunction) -> None:
         self.score = score
@@ -59,29 +65,10 @@ class ScoreRanker:
         return scores if scores.is_floating_point() else scores.float()
 
     def __call__(self, users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
-        return masked_top_k(self.scores(users, histories), histories, k)
-
-
-def masked_top_k(scores: torch.Tensor, histories: list[np.ndarray], k: int) -> torch.Tensor:
-    """`top_k` of `scores` with each row's history at -inf, without copying the scores.
-
-    Score functions may return views or tensors they keep (a popularity row expanded to every
-    user), so the history entries are masked in place and put back afterwards; only a tensor
-    with overlapping or scattered memory is copied first (then it is ours to write into).
-    """
-    owned = scores.contiguous()
-    rows_np = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
-    if not len(rows_np):
-        return top_k(owned, k)
-    rows = torch.as_tensor(rows_np, device=owned.device)
-    cols = torch.as_tensor(np.concatenate(histories), dtype=torch.long, device=owned.device)
-    kept = None if owned is not scores else owned[rows, cols]
-    owned[rows, cols] = -torch.inf
-    try:
-        return top_k(owned, k)
-    finally:
-        if kept is not None:
-            owned[rows, cols] = kept
+        scores = self.scores(users, histories)
+        if scores._base is not None or not scores.is_contiguous():
+            scores = scores.clone(memory_format=torch.contiguous_format)
+        return top_k(fill_histories(scores, histories, -torch.inf), k)
 
 
 class AgentRanker:
