@@ -364,8 +364,8 @@ def test_a_slate_without_clicks_reuses_the_last_retrieval(
     config = SlateConfig(explore_share=explore_share)
     env = SlateEnvironment(config, ctx=context(synthetic, simulator=Silent(synthetic)))
     calls: list[int] = []
-    scores = env.core.retrieval_scores
-    env.core.retrieval_scores = lambda *args: calls.append(1) or scores(*args)  # type: ignore[method-assign]
+    retrieve = env.core.slate_candidates
+    env.core.slate_candidates = lambda *args: calls.append(1) or retrieve(*args)  # type: ignore[method-assign]
     aec = env.make()
     aec.reset(seed=0)
     first = aec._candidates.clone()
