@@ -87,7 +87,7 @@ def test_masking_a_block_sets_only_its_own_consumed_items() -> None:
 
 def test_faiss_finds_at_least_95_percent_of_the_exact_top_100() -> None:
     pytest.importorskip("faiss")
-    items, queries, histories = catalog(20_000, dim=32, n_users=64)
+    items, queries, histories = catalog(20_000, dim=64, n_users=64)
     exact = exact_top(queries, items, 100, histories, chunk_items=4096)[0]
     found, scores = ItemSearch(items, IndexConfig(index="faiss")).top(queries, 100, histories)
     recall = np.mean(
