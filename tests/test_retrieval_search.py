@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -162,3 +163,14 @@ def test_an_env_on_a_faiss_index_probing_every_list_plays_as_on_the_exact_one(
     # 1,000 items: 25 lists, every one probed by default, so the search is exhaustive.
     assert torch.equal(slates[0][0], slates[1][0])
     torch.testing.assert_close(slates[0][1], slates[1][1])
+
+
+def test_a_search_with_a_built_index_pickles_and_rebuilds_it() -> None:
+    pytest.importorskip("faiss")
+    items, queries, histories = catalog(2000)
+    search = ItemSearch(items, IndexConfig(index="faiss"))
+    found = search.top(queries, 20, histories)
+    copy = pickle.loads(pickle.dumps(search))  # as spawned env workers receive it
+    assert copy.faiss_index is None
+    again = copy.top(queries, 20, histories)
+    assert torch.equal(found[0], again[0]) and torch.equal(found[1], again[1])

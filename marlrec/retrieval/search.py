@@ -159,6 +159,10 @@ class ItemSearch:
         if config.index == "faiss":
             load_faiss()  # a missing package fails when the retriever is built, not mid-run
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A FAISS index does not pickle: env copies in spawned workers build their own.
+        return {**self.__dict__, "_faiss": None}
+
     @property
     def faiss_index(self) -> FaissIndex | None:
         """The FAISS index, once a search has built it."""
