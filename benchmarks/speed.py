@@ -1,6 +1,6 @@
 """The engine's speed, every figure a ratio of two timings taken in this run on this machine.
 
-    python benchmarks/speed.py --json speed.json [--quick] [--data path/to/ml-100k]
+    python benchmarks/speed.py --json speed.json [--quick] [--data path/to/ml-100k] [--only KEY,...]
 
 Prints one table (key, figure, target) and writes the JSON: the figures, the timings behind
 them, the machine and the thread count. Shared machines are noisy, so each figure divides two
@@ -13,6 +13,8 @@ timings measured back to back; a key that cannot be measured here is null, with 
 | mappo_vs_tianshou_ppo, idqn_vs_tianshou_dqn | see `speed_agents.py` |
 | session_eval_speedup | per-user session evaluation ÷ batched, 943 sessions |
 | ranking_vs_floor | full-ranking evaluation ÷ history-masked `torch.topk`, 6,040 x 3,706 |
+| retrieval_scaling | batched env slate step, FAISS retrieval: 1M-item catalog ÷ 1k items |
+| ann_recall_at_100 | FAISS index's recall@100 against exact top-100, 1M items, env user states |
 | concurrent_slowdown | two `experiment=quick` runs started together ÷ one alone |
 | ml100k_run_speedup | `experiment=ml100k` wall time at commit df67300 ÷ now (not with --quick) |
 """
@@ -40,7 +42,7 @@ from threadpoolctl import threadpool_limits
 
 from marlrec import registry
 from marlrec.app import register_plugin_configs
-from marlrec.data import Histories, RecData, fill_histories
+from marlrec.data import Histories, Interactions, RecData, fill_histories, split_interactions
 from marlrec.envs import EnvContext
 from marlrec.envs.core import SlateConfig
 from marlrec.envs.slate import SlateEnvironment
@@ -52,9 +54,9 @@ from marlrec.evaluation.harness import (
     session_eval,
     session_eval_per_user,
 )
-from marlrec.evaluation.ranking import top_k
 from marlrec.io import write_json
 from marlrec.pipeline import build
+from marlrec.retrieval.search import exact_top
 from marlrec.states import masked_mean
 from marlrec.states.mean import MeanState
 from marlrec.threads import available_cores
@@ -76,7 +78,10 @@ TARGETS = {
     "concurrent_slowdown": ("<=", 1.3),
     "ml100k_run_speedup": (">=", 3),
 }
-NOT_BUILT = "no approximate (FAISS) retrieval index yet: retrieval is exact over the catalog"
+# The retrieval catalogs: unit item vectors of this size (1M x 384 floats would be 1.5 GB per
+# copy, and FAISS's k-means over them minutes on one thread; 64 keeps the run to a few minutes).
+RETRIEVAL_DIM = 64
+RETRIEVAL_SIZES = (1_000, 1_000_000)
 
 
 def seconds(work: Callable[[], Any], repeat: int, warmup: int = 1) -> float:
@@ -89,6 +94,21 @@ def seconds(work: Callable[[], Any], repeat: int, warmup: int = 1) -> float:
         work()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def interleaved(
+    first: Callable[[], Any], second: Callable[[], Any], repeat: int
+) -> tuple[float, float]:
+    """Median wall times of two jobs run turn by turn, so that load on a shared machine falls
+    on both alike (after one untimed run of each)."""
+    first(), second()
+    times: list[list[float]] = [[], []]
+    for _ in range(repeat):
+        for slot, work in enumerate((first, second)):
+            start = time.perf_counter()
+            work()
+            times[slot].append(time.perf_counter() - start)
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
 def compose_config(overrides: list[str]) -> Any:
@@ -217,30 +237,158 @@ def session_eval_speedup(data: RecData, n_sessions: int) -> dict[str, float]:
 
 def ranking_vs_floor(quick: bool) -> dict[str, float]:
     """Every metric of the default evaluation over fixed scores against the floor: the same
-    scores with each user's history masked, then `torch.topk`, chunk by chunk."""
+    scores, fetched by the same function, with each user's history masked, then `torch.topk`,
+    chunk by chunk. What lies above the floor is ties by id and the metrics."""
     section = {"name": "synthetic", "n_users": 6040, "n_items": 3706}
     data = registry.create("data", section).load(seed=0, cache_dir=None)
     scores = torch.rand(data.n_users, data.n_items, generator=torch.Generator().manual_seed(0))
     item_emb = torch.randn(data.n_items, 384, generator=torch.Generator().manual_seed(0))
     eval_cfg = EvalConfig()
-    rank = ScoreRanker(lambda users, histories: scores[torch.as_tensor(users)])
+
+    def score(users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        return scores[torch.as_tensor(users)]
+
+    rank = ScoreRanker(score)
 
     def floor() -> None:
         for start in range(0, data.n_users, eval_cfg.chunk_users):
             users = np.arange(start, min(start + eval_cfg.chunk_users, data.n_users))
             histories = [data.history_before(int(u), "test") for u in users]
-            chunk = fill_histories(scores[start : start + len(users)].clone(), histories, -1e30)
-            top_k(chunk, max(eval_cfg.ks))
+            chunk = fill_histories(score(users, histories), histories, -torch.inf)
+            chunk.topk(max(eval_cfg.ks), dim=1)
 
     def evaluate() -> None:
         ranking_eval(data, rank, "test", eval_cfg, item_emb=item_emb)
 
-    repeat = 3 if quick else 7
-    full, bare = seconds(evaluate, repeat), seconds(floor, repeat)
+    full, bare = interleaved(evaluate, floor, 5 if quick else 15)
     return {
         "ranking_eval_s": full,
         "ranking_floor_s": bare,
         "ranking_vs_floor": full / bare,
+    }
+
+
+def retrieval_catalog(n_items: int, n_users: int, seed: int = 0) -> tuple[RecData, torch.Tensor]:
+    """Unit item vectors around sqrt(n_items) topic centres (text embeddings cluster so), and
+    users with 20 logged items from two topics each (RETRIEVAL_DIM dimensions)."""
+    rng = np.random.default_rng(seed)
+    n_topics = max(2, round(np.sqrt(n_items)))
+    centres = rng.standard_normal((n_topics, RETRIEVAL_DIM)).astype(np.float32)
+    topic = rng.integers(n_topics, size=n_items)
+    noise = rng.standard_normal((n_items, RETRIEVAL_DIM), dtype=np.float32)
+    item_emb = torch.nn.functional.normalize(torch.from_numpy(centres[topic] + 0.7 * noise), dim=1)
+    by_topic = np.argsort(topic, kind="stable")
+    starts = np.searchsorted(topic[by_topic], np.arange(n_topics + 1))
+    length = 20
+    tastes = rng.integers(n_topics, size=(n_users, 2)).repeat(length // 2, axis=1)
+    sizes = starts[tastes + 1] - starts[tastes]
+    items = by_topic[starts[tastes] + (rng.random(tastes.shape) * sizes).astype(np.int64)]
+    interactions = Interactions(
+        user=np.repeat(np.arange(n_users), length),
+        item=items.reshape(-1).astype(np.int64),
+        time=np.tile(np.arange(length, dtype=np.float64), n_users),
+        value=np.ones(n_users * length, dtype=np.float32),
+    )
+    data = RecData(
+        name=f"retrieval-{n_items}",
+        n_users=n_users,
+        n_items=n_items,
+        interactions=interactions,
+        item_text=[""] * n_items,
+        split=split_interactions(interactions, n_users, method="loo", seed=[seed, 1]),
+    )
+    return data, item_emb
+
+
+def retrieval_env(data: RecData, item_emb: torch.Tensor) -> SlateEnvironment:
+    """The slate env over a retrieval catalog: mean state, FAISS content retrieval, replay
+    clicks, sessions of one slate (so that every slate retrieves)."""
+
+    def plugin(group: str, name: str, **options: Any) -> Any:
+        return registry.create(group, {"name": name, **options}, data=data, item_emb=item_emb)
+
+    ctx = EnvContext(
+        data,
+        item_emb,
+        registry.create("state", {"name": "mean"}, item_dim=RETRIEVAL_DIM),
+        plugin("simulator", "replay"),
+        {"click": plugin("reward", "click")},
+        torch.device("cpu"),
+        plugin("retrieval", "content", index="faiss"),
+    )
+    return SlateEnvironment(SlateConfig(max_slates=1), ctx=ctx)
+
+
+def slate_round(env: SlateEnvironment, n_envs: int) -> Callable[[], None]:
+    """One round of `n_envs` one-slate sessions: open them (state and retrieval for all), then
+    step every slot, each session taking its first free candidate."""
+    vector = env.make_vector(n_envs)
+    rows = np.arange(n_envs)
+    users = np.arange(n_envs) % env.ctx.data.n_users
+    counter = iter(range(10**9))
+
+    def one_round() -> None:
+        first = next(counter) * n_envs
+        seeds = list(range(first, first + n_envs))
+        observed, _ = vector.reset(rows, seed=seeds, options={"user": users})
+        for _ in range(env.core.slate_size):
+            actions = torch.as_tensor(observed.mask).float().argmax(dim=1)
+            observed, *_ = vector.step(actions.numpy(), rows)
+
+    return one_round
+
+
+def retrieval_scaling(quick: bool) -> dict[str, Any]:
+    """A batched env step, retrieval included, over a 1k- and a 1M-item catalog, both through
+    the FAISS index (built before timing, rounds interleaved), and that index's recall@100 on
+    the 1M catalog."""
+    figures: dict[str, Any] = {}
+    envs = []
+    for n_items in RETRIEVAL_SIZES:
+        start = time.perf_counter()
+        data, item_emb = retrieval_catalog(n_items, n_users=2048)
+        envs.append(retrieval_env(data, item_emb))
+        envs[-1].make_vector(1).reset(0, options={"user": [0]})  # builds the index
+        figures[f"retrieval_setup_{n_items}_s"] = time.perf_counter() - start
+    large = envs[-1]
+    rounds = [slate_round(env, n_envs=256) for env in envs]
+    times = interleaved(*rounds, repeat=3 if quick else 9)
+    for n_items, seconds_per_round in zip(RETRIEVAL_SIZES, times, strict=True):
+        figures[f"env_step_{n_items}_ms"] = 1e3 * seconds_per_round / large.core.slate_size
+    figures["retrieval_scaling"] = times[1] / times[0]
+    index = large.ctx.retriever.search.faiss_index
+    figures.update(retrieval_nlist=index.nlist, retrieval_nprobe=index.nprobe)
+    figures["retrieval_note"] = (
+        f"{RETRIEVAL_DIM}-dimensional unit item vectors around sqrt(n_items) topic centres, "
+        "not the encoder's 384 dimensions: 1M x 384 floats are 1.5 GB per copy and FAISS's "
+        "k-means over them takes minutes on one thread (not measured here); default index "
+        "settings; sessions of one slate, so that every slate retrieves"
+    )
+    figures.update(ann_recall(large, n_users=256))
+    return figures
+
+
+def ann_recall(env: SlateEnvironment, n_users: int) -> dict[str, float]:
+    """The index's recall@100 against the exact top 100 (chunked scan), consumed items left
+    out of both, for the states of the catalog's first users."""
+    core, retriever = env.core, env.ctx.retriever
+    packed = core.pack(env.ctx.data.train_histories[:n_users])
+    states = core.states(packed)
+    approximate = retriever.top(states, packed, 100)[0]
+    start = time.perf_counter()
+    queries = torch.nn.functional.normalize(states, dim=-1)
+    exact = exact_top(queries, retriever.item_unit, 100, packed, chunk_items=65536)[0]
+    exact_s = time.perf_counter() - start
+    start = time.perf_counter()
+    retriever.top(states, packed, 100)
+    approximate_s = time.perf_counter() - start
+    pairs = zip(approximate.tolist(), exact.tolist(), strict=True)
+    overlap = [len(set(a) & set(b)) / 100 for a, b in pairs]
+    return {
+        "ann_exact_search_s": exact_s,
+        "ann_search_s": approximate_s,
+        "ann_queries": float(n_users),
+        "ann_recall_at_100": float(np.mean(overlap)),
     }
 
 
@@ -359,16 +507,42 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"{key:<24} {figure}  {op} {target:<5} {verdict(key, value)}")
 
 
+# Each measurement and the keys it gives, in the order they run.
+STEP_KEYS = {
+    "state": ("state_speedup",),
+    "imitation": ("imitation_overhead",),
+    "agents": ("mappo_vs_tianshou_ppo", "idqn_vs_tianshou_dqn"),
+    "sessions": ("session_eval_speedup",),
+    "ranking": ("ranking_vs_floor",),
+    "retrieval": ("retrieval_scaling", "ann_recall_at_100"),
+    "concurrent": ("concurrent_slowdown",),
+    "ml100k": ("ml100k_run_speedup",),
+}
+
+
+def parse_only(text: str | None) -> set[str]:
+    """The keys `--only` names (every key without it); an unknown one is an error."""
+    if text is None:
+        return set(TARGETS)
+    keys = {key.strip() for key in text.split(",") if key.strip()}
+    unknown = sorted(keys - set(TARGETS))
+    if unknown:
+        raise SystemExit(f"unknown key {unknown[0]!r} in --only; keys: {', '.join(TARGETS)}")
+    return keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     parser.add_argument("--quick", action="store_true", help="a few-minute version")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens-100K folder")
+    parser.add_argument("--only", help="measure only these keys, comma-separated")
     args = parser.parse_args()
+    wanted = parse_only(args.only)
     torch.set_num_threads(THREADS)
     threadpool_limits(THREADS)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
-    reasons: dict[str, str] = {"retrieval_scaling": NOT_BUILT, "ann_recall_at_100": NOT_BUILT}
+    reasons = {key: "not asked for (--only)" for key in TARGETS if key not in wanted}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
         ml100k = movielens(args.data, cache)
@@ -376,21 +550,24 @@ def main() -> None:
             seed=0, cache_dir=None
         )
         results["state_data"] = histories.name
-        steps: list[tuple[str, Callable[[], dict[str, float]]]] = [
-            ("state", lambda: state_speedup(histories)),
-            ("imitation", lambda: imitation_overhead(cache, args.quick)),
-            ("agents", lambda: agents(args.quick)),
-            ("sessions", lambda: session_eval_speedup(histories, 200 if args.quick else 943)),
-            ("ranking", lambda: ranking_vs_floor(args.quick)),
-            ("concurrent", lambda: concurrent_slowdown(cache)),
-        ]
-        if args.quick:
+        measures: dict[str, Callable[[], dict[str, Any]]] = {
+            "state": lambda: state_speedup(histories),
+            "imitation": lambda: imitation_overhead(cache, args.quick),
+            "agents": lambda: agents(args.quick),
+            "sessions": lambda: session_eval_speedup(histories, 200 if args.quick else 943),
+            "ranking": lambda: ranking_vs_floor(args.quick),
+            "retrieval": lambda: retrieval_scaling(args.quick),
+            "concurrent": lambda: concurrent_slowdown(cache),
+        }
+        if "ml100k_run_speedup" in wanted and args.quick:
             reasons["ml100k_run_speedup"] = "not measured with --quick"
-        elif ml100k is None:
+        elif "ml100k_run_speedup" in wanted and ml100k is None:
             reasons["ml100k_run_speedup"] = f"MovieLens-100K is not at {args.data}"
         else:
-            steps.append(("ml100k", lambda: ml100k_run_speedup(args.data.resolve(), cache)))
-        for name, measure in steps:
+            measures["ml100k"] = lambda: ml100k_run_speedup(args.data.resolve(), cache)
+        for name, measure in measures.items():
+            if not set(STEP_KEYS[name]) & wanted:
+                continue
             start = time.perf_counter()
             print(f"speed: {name} ...", file=sys.stderr, flush=True)
             results.update(measure())

@@ -196,7 +196,8 @@ class Histories:
     @cached_property
     def _rows(self) -> torch.Tensor:
         rows = torch.arange(len(self), device=self.items.device)
-        return torch.repeat_interleave(rows, self.lengths)
+        # The output size given: no wait on the device to count it.
+        return torch.repeat_interleave(rows, self.lengths, output_size=len(self.items))
 
     def select(self, rows: torch.Tensor) -> Histories:
         """The histories of the given rows, in that order."""

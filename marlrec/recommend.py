@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from marlrec.agents import checkpoint_path
+from marlrec.evaluation.rankers import agent_ranker
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import MarlrecError
 
@@ -41,7 +42,7 @@ def recommend_for(p: Pipeline, user: int, k: int) -> list[dict[str, Any]]:
     if not 0 <= user < p.data.n_users:
         raise MarlrecError(f"unknown user {user}: ids run from 0 to {p.data.n_users - 1}")
     history = p.data.interactions.histories(p.data.n_users)[user]  # everything, held-out too
-    top = p.env.rank(p.agent.candidate_scores, np.array([user]), [history], k)[0].cpu()
+    top = agent_ranker(p.env, p.agent)(np.array([user]), [history], k)[0].cpu()
     return explain(p, history, top.numpy())
 
 

@@ -22,14 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents import checkpoint_path
-from marlrec.evaluation.harness import (
-    agent_actor,
-    agent_ranker,
-    baseline_actor,
-    baseline_ranker,
-    evaluate_policies,
-    ranking_eval,
-)
+from marlrec.evaluation.harness import agent_actor, baseline_actor, evaluate_policies, ranking_eval
+from marlrec.evaluation.rankers import Ranker, agent_ranker, baseline_ranker
 from marlrec.io import atomic_path, atomic_write, write_json
 from marlrec.pipeline import Pipeline, build
 from marlrec.recommend import load_run, restore_best
@@ -60,7 +54,7 @@ def save_checkpoint(pipeline: Pipeline, path: Path, epoch: int | None) -> None:
 def evaluate(pipeline: Pipeline, show_progress: bool = True) -> dict[str, dict[str, float]]:
     """The trained agent and every baseline through the same harness."""
     p = pipeline
-    rankers = {AGENT_ROW: agent_ranker(p.env, p.agent)}
+    rankers: dict[str, Ranker] = {AGENT_ROW: agent_ranker(p.env, p.agent)}
     actors = {AGENT_ROW: agent_actor(p.env, p.agent)}
     for name, baseline in p.baselines.items():
         rankers[name] = baseline_ranker(baseline)

@@ -48,6 +48,29 @@ def test_top_k_ties_hold_on_a_large_row() -> None:
     assert top_k(scores, 10).tolist() == [expected] * 3
 
 
+@pytest.mark.parametrize("kind", ["distinct", "few values", "masked"])
+def test_top_k_is_a_stable_sort_by_score_then_id(kind: str) -> None:
+    generator = torch.Generator().manual_seed(7)
+    if kind == "few values":  # ties everywhere, across the cut too
+        scores = torch.randint(0, 6, (64, 300), generator=generator).float()
+    else:
+        scores = torch.rand(64, 300, generator=generator)
+    if kind == "masked":  # rows with fewer finite items than k: -inf ties past the cut
+        scores[::3, 5:] = -torch.inf
+    for k in (1, 7, 10, 299):
+        expected = scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(top_k(scores, k), expected), k
+
+
+def test_score_ranker_leaves_a_scorer_s_view_untouched() -> None:
+    row = torch.arange(6, dtype=torch.float32)
+    ranker = ScoreRanker(lambda users, histories: row.expand(len(users), -1))
+    for users in (np.array([0]), np.array([0, 1])):
+        top = ranker(users, [np.array([5])] * len(users), 2)
+        assert top.tolist() == [[4, 3]] * len(users)
+    assert row.tolist() == [0, 1, 2, 3, 4, 5]
+
+
 def chunk(top: list[list[int]], targets: list[list[int]], n_items: int = 10) -> RankedChunk:
     mask = torch.zeros(len(targets), n_items, dtype=torch.bool)
     for row, items in enumerate(targets):

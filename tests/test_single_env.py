@@ -15,6 +15,7 @@ from torch import nn
 from marlrec import registry
 from marlrec.data import RecData
 from marlrec.envs.single import SingleAgentEnvironment, SingleConfig
+from marlrec.evaluation.rankers import AgentRanker
 from marlrec.registry import PluginError
 from tests.test_slate_env import ScriptedSimulator, context, data_fixture
 
@@ -124,7 +125,7 @@ def test_rank_works_with_the_single_role(synthetic: RecData) -> None:
         m = env.spec.layout.n_candidates
         return torch.arange(m, dtype=torch.float32).expand(obs.shape[0], m)
 
-    top = env.rank(prefer_last, users, histories, k=10)
+    top = AgentRanker(env.core, prefer_last)(users, histories, k=10)
     packed = env.core.pack(histories)
     cand, _ = env.core.candidates(env.core.retrieval_scores(env.core.states(packed), packed))
     assert torch.equal(top[:, :4], cand.flip(-1)[:, :4])

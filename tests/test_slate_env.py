@@ -22,6 +22,7 @@ from marlrec.datasets.synthetic import SyntheticDataset
 from marlrec.envs import EnvContext
 from marlrec.envs.core import SlateConfig
 from marlrec.envs.slate import SlateEnvironment
+from marlrec.evaluation.rankers import AgentRanker
 from marlrec.registry import PluginError
 from marlrec.rewards import Reward, RewardConfig, SlateOutcome
 from marlrec.simulators import Response, Simulator
@@ -181,7 +182,7 @@ def test_rank_puts_the_policy_slate_first_and_excludes_history(small_pipeline) -
         m = env.spec.layout.n_candidates
         return torch.arange(m, dtype=torch.float32).expand(obs.shape[0], m)
 
-    top = env.rank(prefer_last, users, histories, k=30)
+    top = AgentRanker(env.core, prefer_last)(users, histories, k=30)
     core = env.core
     packed = core.pack(histories)
     cand, _ = core.candidates(core.retrieval_scores(core.states(packed), packed))
@@ -363,8 +364,8 @@ def test_a_slate_without_clicks_reuses_the_last_retrieval(
     config = SlateConfig(explore_share=explore_share)
     env = SlateEnvironment(config, ctx=context(synthetic, simulator=Silent(synthetic)))
     calls: list[int] = []
-    scores = env.core.retrieval_scores
-    env.core.retrieval_scores = lambda *args: calls.append(1) or scores(*args)  # type: ignore[method-assign]
+    retrieve = env.core.slate_candidates
+    env.core.slate_candidates = lambda *args: calls.append(1) or retrieve(*args)  # type: ignore[method-assign]
     aec = env.make()
     aec.reset(seed=0)
     first = aec._candidates.clone()

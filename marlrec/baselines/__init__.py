@@ -24,13 +24,16 @@ class Baseline(Plugin):
 
     @abstractmethod
     def scores(self, users: np.ndarray) -> torch.Tensor:
-        """Scores (len(users), n_items) for ranking; higher is better. History is masked later."""
+        """Scores (len(users), n_items) for ranking; higher is better. A new tensor on every
+        call, or a view (such as one row expanded to every user): evaluation masks each user's
+        history in place in a new tensor, and copies a view first."""
 
     def rank_scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
         """Scores given what each user had consumed before the held-out items being ranked.
 
         Models fitted on the train split score from what they learned (`scores`), as RecBole's
         general models do; sequence and content models override this to read `histories`.
+        A new tensor on every call, or a view, as `scores`.
         """
         return self.scores(users)
 

@@ -155,13 +155,3 @@ class Environment(Plugin):
             f"env '{type(self).__name__}' cannot build observations of logged choices: "
             "set trainer.imitation_steps=0"
         )
-
-    @abstractmethod
-    def rank(
-        self, scorer: CandidateScorer, users: np.ndarray, histories: list[np.ndarray], k: int
-    ) -> torch.Tensor:
-        """Top-k item ids (len(users), k) a policy would recommend, never an item in the history.
-
-        The policy's slate comes first, then the remaining candidates by the policy's scores,
-        then every other item by retrieval score, so full-ranking metrics are defined.
-        """

@@ -46,8 +46,9 @@ class SlateSession:
             history = self.core.pack([np.asarray(self.history, dtype=np.int64)])
             self._state = self.core.states(history)
             self._recent = self.core.recent(history)
-            scores = self.core.retrieval_scores(self._state, history)
-            self._candidates, self._cand_scores = self.core.retrieve(scores, [self.rng])
+            self._candidates, self._cand_scores = self.core.slate_candidates(
+                self._state, history, [self.rng]
+            )
         self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
         self._slate: list[int] = []
 

@@ -279,8 +279,8 @@ class BatchedSlateEnv(BaseVectorEnv):
         states = core.states(history)
         self.states[rows] = states
         self.recent[rows] = core.recent(history)
-        scores = core.retrieval_scores(states, history)
-        candidates, cand_scores = core.retrieve(scores, [self.rngs[i] for i in ids.tolist()])
+        rngs = [self.rngs[i] for i in ids.tolist()]
+        candidates, cand_scores = core.slate_candidates(states, history, rngs)
         self.candidates[rows], self.cand_scores[rows] = candidates, cand_scores
 
     def _apply(self, ids: np.ndarray, actions: torch.Tensor) -> None:

@@ -123,6 +123,17 @@ class SlateCore:
         scores[histories.rows(), histories.items] = -torch.inf
         return scores
 
+    @torch.no_grad()
+    def slate_candidates(
+        self, states: torch.Tensor, histories: Histories, rngs: Sequence[np.random.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A new slate's M candidates and their scores: the retriever's own top-M search
+        (which an approximate index answers without scoring the catalog), or with exploration,
+        `retrieve` over every item's score."""
+        if self.n_explore == 0:
+            return self.ctx.retriever.top(states, histories, self.n_candidates)
+        return self.retrieve(self.retrieval_scores(states, histories), rngs)
+
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-M items by retrieval score, best first, and their scores."""
         top = scores.topk(self.n_candidates, dim=-1)

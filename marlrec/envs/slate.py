@@ -4,8 +4,9 @@ The plugin puts the parts together: `SlateCore` (`marlrec.envs.core`) holds the 
 retrieval, candidates, observations and the answered slate's outcome as tensor operations over
 many users, with exploration draws from `marlrec.envs.exploration`; `make()` gives the per-user
 reference env `SlateAEC` (`marlrec.envs.aec`); `make_vector` steps many users at once
-(`marlrec.envs.batched`); `logged_choices` builds imitation data (`marlrec.envs.logged`); `rank`
-ranks the catalog for evaluation. `slate_parallel` and `single` reuse the core.
+(`marlrec.envs.batched`); `logged_choices` builds imitation data (`marlrec.envs.logged`).
+Evaluation ranks the catalog through the core (`marlrec.evaluation.rankers.AgentRanker`).
+`slate_parallel` and `single` reuse the core.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
-from marlrec.envs import CandidateScorer, EnvContext, Environment, EnvSpec, LoggedChoices, logged
+from marlrec.envs import EnvContext, Environment, EnvSpec, LoggedChoices, logged
 from marlrec.envs.aec import SlateAEC
 from marlrec.envs.core import SlateConfig, SlateCore
 from marlrec.registry import PluginError
@@ -60,33 +60,6 @@ class SlateEnvironment(Environment):
         """Each history's next logged item among its retrieved candidates, at a random turn
         (see `marlrec.envs.logged`)."""
         return logged.logged_choices(self.core, histories, targets, rng)
-
-    @torch.no_grad()
-    def rank(
-        self, scorer: CandidateScorer, users: np.ndarray, histories: list[np.ndarray], k: int
-    ) -> torch.Tensor:
-        core = self.core
-        packed = core.pack(histories)
-        states = core.states(packed)
-        recent = core.recent(packed)
-        scores = core.retrieval_scores(states, packed)
-        cand, cand_scores = core.candidates(scores)
-        chosen = torch.zeros_like(cand, dtype=torch.bool)
-        rows = torch.arange(len(users), device=cand.device)
-        # Rank keys: slate slots above remaining candidates above the rest (retrieval in [-1, 1]).
-        key = scores.clone()
-        for slot, role in enumerate(core.turn_order):
-            obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, 0)
-            q = scorer(obs, role).masked_fill(~core.action_mask(cand_scores, chosen), -torch.inf)
-            pick = q.argmax(dim=-1)
-            chosen[rows, pick] = True
-            key[rows, cand[rows, pick]] = 1e4 - slot
-        obs = core.observe(states, recent, cand, cand_scores, chosen, 0, core.slate_size, 0)
-        q = scorer(obs, 0).masked_fill(~core.action_mask(cand_scores, chosen), -torch.inf)
-        order = q.argsort(dim=-1, descending=True).argsort(dim=-1).float()
-        rest = core.action_mask(cand_scores, chosen)
-        key[rows[:, None].expand_as(cand)[rest], cand[rest]] = 1e3 - order[rest]
-        return key.topk(k, dim=-1).indices
 
 
 def validate_slate_config(config: SlateConfig, ctx: EnvContext) -> None:

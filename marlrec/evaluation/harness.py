@@ -38,6 +38,12 @@ from marlrec.evaluation.metrics import (
     session_results,
     slate_beyond_accuracy,
 )
+from marlrec.evaluation.rankers import Ranker, ScoringRanker
+
+# Re-exported: callers (runs, baselines tuning themselves) build their rankers from here.
+from marlrec.evaluation.rankers import ScoreRanker as ScoreRanker
+from marlrec.evaluation.rankers import agent_ranker as agent_ranker
+from marlrec.evaluation.rankers import baseline_ranker as baseline_ranker
 from marlrec.evaluation.ranking import ChunkTargets, HeldOut, sample_negatives, top_k
 from marlrec.registry import MarlrecError, PluginError
 
@@ -101,37 +107,11 @@ class EvalConfig:
         return f"{split}/{prefix}{label}@{self.ks[0] if k is None else k}"
 
 
-# Ranks users: (users, histories, k) -> top-k item ids (len(users), k), history excluded.
-Ranker = Callable[[np.ndarray, list[np.ndarray], int], torch.Tensor]
 # Chooses actions for many sessions at once: (observations (B, size), action masks (B, M),
 # role numbers (B,), users (B,)) -> candidate positions (B,).
 Actor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 # Sessions stepped together in one batched env.
 SESSION_BATCH = 1024
-
-
-class ScoreRanker:
-    """Ranks by a score function (users, histories) -> (len(users), n_items), history masked."""
-
-    def __init__(self, score: Callable[[np.ndarray, list[np.ndarray]], torch.Tensor]) -> None:
-        self.score = score
-
-    def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        scores = self.score(users, histories)
-        return scores if scores.is_floating_point() else scores.float()
-
-    def __call__(self, users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
-        # A copy: scorers may return views (e.g. one popularity row expanded to every user).
-        scores = fill_histories(self.scores(users, histories).clone(), histories, -torch.inf)
-        return top_k(scores, k)
-
-
-def agent_ranker(env: Environment, agent: Agent) -> Ranker:
-    return lambda users, histories, k: env.rank(agent.candidate_scores, users, histories, k)
-
-
-def baseline_ranker(baseline: Baseline) -> ScoreRanker:
-    return ScoreRanker(baseline.rank_scores)
 
 
 def agent_actor(env: Environment, agent: Agent) -> Actor:
@@ -240,9 +220,8 @@ def policy_scores(
 ) -> torch.Tensor:
     """A policy's scores over all items: its own when it has them, else n_items - position
     in its full ranking (history last)."""
-    own = getattr(rank, "scores", None)
-    if callable(own):
-        return own(users, histories)
+    if isinstance(rank, ScoringRanker):
+        return rank.scores(users, histories)
     order = rank(users, histories, n_items)
     scores = torch.empty(order.shape, dtype=torch.float32, device=order.device)
     descending = torch.arange(n_items, 0, -1, dtype=torch.float32, device=order.device)

@@ -19,8 +19,10 @@ from marlrec.registry import MarlrecError
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Item ids (rows, k) of each row's k highest scores, best first, ties by lower id.
 
-    One `topk` for k + 1 items: a row needs its ties resolved by id only when its k-th and
-    (k + 1)-th scores are equal; the few rows where that happens are redone exactly.
+    One `topk` for k + 1 items. Without two equal scores among them, its order is the answer
+    (the usual case with float scores). Otherwise a row needs its ties resolved by id beyond
+    the cut only when its k-th and (k + 1)-th scores are equal; the few rows where that happens
+    are redone exactly, then every row's k items are ordered by (score, id).
     """
     n_items = scores.shape[1]
     if k >= n_items:
@@ -29,7 +31,10 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         return order.indices
     values, indices = scores.topk(k + 1, dim=1)
     _check_finite(values[:, :1])  # topk ranks NaN above everything: it would be first
-    spill = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()
+    tied = values[:, 1:] == values[:, :-1]  # (rows, k): neighbours in score order
+    if not bool(tied.any()):
+        return indices[:, :k]
+    spill = torch.nonzero(tied[:, k - 1]).flatten()
     indices = indices[:, :k]
     if len(spill):
         indices[spill] = _top_k_by_id(scores[spill], values[spill, k - 1 : k], k)

@@ -1,5 +1,6 @@
 """Retrieval plugins (entry-point group `marlrec.retrievers`): every item scored for many users
-at once, from which each slate's top-M candidates are drawn."""
+at once, from which each slate's top-M candidates are drawn (`top`, which a retriever over item
+vectors answers by an exact chunked or an approximate FAISS search, `marlrec.retrieval.search`)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,17 @@ class Retriever(Plugin):
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         """Scores (B, n_items) in [-1, 1], higher is better, for users with states (B, d) and
         histories (their item ids, packed); a new tensor the caller may write into."""
+
+    def top(
+        self, states: torch.Tensor, histories: Histories, m: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The m best items (B, m) for each user, consumed ones excluded, best first, and
+        their scores (-inf where fewer than m remain).
+
+        This default scores every item (`scores`); a retriever over item vectors overrides it
+        with a search that need not (`marlrec.retrieval.search`).
+        """
+        scores = self.scores(states, histories)
+        scores[histories.rows(), histories.items] = -torch.inf
+        top = scores.topk(m, dim=-1)
+        return top.indices, top.values
