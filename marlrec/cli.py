@@ -26,7 +26,7 @@ commands:
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
   recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
-              marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1]
+              marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true]
   compare     runs side by side, mean ± std over seeds: marlrec compare <run or multirun
               dirs...> [--out compare/] [--metrics test/HR@10,test/NDCG@10] [--force]
   plugins     list installed plugins by kind, with the package each comes from;
@@ -90,13 +90,16 @@ def recommend_command(args: list[str]) -> int:
 def serve_command(args: list[str]) -> int:
     from marlrec.serve import serve
 
-    defaults = {"host": "127.0.0.1", "port": 8000, "workers": 1}
+    defaults = {"host": "127.0.0.1", "port": 8000, "workers": 1, "batching": True}
     options = _options(args, ("run_dir",), defaults)
     try:
         port, workers = int(options["port"]), int(options["workers"])
     except ValueError:
         raise MarlrecError("port and workers must be integers") from None
-    serve(Path(str(options["run_dir"])), str(options["host"]), port, workers)
+    if not isinstance(options["batching"], bool):
+        raise MarlrecError(f"batching must be true or false, got {options['batching']}")
+    run_dir = Path(str(options["run_dir"]))
+    serve(run_dir, str(options["host"]), port, workers, options["batching"])
     return 0
 
 

@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException
 
 from marlrec.serve import service as svc
 
-RUN_DIR_ENV = "MARLREC_SERVE_RUN_DIR"  # how uvicorn's worker processes find the run
+# How uvicorn's worker processes find the run and whether to batch.
+RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
 
 
 class RecommendRequest(BaseModel):
@@ -189,4 +190,5 @@ def _add_metrics(app: FastAPI, metrics: Metrics) -> None:
 
 def from_environment() -> Any:
     """The app over the run named by MARLREC_SERVE_RUN_DIR: uvicorn's factory in each worker."""
-    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV])))
+    batching = os.environ.get(BATCHING_ENV, "1") == "1"
+    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV]), batching))
