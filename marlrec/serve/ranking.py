@@ -109,18 +109,24 @@ def _placements(
     value: torch.Tensor,
     rank: torch.Tensor,
 ) -> list[Placement]:
+    finite = torch.isfinite(scores[top])
+    top = top[: int(finite.sum())]  # past them, only consumed items are left
+    retrieval_rank = (scores[None, :] > scores[top][:, None]).sum(dim=-1) + 1
+    columns = zip(
+        top.tolist(),
+        scorer[top].tolist(),
+        value[top].tolist(),
+        rank[top].tolist(),
+        retrieval_rank.tolist(),
+        strict=True,
+    )
     rows = []
-    for item in top.tolist():
-        if not bool(torch.isfinite(scores[item])):
-            break  # only consumed items are left
-        by = int(scorer[item])
+    for item, by, score, place, retrieval_place in columns:
         if by < 0:
-            score = float(scores[item])
-            place = (RETRIEVAL, "retrieval", score, int((scores > scores[item]).sum()) + 1)
+            rows.append(Placement(item, RETRIEVAL, "retrieval", score, retrieval_place))
         else:
             stage = SLATE if by < core.n_roles else AFTER_SLATE
-            place = (stage, core.roles[by % core.n_roles], float(value[item]), int(rank[item]))
-        rows.append(Placement(item, *place))
+            rows.append(Placement(item, stage, core.roles[by % core.n_roles], score, place))
     return rows
 
 

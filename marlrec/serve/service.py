@@ -6,7 +6,8 @@ retrieval scores (so the candidates are the items most like the text), and the s
 read is the state model's over a pseudo-history of the `TEXT_HISTORY` items most like the text.
 The roles then fill the slate from those candidates as for any user. The pseudo-history items
 are the best matches, so they are not excluded from the answer as a real history would be:
-the candidates are ranked with an empty exclusion set.
+the candidates are ranked with an empty exclusion set. Its explanations list no nearest
+history items: it has no history.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Service:
         similarity = torch.nn.functional.normalize(self.p.item_emb, dim=-1) @ query
         pseudo = similarity.topk(TEXT_HISTORY).indices.cpu().numpy()
         rows = rank_explained(self.p, [pseudo], k, retrieval=similarity[None], exclude=False)
-        return Answer(rows[0], pseudo, -1)
+        return Answer(rows[0], np.empty(0, np.int64), -1)  # a text has no history to show
 
     def _embed(self, text: str) -> torch.Tensor:
         encoder = self._encoder = self._encoder or _build_encoder(self.p)
