@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from fastapi.testclient import TestClient
 from marlrec.recommend import recommend_for
 from marlrec.serve.app import create_app
 from marlrec.serve.batching import MicroBatcher
-from marlrec.serve.service import Service
+from marlrec.serve.service import Query, Service
 from tests.conftest import cli_env
 from tests.test_train_e2e import marlrec
 
@@ -77,6 +78,8 @@ def test_recommend_by_text_finds_items_like_it(client: TestClient, service: Serv
     response = client.post("/recommend", json={"text": title, "k": 10})
     assert response.status_code == 200 and len(items(response)) == 10
     assert 11 in items(client.get("/recommend", params={"text": title, "k": 40}))
+    explained = client.get("/explain", params={"text": title, "k": 3}).json()["items"]
+    assert all(row["nearest_history"] == [] for row in explained)  # a text has no history
 
 
 def test_responses_do_not_list_the_history(client: TestClient, service: Service) -> None:
@@ -165,6 +168,15 @@ def test_micro_batches_rank_like_single_requests(service: Service) -> None:
     assert scores == pytest.approx([p.score for rows in alone for p in rows], abs=1e-5)
     batcher = MicroBatcher(lambda queries: [q * 2 for q in queries])
     assert [batcher.submit(n) for n in range(3)] == [0, 2, 4]
+
+
+def test_concurrent_requests_get_their_own_answers(service: Service) -> None:
+    def top(user: int) -> list[int]:
+        return [row.item for row in service.answer(Query(k=5, user=user)).placements]
+
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(top, range(24)))
+    assert together == [[r["item"] for r in recommend_for(service.p, u, 5)] for u in range(24)]
 
 
 def test_a_port_in_use_is_a_one_line_error(run_dir: Path, offline_cache: Path) -> None:
