@@ -154,8 +154,11 @@ def test_bad_json_bodies_are_one_line_4xx(client: TestClient) -> None:
         "/recommend", content=b'{"user": NaN}', headers={"content-type": "application/json"}
     )
     unknown = client.post("/recommend", json={"history": [1, -3]})
-    assert (nan.status_code, unknown.status_code) == (422, 400)
-    assert set(nan.json()) == {"error"} == set(unknown.json())
+    fractional = client.post("/recommend", json={"user": 2.5})
+    boolean = client.post("/recommend", json={"user": True})
+    statuses = [r.status_code for r in (nan, unknown, fractional, boolean)]
+    assert statuses == [422, 400, 422, 422]
+    assert set(nan.json()) == {"error"} == set(unknown.json()) == set(boolean.json())
 
 
 def test_micro_batches_rank_like_single_requests(service: Service) -> None:

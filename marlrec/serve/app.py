@@ -18,7 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 from starlette.exceptions import HTTPException
 
 from marlrec.serve import service as svc
@@ -28,12 +28,13 @@ RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
 
 
 class RecommendRequest(BaseModel):
-    """Exactly one of `user`, `history` (item ids, oldest first) and `text`."""
+    """Exactly one of `user`, `history` (item ids, oldest first) and `text`; ids are JSON
+    integers (no strings, floats or booleans)."""
 
-    user: int | None = Field(None, description="a known user's id")
-    history: list[int] | None = Field(None, description="item ids the user consumed, in order")
+    user: StrictInt | None = Field(None, description="a known user's id")
+    history: list[StrictInt] | None = Field(None, description="item ids consumed, oldest first")
     text: str | None = Field(None, description="what the user is looking for, in words")
-    k: int = Field(10, description="how many items, 1 to the catalog size")
+    k: StrictInt = Field(10, description="how many items, 1 to the catalog size")
 
 
 class Item(BaseModel):
