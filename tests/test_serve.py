@@ -156,8 +156,10 @@ def test_bad_json_bodies_are_one_line_4xx(client: TestClient) -> None:
     unknown = client.post("/recommend", json={"history": [1, -3]})
     fractional = client.post("/recommend", json={"user": 2.5})
     boolean = client.post("/recommend", json={"user": True})
-    statuses = [r.status_code for r in (nan, unknown, fractional, boolean)]
-    assert statuses == [422, 400, 422, 422]
+    typo = client.post("/recommend", json={"user": 1, "kk": 5})
+    statuses = [r.status_code for r in (nan, unknown, fractional, boolean, typo)]
+    assert statuses == [422, 400, 422, 422, 422]
+    assert typo.json() == {"error": "kk: Extra inputs are not permitted"}
     assert set(nan.json()) == {"error"} == set(unknown.json()) == set(boolean.json())
 
 

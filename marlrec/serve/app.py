@@ -18,7 +18,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException
 
 from marlrec.serve import service as svc
@@ -29,7 +29,9 @@ RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
 
 class RecommendRequest(BaseModel):
     """Exactly one of `user`, `history` (item ids, oldest first) and `text`; ids are JSON
-    integers (no strings, floats or booleans)."""
+    integers (no strings, floats or booleans); an unknown field is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     user: StrictInt | None = Field(None, description="a known user's id")
     history: list[StrictInt] | None = Field(None, description="item ids consumed, oldest first")
