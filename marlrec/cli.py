@@ -25,7 +25,8 @@ commands:
               overrides such as agent=idqn trainer.max_epochs=3, -m for sweeps, --help)
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
   recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
-  serve       a JSON HTTP API over a run: marlrec serve run_dir=... [host=127.0.0.1 port=8000]
+  serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
+              marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true]
   abtest      two runs in the same simulated sessions, each metric's difference with a 95%
               interval and p-value: marlrec abtest run_a=... run_b=... [users=1000 seed=0
               out=abtest force=false]
@@ -90,18 +91,18 @@ def recommend_command(args: list[str]) -> int:
 
 
 def serve_command(args: list[str]) -> int:
-    from marlrec.serve import make_server
+    from marlrec.serve import serve
 
-    options = _options(args, ("run_dir",), {"host": "127.0.0.1", "port": 8000})
-    server = make_server(Path(str(options["run_dir"])), str(options["host"]), int(options["port"]))
-    host, port = server.server_address[:2]
-    print(f"marlrec: serving {options['run_dir']} on http://{host}:{port}/recommend?user=0&k=10")
+    defaults = {"host": "127.0.0.1", "port": 8000, "workers": 1, "batching": True}
+    options = _options(args, ("run_dir",), defaults)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        port, workers = int(options["port"]), int(options["workers"])
+    except ValueError:
+        raise MarlrecError("port and workers must be integers") from None
+    if not isinstance(options["batching"], bool):
+        raise MarlrecError(f"batching must be true or false, got {options['batching']}")
+    run_dir = Path(str(options["run_dir"]))
+    serve(run_dir, str(options["host"]), port, workers, options["batching"])
     return 0
 
 

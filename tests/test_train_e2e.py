@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -135,23 +132,3 @@ def test_multirun_writes_one_job_per_seed_into_one_dir(tmp_path: Path, offline_c
     jobs = [sweep / "0", sweep / "1"]
     assert all((job / "metrics.json").is_file() for job in jobs)
     assert sorted(OmegaConf.load(job / "config.yaml").seed for job in jobs) == [0, 1]
-
-
-def test_serve_answers_json_on_loopback(trained_run: Path) -> None:
-    from marlrec.serve import make_server
-
-    server = make_server(trained_run, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        with urllib.request.urlopen(f"{base}/recommend?user=3&k=5", timeout=60) as response:
-            body = json.loads(response.read())
-        assert body["user"] == 3 and len(body["items"]) == 5
-        assert all({"item", "text", "why"} <= set(row) for row in body["items"])
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(f"{base}/recommend?user=abc", timeout=60)
-        assert err.value.code == 400
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -1,0 +1,54 @@
+"""`marlrec serve`: a trained run behind a FastAPI service (uvicorn).
+
+GET|POST /recommend   top-k by user id, by a history of item ids or by text
+GET /explain          the same, each item with its role, score, rank, reward terms, neighbours
+GET /health           status and model version
+GET /metrics          Prometheus text: requests, errors and latency per route
+GET /docs             the OpenAPI documentation
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+from marlrec.registry import MarlrecError
+
+
+def check_port(host: str, port: int) -> None:
+    """A one-line error now, rather than a traceback from uvicorn, if the port is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc}"
+            raise MarlrecError(f"port {port} on {host} {why}") from None
+
+
+def serve(run_dir: Path, host: str, port: int, workers: int, batching: bool = True) -> None:
+    """Load the run in each of `workers` processes and serve it until interrupted; with
+    `batching`, concurrent requests are ranked together (see `marlrec.serve.batching`)."""
+    import uvicorn
+
+    from marlrec.serve.app import BATCHING_ENV, RUN_DIR_ENV, create_app
+    from marlrec.serve.service import Service
+
+    if workers < 1:
+        raise MarlrecError(f"workers must be at least 1, got {workers}")
+    check_port(host, port)
+    # Loaded here even with several workers, so that a broken run fails before they start.
+    app = create_app(Service.from_run(run_dir, batching))
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    os.environ[BATCHING_ENV] = "1" if batching else "0"
+    print(f"marlrec: serving {run_dir} on http://{host}:{port} (docs at /docs)", flush=True)
+    uvicorn.run(
+        app if workers == 1 else "marlrec.serve.app:from_environment",
+        factory=workers > 1,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )

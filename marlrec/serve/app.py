@@ -1,0 +1,197 @@
+"""The FastAPI application: routes, request and response models, errors and metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException
+
+from marlrec.serve import service as svc
+
+# How uvicorn's worker processes find the run and whether to batch.
+RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
+
+
+class RecommendRequest(BaseModel):
+    """Exactly one of `user`, `history` (item ids, oldest first) and `text`; ids are JSON
+    integers (no strings, floats or booleans); an unknown field is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: StrictInt | None = Field(None, description="a known user's id")
+    history: list[StrictInt] | None = Field(None, description="item ids consumed, oldest first")
+    text: str | None = Field(None, description="what the user is looking for, in words")
+    k: StrictInt = Field(10, description="how many items, 1 to the catalog size")
+
+
+class Item(BaseModel):
+    item: int
+    text: str
+    placed_by: str = Field(description="the role whose scores placed the item, or retrieval")
+    score: float = Field(description="the item's score in that scoring")
+
+
+class Neighbour(BaseModel):
+    item: int
+    text: str
+    similarity: float = Field(description="cosine between the two items' embeddings")
+
+
+class Explained(Item):
+    stage: str = Field(description="slate (chosen by a role), after_slate or retrieval")
+    rank: int = Field(description="1-based rank in the scoring that placed it")
+    reward_terms: dict[str, float] = Field(
+        description="weighted change of each reward term if the user clicked it (slate only)"
+    )
+    nearest_history: list[Neighbour]
+
+
+class Recommendation(BaseModel):
+    model_version: str
+    items: list[Item]
+
+
+class Explanation(BaseModel):
+    model_version: str
+    items: list[Explained]
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str
+
+
+class Metrics:
+    """Requests, errors and latency per route, in a registry of this app's own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "marlrec_requests", "Requests served", ["route", "status"], registry=self.registry
+        )
+        self.errors = Counter(
+            "marlrec_errors", "Requests answered 4xx or 5xx", ["route"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "marlrec_request_seconds", "Request latency", ["route"], registry=self.registry
+        )
+
+
+def create_app(service: svc.Service) -> FastAPI:
+    app = FastAPI(title="marlrec", version=service.version)
+    metrics = Metrics()
+    _add_error_handlers(app)
+    _add_metrics(app, metrics)
+
+    def recommend(query: RecommendRequest) -> Recommendation:
+        answer = service.answer(_query(query))
+        items = [Item(**service.item_row(row)) for row in answer.placements]
+        return Recommendation(model_version=service.version, items=items)
+
+    @app.get("/recommend")
+    def get_recommend(
+        user: int | None = None,
+        history: Annotated[str | None, Query(description="comma-separated item ids")] = None,
+        text: str | None = None,
+        k: int = 10,
+    ) -> Recommendation:
+        return recommend(RecommendRequest(user=user, history=_ids(history), text=text, k=k))
+
+    @app.post("/recommend")
+    def post_recommend(query: RecommendRequest) -> Recommendation:
+        return recommend(query)
+
+    @app.get("/explain")
+    def explain(
+        user: int | None = None,
+        history: Annotated[str | None, Query(description="comma-separated item ids")] = None,
+        text: str | None = None,
+        k: int = 10,
+    ) -> Explanation:
+        query = RecommendRequest(user=user, history=_ids(history), text=text, k=k)
+        rows = service.explain(service.answer(_query(query)))
+        return Explanation(model_version=service.version, items=[Explained(**r) for r in rows])
+
+    @app.get("/health")
+    def health() -> Health:
+        return Health(status="ok", model_version=service.version)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _query(request: RecommendRequest) -> svc.Query:
+    history = tuple(request.history) if request.history is not None else None
+    return svc.Query(k=request.k, user=request.user, history=history, text=request.text)
+
+
+def _ids(history: str | None) -> list[int] | None:
+    if history is None:
+        return None
+    try:
+        return [int(part) for part in history.split(",") if part.strip()]
+    except ValueError:
+        raise svc.BadQuery("history must be comma-separated integer item ids", 422) from None
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def bad_query(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, svc.BadQuery)
+        return _error(exc.status, str(exc))
+
+    async def invalid(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body",))
+        return _error(422, f"{where}: {first.get('msg', 'invalid')}")
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail))
+
+    app.add_exception_handler(svc.BadQuery, bad_query)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+def _add_metrics(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.latency.labels(route).observe(time.perf_counter() - start)
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        if response.status_code >= 400:
+            metrics.errors.labels(route).inc()
+        return response
+
+
+def from_environment() -> Any:
+    """The app over the run named by MARLREC_SERVE_RUN_DIR: uvicorn's factory in each worker."""
+    batching = os.environ.get(BATCHING_ENV, "1") == "1"
+    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV]), batching))

@@ -1,0 +1,171 @@
+"""The agents' top-k for many queries in one forward pass, with where each item came from.
+
+`rank_explained` replays the slate environment's ranking (`SlateEnvironment.rank`): the roles
+fill the slate in turn order from the retrieved candidates, the first role's scores order the
+remaining candidates, and retrieval orders every other item. Besides the items it keeps, for
+each one, the role or stage that placed it, its score there and its rank in that scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from marlrec.envs.core import SlateCore
+from marlrec.pipeline import Pipeline
+from marlrec.registry import MarlrecError
+from marlrec.rewards import SlateOutcome
+
+SLATE, AFTER_SLATE, RETRIEVAL = "slate", "after_slate", "retrieval"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One recommended item and the scoring that put it where it is."""
+
+    item: int
+    stage: str  # SLATE, AFTER_SLATE or RETRIEVAL
+    scored_by: str  # the role whose scores placed it, or "retrieval"
+    score: float  # its score in that scoring
+    rank: int  # 1-based rank among the items that scoring could still choose
+
+
+def slate_core(p: Pipeline) -> SlateCore:
+    core = getattr(p.env, "core", None)
+    if not isinstance(core, SlateCore):
+        raise MarlrecError(f"env '{type(p.env).__name__}' has no slate core to serve from")
+    return core
+
+
+@torch.no_grad()
+def rank_explained(
+    p: Pipeline,
+    histories: list[np.ndarray],
+    k: int,
+    retrieval: torch.Tensor | None = None,
+    exclude: bool = True,
+) -> list[list[Placement]]:
+    """Top-k placements per history, never an item in it, as `SlateEnvironment.rank` orders them.
+
+    `retrieval` (B, n_items) replaces the retriever's scores (a text query's similarities);
+    with `exclude=False` the history's items may be recommended too.
+    """
+    core = slate_core(p)
+    packed = core.pack(histories)
+    states, recent = core.states(packed), core.recent(packed)
+    scores = core.retrieval_scores(states, packed)
+    if retrieval is not None:
+        consumed = torch.isinf(scores) if exclude else torch.zeros_like(scores, dtype=torch.bool)
+        scores = retrieval.to(scores).masked_fill(consumed, -torch.inf)
+    cand, cand_scores = core.candidates(scores)
+    batch = len(histories)
+    rows = torch.arange(batch, device=cand.device)
+    chosen = torch.zeros_like(cand, dtype=torch.bool)
+    key = scores.clone()  # slate slots above the remaining candidates above the rest
+    scorer = torch.full_like(key, -1, dtype=torch.long)  # role index, n_roles after the slate
+    value, rank = scores.clone(), torch.zeros_like(key, dtype=torch.long)
+    for slot, role in enumerate(core.turn_order):
+        obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, 0)
+        q = _masked_q(p, core, obs, role, cand_scores, chosen)
+        pick = q.argmax(dim=-1)
+        best = q[rows, pick]
+        item = cand[rows, pick]
+        key[rows, item] = 1e4 - slot
+        scorer[rows, item], value[rows, item] = role, best
+        rank[rows, item] = (q > best[:, None]).sum(dim=-1) + 1
+        chosen[rows, pick] = True
+    obs = core.observe(states, recent, cand, cand_scores, chosen, 0, core.slate_size, 0)
+    q = _masked_q(p, core, obs, 0, cand_scores, chosen)
+    order = q.argsort(dim=-1, descending=True).argsort(dim=-1)
+    rest = core.action_mask(cand_scores, chosen)
+    at = (rows[:, None].expand_as(cand)[rest], cand[rest])
+    key[at] = 1e3 - order[rest].float()
+    scorer[at], value[at], rank[at] = core.n_roles, q[rest], order[rest] + 1
+    top = key.topk(k, dim=-1).indices
+    return [
+        _placements(core, scores[b], top[b], scorer[b], value[b], rank[b]) for b in range(batch)
+    ]
+
+
+def _masked_q(
+    p: Pipeline,
+    core: SlateCore,
+    obs: torch.Tensor,
+    role: int,
+    cand_scores: torch.Tensor,
+    chosen: torch.Tensor,
+) -> torch.Tensor:
+    q = p.agent.candidate_scores(obs, role)
+    return q.masked_fill(~core.action_mask(cand_scores, chosen), -torch.inf)
+
+
+def _placements(
+    core: SlateCore,
+    scores: torch.Tensor,
+    top: torch.Tensor,
+    scorer: torch.Tensor,
+    value: torch.Tensor,
+    rank: torch.Tensor,
+) -> list[Placement]:
+    finite = torch.isfinite(scores[top])
+    top = top[: int(finite.sum())]  # past them, only consumed items are left
+    retrieval_rank = (scores[None, :] > scores[top][:, None]).sum(dim=-1) + 1
+    columns = zip(
+        top.tolist(),
+        scorer[top].tolist(),
+        value[top].tolist(),
+        rank[top].tolist(),
+        retrieval_rank.tolist(),
+        strict=True,
+    )
+    rows = []
+    for item, by, score, place, retrieval_place in columns:
+        if by < 0:
+            rows.append(Placement(item, RETRIEVAL, "retrieval", score, retrieval_place))
+        else:
+            stage = SLATE if by < core.n_roles else AFTER_SLATE
+            rows.append(Placement(item, stage, core.roles[by % core.n_roles], score, place))
+    return rows
+
+
+def reward_contributions(p: Pipeline, user: int, slate: list[Placement]) -> list[dict[str, float]]:
+    """Each slate item's weighted contribution to each reward term, if the user clicked it.
+
+    The term on the slate as served with that one item clicked, minus the term on the slate
+    without the item and no click: the click terms give what the click is worth, slate terms
+    (diversity, novelty) what the item adds to the slate. Stateful terms (with a `reset`, such
+    as coverage) are left out: scoring would change their record. Zero contributions are dropped.
+    """
+    core = slate_core(p)
+    items = np.array([row.item for row in slate], dtype=np.int64)
+    roles = np.array([core.roles.index(row.scored_by) for row in slate], dtype=np.int64)
+    rewards = {name: r for name, r in core.ctx.rewards.items() if not hasattr(r, "reset")}
+    out = []
+    for position in range(len(slate)):
+        clicks = np.arange(len(slate)) == position
+        keep = ~clicks
+        shown = SlateOutcome(user, items, roles, clicks, step=0)
+        without = SlateOutcome(user, items[keep], roles[keep], clicks[keep], step=0)
+        terms = {
+            name: r.weight * (float(r.score(shown)) - float(r.score(without)))
+            for name, r in rewards.items()
+        }
+        out.append({name: round(v, 6) for name, v in terms.items() if v != 0.0})
+    return out
+
+
+def nearest_history(
+    p: Pipeline, items: list[int], history: np.ndarray, n: int
+) -> list[list[tuple[int, float]]]:
+    """For each item, the `n` history items most like it and their cosine similarity."""
+    if len(history) == 0:
+        return [[] for _ in items]
+    unit = torch.nn.functional.normalize(p.item_emb, dim=-1)
+    similarity = unit[torch.as_tensor(items)] @ unit[torch.as_tensor(history)].T
+    top = similarity.topk(min(n, len(history)), dim=-1)
+    return [
+        [(int(history[j]), round(float(s), 4)) for s, j in zip(vals, idx, strict=True)]
+        for vals, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]

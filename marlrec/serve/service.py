@@ -1,0 +1,168 @@
+"""A loaded run answering queries: by user id, by a history of item ids, or by a text.
+
+A text query is served by the agents, not by similarity alone: the run's encoder embeds the
+text in the item embedding space; the cosine between that embedding and each item replaces the
+retrieval scores (so the candidates are the items most like the text), and the state the agents
+read is the state model's over a pseudo-history of the `TEXT_HISTORY` items most like the text.
+The roles then fill the slate from those candidates as for any user. The pseudo-history items
+are the best matches, so they are not excluded from the answer as a real history would be:
+the candidates are ranked with an empty exclusion set. Its explanations list no nearest
+history items: it has no history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marlrec.agents import checkpoint_path
+from marlrec.encoders import Encoder
+from marlrec.encoders.hf import HFEncoder
+from marlrec.encoders.tfidf import TfidfEncoder
+from marlrec.pipeline import Pipeline, cache_dir, configure
+from marlrec.recommend import load_run
+from marlrec.serve.batching import MicroBatcher
+from marlrec.serve.ranking import (
+    SLATE,
+    Placement,
+    nearest_history,
+    rank_explained,
+    reward_contributions,
+)
+
+TEXT_HISTORY = 5  # items most like a text that stand in for its history
+NEAREST = 3  # history items shown beside each explained item
+
+
+class BadQuery(ValueError):
+    """A query the service cannot answer: a 4xx with its message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Query:
+    """Exactly one of user, history and text, and how many items."""
+
+    k: int
+    user: int | None = None
+    history: tuple[int, ...] | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    placements: list[Placement]
+    history: np.ndarray  # what the query was ranked from (never served as such)
+    user: int  # -1 for history and text queries
+
+
+class Service:
+    """The run's pipeline, loaded once, with its model version and a micro-batcher."""
+
+    def __init__(self, pipeline: Pipeline, version: str, batching: bool = True) -> None:
+        self.p = pipeline
+        self.version = version
+        self.n_items = pipeline.data.n_items
+        self.n_users = pipeline.data.n_users
+        self.histories = pipeline.data.interactions.histories(self.n_users)
+        self._encoder: Encoder | None = None
+        self._batcher = MicroBatcher(self._rank_many) if batching else None
+
+    @classmethod
+    def from_run(cls, run_dir: Path, batching: bool = True) -> Service:
+        return cls(load_run(run_dir), model_version(run_dir), batching)
+
+    def answer(self, query: Query) -> Answer:
+        self._check(query)
+        if query.text is not None:
+            return self._answer_text(query.text, query.k)
+        user = -1 if query.user is None else query.user
+        history = self.histories[user] if user >= 0 else np.asarray(query.history, np.int64)
+        job = (history, query.k)
+        rows = self._batcher.submit(job) if self._batcher else self._rank_many([job])[0]
+        return Answer(rows, history, user)
+
+    def explain(self, answer: Answer) -> list[dict]:
+        """Each served item with who placed it, its score and rank there, the reward terms it
+        moves and the history items most like it."""
+        slate = [row for row in answer.placements if row.stage == SLATE]
+        terms = reward_contributions(self.p, answer.user, slate) if slate else []
+        items = [row.item for row in answer.placements]
+        near = nearest_history(self.p, items, answer.history, NEAREST)
+        text = self.p.data.item_text
+        return [
+            {
+                **self.item_row(row),
+                "stage": row.stage,
+                "rank": row.rank,
+                "reward_terms": terms[i] if i < len(terms) else {},
+                "nearest_history": [
+                    {"item": j, "text": text[j], "similarity": s} for j, s in near[i]
+                ],
+            }
+            for i, row in enumerate(answer.placements)
+        ]
+
+    def item_row(self, row: Placement) -> dict:
+        return {
+            "item": row.item,
+            "text": self.p.data.item_text[row.item],
+            "placed_by": row.scored_by,
+            "score": round(row.score, 6),
+        }
+
+    def _check(self, q: Query) -> None:
+        given = [name for name in ("user", "history", "text") if getattr(q, name) is not None]
+        if len(given) != 1:
+            raise BadQuery("give exactly one of user, history and text")
+        if not 1 <= q.k <= self.n_items:
+            raise BadQuery(f"k must be between 1 and the catalog size {self.n_items}, got {q.k}")
+        if q.user is not None and not 0 <= q.user < self.n_users:
+            raise BadQuery(f"unknown user {q.user}: ids run from 0 to {self.n_users - 1}", 404)
+        unknown = [i for i in q.history or () if not 0 <= i < self.n_items]
+        if unknown:
+            raise BadQuery(f"unknown item {unknown[0]}: ids run from 0 to {self.n_items - 1}")
+        if q.text is not None and not q.text.strip():
+            raise BadQuery("text is empty")
+
+    def _rank_many(self, jobs: list[tuple[np.ndarray, int]]) -> list[list[Placement]]:
+        k = max(job[1] for job in jobs)
+        rows = rank_explained(self.p, [job[0] for job in jobs], k)
+        return [row[: job[1]] for row, job in zip(rows, jobs, strict=True)]
+
+    def _answer_text(self, text: str, k: int) -> Answer:
+        query = torch.nn.functional.normalize(self._embed(text).to(self.p.item_emb), dim=-1)
+        similarity = torch.nn.functional.normalize(self.p.item_emb, dim=-1) @ query
+        pseudo = similarity.topk(TEXT_HISTORY).indices.cpu().numpy()
+        rows = rank_explained(self.p, [pseudo], k, retrieval=similarity[None], exclude=False)
+        return Answer(rows[0], np.empty(0, np.int64), -1)  # a text has no history to show
+
+    def _embed(self, text: str) -> torch.Tensor:
+        encoder = self._encoder = self._encoder or _build_encoder(self.p)
+        if isinstance(encoder, TfidfEncoder):  # document frequencies are the catalog's
+            return encoder.encode([*self.p.data.item_text, text])[-1]
+        if isinstance(encoder, HFEncoder):  # the model itself: no embedding cache written
+            tokenizer, model = encoder.load()
+            return torch.as_tensor(encoder._forward(tokenizer, model, [text])[0])
+        return encoder.encode([text])[0]
+
+
+def _build_encoder(p: Pipeline) -> Encoder:
+    encoder = configure(p.cfg).one("encoder").create(cache_dir=cache_dir(p.cfg), device=p.device)
+    assert isinstance(encoder, Encoder)
+    return encoder
+
+
+def model_version(run_dir: Path) -> str:
+    """The first 12 hex digits of the served checkpoint's SHA-1 (`best`, else `last`)."""
+    path = checkpoint_path(run_dir, "best")
+    if not path.is_file():
+        path = checkpoint_path(run_dir)
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
