@@ -58,7 +58,7 @@ from marlrec.pipeline import build
 from marlrec.states import masked_mean
 from marlrec.states.mean import MeanState
 from marlrec.threads import available_cores
-from marlrec.training.imitation import imitation_loss, logged_pairs, logged_positions
+from marlrec.training.imitation import imitation_loss, logged_source
 
 THREADS = 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,8 +146,7 @@ def imitation_overhead(cache: Path, quick: bool) -> dict[str, float]:
     pipeline = build(cfg)
     agent, env = pipeline.agent, pipeline.env
     batch_size = pipeline.trainer.batch_size
-    histories = env.ctx.data.train_histories
-    users, positions = logged_positions(histories)
+    logged = logged_source(env, env.ctx.data.train_histories)  # as `imitate` draws them
     rng = np.random.default_rng(0)
     parameters = [
         p for r in range(len(agent.spec.roles)) for p in agent.scoring_network(r).parameters()
@@ -155,8 +154,7 @@ def imitation_overhead(cache: Path, quick: bool) -> dict[str, float]:
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
 
     def step() -> Any:
-        drawn = rng.integers(0, len(users), batch_size)
-        batch = env.logged_choices(*logged_pairs(histories, users[drawn], positions[drawn]), rng)
+        batch = logged.choices(rng.integers(0, len(logged), batch_size), rng)
         if len(batch.actions):  # as in training: a draw with no logged item retrieved is skipped
             loss, _ = imitation_loss(agent, batch)
             optimizer.zero_grad()
@@ -364,6 +362,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True, help="where to write the figures")
     parser.add_argument("--quick", action="store_true", help="a few-minute version")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens-100K folder")
+    parser.add_argument(
+        "--only",
+        action="append",
+        help="measure only this step (state, imitation, agents, sessions, ranking, concurrent, "
+        "ml100k); repeatable",
+    )
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     threadpool_limits(THREADS)
@@ -391,6 +395,8 @@ def main() -> None:
         else:
             steps.append(("ml100k", lambda: ml100k_run_speedup(args.data.resolve(), cache)))
         for name, measure in steps:
+            if args.only and name not in args.only:
+                continue
             start = time.perf_counter()
             print(f"speed: {name} ...", file=sys.stderr, flush=True)
             results.update(measure())
