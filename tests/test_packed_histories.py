@@ -54,9 +54,10 @@ def test_prefixes_are_the_first_items_of_the_chosen_rows() -> None:
     histories = random_histories(30, seed=2)
     packed = Histories.pack(histories)
     rows = torch.tensor([3, 3, 0, 17, 29])
-    lengths = torch.tensor([0, len(histories[3]), min(2, len(histories[0])), 1, 0])
-    lengths[3] = min(1, len(histories[17]))
-    prefixes = Histories.prefixes(packed, rows, lengths)
+    # Empty, whole, and short prefixes, a row chosen twice.
+    wanted = [0, len(histories[3]), 2, 1, 0]
+    lengths = torch.tensor([min(n, len(histories[r])) for r, n in zip(rows, wanted, strict=True)])
+    prefixes = packed.prefixes(rows, lengths)
     expected = Histories.pack([histories[r][:n] for r, n in zip(rows, lengths, strict=True)])
     for name in ("items", "offsets", "lengths"):
         assert torch.equal(getattr(prefixes, name), getattr(expected, name))
