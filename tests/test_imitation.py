@@ -10,7 +10,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.envs import LoggedChoices
-from marlrec.envs.logged import LoggedLog, may_retrieve
+from marlrec.envs.logged import LoggedLog
 from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import PluginError
@@ -103,18 +103,6 @@ def test_the_packed_log_gives_the_choices_of_the_histories_it_draws(retrieval: s
         got = packed.choices(drawn, np.random.default_rng(n))
         assert_same_choices(got, reference.choices(drawn, np.random.default_rng(n)))
     assert (packed.memo.where >= -1).sum() < len(packed)  # only drawn positions retrieved
-
-
-def test_rows_left_out_before_topk_never_retrieve_their_target() -> None:
-    generator = torch.Generator().manual_seed(0)
-    # Coarse scores, so that many ties sit at the cut; -inf for consumed items.
-    scores = torch.randint(0, 6, (400, 30), generator=generator).float()
-    scores[torch.rand(scores.shape, generator=generator) < 0.2] = -torch.inf
-    targets = torch.randint(0, 30, (400,), generator=generator)
-    for m in (1, 5, 12):
-        kept = set(may_retrieve(scores, targets, m).tolist())
-        retrieved = (scores.topk(m, dim=1).indices == targets[:, None]).any(dim=1)
-        assert set(retrieved.nonzero().squeeze(1).tolist()) <= kept
 
 
 def test_imitation_teaches_each_role_the_logged_choices(tmp_path: Path) -> None:

@@ -40,25 +40,14 @@ class Retrieved:
     actions: torch.Tensor  # (N,) the logged item's candidate position
 
 
-def may_retrieve(scores: torch.Tensor, targets: torch.Tensor, m: int) -> torch.Tensor:
-    """The rows whose target can be among their top `m` scores.
-
-    When `m` items score strictly above the target, the top `m` are all above it, so `topk`
-    never returns it: such rows need no `topk`, which costs more than this count.
-    """
-    above = (scores > scores.gather(1, targets[:, None])).sum(dim=1)
-    return (above < m).nonzero().squeeze(1)
-
-
 @torch.no_grad()
 def retrieve_logged(core: SlateCore, histories: Histories, targets: torch.Tensor) -> Retrieved:
     """Retrieval for each history, and which retrieve their logged next item (`targets`)."""
-    scores = core.retrieval_scores(core.states(histories), histories)
-    rows = may_retrieve(scores, targets, core.n_candidates)
-    cand, cand_scores = core.candidates(scores[rows])
-    found = cand == targets[rows, None]
+    cand, cand_scores = core.candidates(core.retrieval_scores(core.states(histories), histories))
+    found = cand == targets[:, None]
     keep = found.any(dim=1)
-    return Retrieved(rows[keep], cand[keep], cand_scores[keep], found[keep].float().argmax(dim=1))
+    rows = keep.nonzero().squeeze(1)
+    return Retrieved(rows, cand[keep], cand_scores[keep], found[keep].float().argmax(dim=1))
 
 
 @torch.no_grad()
