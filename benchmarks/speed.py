@@ -60,7 +60,7 @@ from marlrec.retrieval.search import exact_top
 from marlrec.states import masked_mean
 from marlrec.states.mean import MeanState
 from marlrec.threads import available_cores
-from marlrec.training.imitation import imitation_loss, logged_pairs, logged_positions
+from marlrec.training.imitation import imitation_loss, logged_source
 
 THREADS = 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,8 +166,7 @@ def imitation_overhead(cache: Path, quick: bool) -> dict[str, float]:
     pipeline = build(cfg)
     agent, env = pipeline.agent, pipeline.env
     batch_size = pipeline.trainer.batch_size
-    histories = env.ctx.data.train_histories
-    users, positions = logged_positions(histories)
+    logged = logged_source(env, env.ctx.data.train_histories)  # as `imitate` draws them
     rng = np.random.default_rng(0)
     parameters = [
         p for r in range(len(agent.spec.roles)) for p in agent.scoring_network(r).parameters()
@@ -175,8 +174,7 @@ def imitation_overhead(cache: Path, quick: bool) -> dict[str, float]:
     optimizer = torch.optim.Adam(parameters, lr=1e-3)
 
     def step() -> Any:
-        drawn = rng.integers(0, len(users), batch_size)
-        batch = env.logged_choices(*logged_pairs(histories, users[drawn], positions[drawn]), rng)
+        batch = logged.choices(rng.integers(0, len(logged), batch_size), rng)
         if len(batch.actions):  # as in training: a draw with no logged item retrieved is skipped
             loss, _ = imitation_loss(agent, batch)
             optimizer.zero_grad()

@@ -201,7 +201,10 @@ class Histories:
 
     def select(self, rows: torch.Tensor) -> Histories:
         """The histories of the given rows, in that order."""
-        lengths = self.lengths[rows]
+        return self.prefixes(rows, self.lengths[rows])
+
+    def prefixes(self, rows: torch.Tensor, lengths: torch.Tensor) -> Histories:
+        """The first `lengths[k]` items of row `rows[k]`'s history, for each k, packed."""
         offsets = torch.cumsum(lengths, 0) - lengths
         within = torch.arange(int(lengths.sum()), device=lengths.device)
         within -= torch.repeat_interleave(offsets, lengths)

@@ -10,12 +10,21 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from marlrec.envs import LoggedChoices
+from marlrec.envs.logged import LoggedLog
 from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
 from marlrec.pipeline import Pipeline, build
 from marlrec.registry import PluginError
 from marlrec.settings import TrainerConfig, TrainRun
 from marlrec.training.anchor import ImitationAnchor
-from marlrec.training.imitation import imitate, imitation_loss, logged_pairs, logged_positions
+from marlrec.training.imitation import (
+    EnvLog,
+    imitate,
+    imitation_loss,
+    logged_pairs,
+    logged_positions,
+    logged_source,
+)
 from marlrec.training.loop import fit
 from tests.conftest import SMALL, compose_config
 
@@ -72,6 +81,30 @@ def test_logged_choices_show_the_logged_item_at_a_random_turn(small_pipeline: Pi
     assert set(slots.tolist()) == set(range(env.core.slate_size))
     # Histories whose logged item was not retrieved are left out, the others all kept.
     assert 0 < len(batch.rows) < len(histories)
+
+
+def assert_same_choices(got: LoggedChoices, expected: LoggedChoices) -> None:
+    assert torch.equal(got.rows, expected.rows)
+    assert torch.equal(got.roles, expected.roles)
+    assert torch.equal(got.actions, expected.actions)
+    torch.testing.assert_close(got.obs, expected.obs)
+
+
+@pytest.mark.parametrize("retrieval", ["content", "ease"])
+def test_the_packed_log_gives_the_choices_of_the_histories_it_draws(retrieval: str) -> None:
+    pipeline = build(compose_config([*SMALL, f"retrieval={retrieval}"]))
+    env, histories = pipeline.env, pipeline.data.train_histories
+    packed = logged_source(env, histories)
+    reference = EnvLog(env, histories)
+    assert isinstance(packed, LoggedLog) and packed.memo is not None
+    assert len(packed) == len(reference)
+    draws = np.random.default_rng(3)
+    # Later draws repeat earlier positions: those come from the memo.
+    for n in (300, 300, 600, 5):
+        drawn = draws.integers(0, len(packed), n)
+        got = packed.choices(drawn, np.random.default_rng(n))
+        assert_same_choices(got, reference.choices(drawn, np.random.default_rng(n)))
+    assert (packed.memo.where >= -1).sum() < len(packed)  # only drawn positions retrieved
 
 
 def test_imitation_teaches_each_role_the_logged_choices(tmp_path: Path) -> None:

@@ -50,6 +50,19 @@ def test_pack_padded_last_and_select_agree_with_the_histories() -> None:
     assert torch.equal(packed.rows(), torch.repeat_interleave(torch.arange(30), lengths))
 
 
+def test_prefixes_are_the_first_items_of_the_chosen_rows() -> None:
+    histories = random_histories(30, seed=2)
+    packed = Histories.pack(histories)
+    rows = torch.tensor([3, 3, 0, 17, 29])
+    # Empty, whole, and short prefixes, a row chosen twice.
+    wanted = [0, len(histories[3]), 2, 1, 0]
+    lengths = torch.tensor([min(n, len(histories[r])) for r, n in zip(rows, wanted, strict=True)])
+    prefixes = packed.prefixes(rows, lengths)
+    expected = Histories.pack([histories[r][:n] for r, n in zip(rows, lengths, strict=True)])
+    for name in ("items", "offsets", "lengths"):
+        assert torch.equal(getattr(prefixes, name), getattr(expected, name))
+
+
 def test_empty_batch_and_all_empty_histories() -> None:
     packed = Histories.pack([np.empty(0, dtype=np.int64)] * 3)
     ids, kept = packed.last(4)

@@ -56,7 +56,9 @@ def ease_weights(data: RecData, l2: float) -> torch.Tensor:
     """The EASE item-item matrix B (n_items, n_items) float32, fitted once per data and l2."""
     train = data.split.train
     key = fingerprint(train.user, train.item, data.n_users, data.n_items, float(l2))
-    return fitted("ease", key, lambda: fit_ease(data, l2))
+    # Row-major: `linalg.inv` returns (and the cache keeps) a column-major matrix, over which
+    # the retriever's sparse product runs about 7x slower.
+    return fitted("ease", key, lambda: fit_ease(data, l2)).contiguous()
 
 
 def fit_ease(data: RecData, l2: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from marlrec.agents import Agent
 from marlrec.envs import Environment
 from marlrec.settings import TrainRun
-from marlrec.training.imitation import imitation_loss, logged_pairs, logged_positions
+from marlrec.training.imitation import imitation_loss, logged_source
 
 # Seeds the batches drawn during RL, apart from the warm start's stream (7) and the others.
 ANCHOR_STREAM = 8
@@ -34,8 +34,7 @@ class ImitationAnchor:
 
     def __init__(self, agent: Agent, env: Environment, run: TrainRun) -> None:
         self.agent, self.env, self.run = agent, env, run
-        self.histories = env.ctx.data.train_histories
-        self.users, self.positions = logged_positions(self.histories)
+        self.source = logged_source(env, env.ctx.data.train_histories)
         parameters = {
             id(p): p
             for role in range(len(agent.spec.roles))
@@ -48,12 +47,11 @@ class ImitationAnchor:
 
     def step(self, n: int) -> None:
         """`n` imitation steps, each on `trainer.batch_size` logged choices."""
-        if len(self.users) == 0:
+        if len(self.source) == 0:
             return
         for _ in range(n):
-            drawn = self.rng.integers(0, len(self.users), self.run.trainer.batch_size)
-            pairs = logged_pairs(self.histories, self.users[drawn], self.positions[drawn])
-            batch = self.env.logged_choices(*pairs, self.rng)
+            drawn = self.rng.integers(0, len(self.source), self.run.trainer.batch_size)
+            batch = self.source.choices(drawn, self.rng)
             if len(batch.actions) == 0:
                 continue
             loss, accuracy = imitation_loss(self.agent, batch)

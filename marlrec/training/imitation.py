@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from tqdm.auto import tqdm
 
 from marlrec.agents import Agent
 from marlrec.envs import Environment, LoggedChoices
+from marlrec.envs.logged import LoggedLog, logged_positions
+from marlrec.envs.slate import SlateEnvironment
 from marlrec.registry import PluginError
 from marlrec.settings import TrainRun
 
@@ -32,20 +35,43 @@ IMITATION_STREAM = 7
 LOG_EVERY = 50
 
 
-def logged_positions(histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Every (user, position) whose item follows at least one earlier training item."""
-    followers = np.maximum(np.array([len(h) for h in histories]) - 1, 0)
-    users = np.repeat(np.arange(len(histories)), followers)
-    starts = np.cumsum(followers) - followers
-    return users, np.arange(len(users)) - starts[users] + 1
-
-
 def logged_pairs(
     histories: list[np.ndarray], users: np.ndarray, positions: np.ndarray
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """The histories before the given (user, position) pairs, and the items logged there."""
     pairs = list(zip(users, positions, strict=True))
     return [histories[u][:p] for u, p in pairs], np.array([histories[u][p] for u, p in pairs])
+
+
+class LoggedSource(Protocol):
+    """Draws of logged choices: `len` logged positions, and the choices at drawn ones."""
+
+    def __len__(self) -> int: ...
+
+    def choices(self, drawn: np.ndarray, rng: np.random.Generator) -> LoggedChoices: ...
+
+
+class EnvLog:
+    """Logged choices through the env's own `logged_choices`, for envs other than the slate's."""
+
+    def __init__(self, env: Environment, histories: list[np.ndarray]) -> None:
+        self.env, self.histories = env, histories
+        self.users, self.positions = logged_positions(histories)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def choices(self, drawn: np.ndarray, rng: np.random.Generator) -> LoggedChoices:
+        pairs = logged_pairs(self.histories, self.users[drawn], self.positions[drawn])
+        return self.env.logged_choices(*pairs, rng)
+
+
+def logged_source(env: Environment, histories: list[np.ndarray]) -> LoggedSource:
+    """The slate envs' packed log (the same choices, built faster); other envs' own method."""
+    if type(env).logged_choices is SlateEnvironment.logged_choices:
+        assert isinstance(env, SlateEnvironment)
+        return LoggedLog(env.core, histories)
+    return EnvLog(env, histories)
 
 
 def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, float]:
@@ -70,9 +96,8 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
     t = run.trainer
     if t.imitation_steps == 0:
         return {}
-    histories = env.ctx.data.train_histories
-    users, positions = logged_positions(histories)
-    if len(users) == 0:
+    source = logged_source(env, env.ctx.data.train_histories)
+    if len(source) == 0:
         raise PluginError(
             "trainer.imitation_steps needs users with at least two training interactions; "
             f"dataset '{env.ctx.data.name}' has none"
@@ -88,8 +113,7 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
     started, retrieved, last = time.perf_counter(), 0, {}
     steps = tqdm(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
     for step in steps:
-        drawn = rng.integers(0, len(users), t.batch_size)
-        batch = env.logged_choices(*logged_pairs(histories, users[drawn], positions[drawn]), rng)
+        batch = source.choices(rng.integers(0, len(source), t.batch_size), rng)
         retrieved += len(batch.actions)
         if len(batch.actions) == 0:
             continue
