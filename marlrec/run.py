@@ -35,6 +35,7 @@ from marlrec.pipeline import Pipeline, build
 from marlrec.recommend import load_run, restore_best
 from marlrec.registry import MarlrecError
 from marlrec.report import print_history, print_table, write_learning_curve
+from marlrec.retrieval.recall import pool_recalls
 from marlrec.settings import TrainRun
 from marlrec.threads import fit_threads, register_job
 from marlrec.training.imitation import imitate
@@ -181,6 +182,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train": summary,
         "history": run.history,
         "eval": results,
+        "retrieval": retrieval_recall(pipeline),
     }
     write_json(run_dir / "metrics.json", metrics)
     if run.history:
@@ -188,6 +190,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         print_history(run.history)
     print_table(results, title=f"{cfg.agent.name} on {cfg.data.name} ({run_dir})")
     return metrics
+
+
+def retrieval_recall(pipeline: Pipeline) -> dict[str, float]:
+    """Recall of the held-out items in the retrieved pools of the env's size (M candidates)."""
+    ctx = pipeline.env.ctx
+    size = pipeline.env.spec.layout.n_candidates
+    return pool_recalls(
+        ctx.retriever, ctx.data, lambda h: ctx.state.from_histories(h, ctx.item_emb), size
+    )
 
 
 def imitation_summary(
