@@ -186,3 +186,12 @@ def test_a_run_reports_its_pools_recall(small_pipeline: Pipeline) -> None:
     recalls = retrieval_recall(small_pipeline)
     assert set(recalls) == {f"valid/Recall@{size}", f"test/Recall@{size}"}
     assert all(0 <= value <= 1 for value in recalls.values())
+
+
+def test_fitting_leaves_the_global_random_state_alone(data: RecData) -> None:
+    config = SASRecConfig(epochs=1, patience=0, show_progress=False, **SMALL)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    SASRecBaseline(config, data=data, item_emb=torch.zeros(data.n_items, 1), seed=0)
+    torch.testing.assert_close(torch.rand(3), expected)

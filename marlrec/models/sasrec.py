@@ -201,7 +201,8 @@ def fitted_sasrec(
         *[s for s in settings if not s.startswith("show_progress=")],
     )
     artefact = fitted("sasrec", key, lambda: _fit_artefact(data, config, seed, device, where))
-    model = SASRec(data.n_items, config)
+    with torch.random.fork_rng(devices=[]):  # initial weights, overwritten: RNG left untouched
+        model = SASRec(data.n_items, config)
     model.load_state_dict({k: v for k, v in artefact.items() if not k.startswith(HISTORY)})
     return model.to(device).eval(), _history(artefact)
 
