@@ -30,7 +30,7 @@ from marlrec.baselines.bpr import BPRBaseline
 from marlrec.baselines.content_knn import ContentKNNBaseline
 from marlrec.baselines.ease import EASEBaseline
 from marlrec.baselines.itemknn import ItemKNNBaseline
-from marlrec.baselines.sasrec import SASRecBaseline
+from marlrec.baselines.sasrec import SASRecBaseline, SASRecBCEBaseline
 from marlrec.baselines.simple import PopularityBaseline, RandomBaseline
 from marlrec.data import RecData
 from marlrec.datasets.movielens import MovieLensDataset
@@ -47,6 +47,7 @@ RECBOLE: dict[str, tuple[float, float] | None] = {
     "ease": (0.1347, 0.0706),
     "bpr": (0.1241, 0.0673),
     "sasrec": None,
+    "sasrec_bce": None,
     "content_knn": None,
 }
 # RecBole 1.2.1's own Pop (its defaults, one seed each): 2020 is the published run, the others
@@ -64,6 +65,7 @@ MODELS: dict[str, type[Baseline]] = {
     "ease": EASEBaseline,
     "bpr": BPRBaseline,
     "sasrec": SASRecBaseline,
+    "sasrec_bce": SASRecBCEBaseline,
     "content_knn": ContentKNNBaseline,
 }
 RANKING = EvalConfig(metrics=["hr", "ndcg", "mrr", "coverage", "ild", "novelty"], ks=[10])

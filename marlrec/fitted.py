@@ -12,6 +12,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -23,7 +24,10 @@ log = logging.getLogger(__name__)
 # Artefacts kept in memory: enough for a run's few, without holding every test's catalog.
 MEMO_SIZE = 4
 
-_memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+# A tensor, or named tensors (a model's weights and its training figures).
+Artefact = TypeVar("Artefact", torch.Tensor, dict[str, torch.Tensor])
+
+_memo: OrderedDict[str, Any] = OrderedDict()
 _cache_dir: Path | None = None
 
 
@@ -46,12 +50,12 @@ def fingerprint(*parts: np.ndarray | str | float | int) -> str:
     return digest.hexdigest()[:20]
 
 
-def fitted(name: str, key: str, fit: Callable[[], torch.Tensor]) -> torch.Tensor:
+def fitted(name: str, key: str, fit: Callable[[], Artefact]) -> Artefact:
     """The artefact `name` for `key`: from memory, else from the disk cache, else `fit()`."""
     memo_key = f"{name}-{key}"
     if memo_key in _memo:
         _memo.move_to_end(memo_key)
-        return _memo[memo_key]
+        return cast("Artefact", _memo[memo_key])
     path = _cache_dir / "fitted" / f"{memo_key}.pt" if _cache_dir else None
     if path is not None and path.is_file():
         value = torch.load(path, map_location="cpu", weights_only=True)

@@ -35,6 +35,7 @@ from marlrec.report import (
     write_learning_curve,
     write_role_shares,
 )
+from marlrec.retrieval.recall import pool_recalls
 from marlrec.settings import TrainRun
 from marlrec.threads import fit_threads, register_job
 from marlrec.training.imitation import imitate
@@ -181,6 +182,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train": summary,
         "history": run.history,
         "eval": results,
+        "retrieval": retrieval_recall(pipeline),
     }
     write_json(run_dir / "metrics.json", metrics)
     if run.history:
@@ -190,6 +192,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_interest_map(pipeline, run_dir / "interest_map.png", seed=int(cfg.seed))
     print_table(results, title=f"{cfg.agent.name} on {cfg.data.name} ({run_dir})")
     return metrics
+
+
+def retrieval_recall(pipeline: Pipeline) -> dict[str, float]:
+    """Recall of the held-out items in the retrieved pools of the env's size (M candidates)."""
+    ctx = pipeline.env.ctx
+    size = pipeline.env.spec.layout.n_candidates
+    return pool_recalls(
+        ctx.retriever, ctx.data, lambda h: ctx.state.from_histories(h, ctx.item_emb), size
+    )
 
 
 def imitation_summary(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.recbole_pop import PADDING, RecBolePop
-from marlrec import registry
+from marlrec import fitted, registry
 from marlrec.baselines import Baseline
 from marlrec.baselines.bpr import BPRBaseline
 from marlrec.baselines.content_knn import ContentKNNBaseline
@@ -261,11 +261,13 @@ def test_sasrec_is_seeded_and_stops_early(synthetic: tuple[RecData, torch.Tensor
         layers=1,
         max_len=10,
         epochs=40,
+        eval_every=1,
         patience=1,
         lr=0.05,
         show_progress=False,
     )
     first = SASRecBaseline(config, data=data, item_emb=emb, seed=3)
+    fitted._memo.clear()  # fitted again, not shared
     again = SASRecBaseline(config, data=data, item_emb=emb, seed=3)
     torch.testing.assert_close(first.scores(np.arange(5)), again.scores(np.arange(5)))
     assert len(first.history) < 40  # stopped once validation NDCG@10 stopped improving

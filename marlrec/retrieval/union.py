@@ -1,0 +1,91 @@
+"""`union`: one pool merged from the pools of several retrievers (e.g. `ease` and `sasrec`).
+
+Each member ranks the items the user has not consumed; round r of the merge offers each
+member's r-th best item in turn (the first member first), skipping items already in the pool,
+until the pool holds `size` items. Pool items score in (0, 1] by their place in the pool and
+every other item in [-1, -0.5] by the members' mean score, so the environment's top M
+(M <= size) is the pool's first M items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from marlrec import registry
+from marlrec.data import Histories, RecData
+from marlrec.plugin import composed_default
+from marlrec.registry import PluginError
+from marlrec.retrieval import Retriever
+
+
+def _default_members() -> list[dict[str, Any]]:
+    return [{"name": "ease"}, {"name": "sasrec"}]
+
+
+class UnionRetriever(Retriever):
+    """The members' pools merged by turns, without duplicates, to `size` items."""
+
+    @dataclass(kw_only=True)
+    class Config:
+        members: list[dict[str, Any]] = field(default_factory=_default_members)
+        """The merged retrievers, each its own section, e.g. `{name: ease, l2: 250.0}`."""
+        size: int = 100
+        """Items in the merged pool: the env's `n_candidates` or more."""
+        seed: int = composed_default(0, "${seed}")
+        """Seed given to members that take one and set none (the run's when composed)."""
+
+        def __post_init__(self) -> None:
+            if self.size < 1:
+                raise PluginError(f"retrieval.size must be at least 1, got {self.size}")
+            if not self.members or any(not isinstance(m.get("name"), str) for m in self.members):
+                raise PluginError("retrieval.members must list sections that each set a name")
+
+    config: Config
+
+    def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor) -> None:
+        super().__init__(config, data=data, item_emb=item_emb)
+        self.members = [self._member(dict(section)) for section in config.members]
+
+    def _member(self, options: dict[str, Any]) -> Retriever:
+        name = options.pop("name")
+        cls = registry.load("retrieval", name)
+        if "seed" in {f.name for f in dataclasses.fields(cls.Config)}:
+            options.setdefault("seed", self.config.seed)
+        config = registry.build_config("retrieval", name, cls.Config, options)
+        member: Retriever = cls(config, data=self.data, item_emb=self.item_emb)
+        return member
+
+    def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
+        member_scores = [member.scores(states, histories) for member in self.members]
+        return union_scores(member_scores, histories, self.config.size)
+
+
+def union_scores(
+    member_scores: list[torch.Tensor], histories: Histories, size: int
+) -> torch.Tensor:
+    """Scores (B, n_items) in [-1, 1] whose top `size` is the round-robin merge of the members'
+    rankings of unconsumed items, in merge order; consumed items score -1."""
+    rows, items = histories.rows(), histories.items
+    n_members, (batch, n_items) = len(member_scores), member_scores[0].shape
+    size = min(size, n_items)
+    # Merge key of each item: its best (rank * n_members + member), so turns go member by member.
+    key = torch.full((batch, n_items), torch.inf, device=member_scores[0].device)
+    for number, scores in enumerate(member_scores):
+        scores = scores.clone()
+        scores[rows, items] = -torch.inf
+        top = scores.topk(size, dim=1)
+        ranks = torch.arange(size, dtype=key.dtype, device=key.device) * n_members + number
+        ranks = ranks.expand_as(top.values).masked_fill(top.values == -torch.inf, torch.inf)
+        key = key.minimum(torch.full_like(key, torch.inf).scatter_(1, top.indices, ranks))
+    pool = key.topk(size, dim=1, largest=False)
+    mean = torch.stack(member_scores).mean(dim=0).clamp(-1.0, 1.0)
+    merged = (mean - 3.0) / 4.0  # [-1, -0.5]: below every pool item
+    place = 1.0 - torch.arange(size, device=key.device, dtype=merged.dtype) / size
+    in_pool = pool.values.isfinite()
+    merged.scatter_(1, pool.indices, torch.where(in_pool, place, merged.gather(1, pool.indices)))
+    merged[rows, items] = -1.0
+    return merged
