@@ -132,6 +132,8 @@ def _check_keys(first_job: list[str]) -> None:
         if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
             parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(base, parent_key) if parent_key else base
+            if isinstance(parent, DictConfig) and not OmegaConf.is_struct(parent):
+                continue  # a mapping option such as env.role_terms takes any key
             siblings = list(parent.keys()) if isinstance(parent, DictConfig) else []
             close = difflib.get_close_matches(leaf, [str(s) for s in siblings], n=1)
             hint = (

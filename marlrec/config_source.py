@@ -139,12 +139,28 @@ class PluginConfigSource(ConfigSource):
         if name not in options(group):
             raise ConfigLoadError(f"no plugin config '{config_path}'")
         content, package = node(group, name)
+        config = OmegaConf.create(content)
+        _open_mappings(config, group, name, package)
         return ConfigResult(
-            config=OmegaConf.create(content),
+            config=config,
             path=f"{SCHEME}://{group}/{name}",
             provider="marlrec plugins",
             header={"package": package},
         )
+
+
+def _open_mappings(config: DictConfig, group: str, name: str, package: str | None) -> None:
+    """Let mapping options (`env.role_terms`) take new keys: `env.role_terms={diversity:click}`
+    on the command line merges into the (often empty) default, which struct mode would refuse."""
+    if package == "_global_":
+        section = config[group]
+    elif group in registry.KINDS and registry.KINDS[group].many:
+        section = config[name]
+    else:
+        section = config
+    for value in section.values():
+        if isinstance(value, DictConfig):
+            OmegaConf.set_struct(value, False)
 
 
 def _without_suffix(config_path: str) -> str:

@@ -1,0 +1,47 @@
+"""Bad input, one line each: every mistake a user can make on the command line, in a config
+or in a data file exits non-zero with a single line naming the file and line or the key.
+
+Most cases fail while the config is composed and checked, before anything is built or written.
+Errors covered elsewhere, and counted with these: tests/test_config.py (unknown plugin, misspelled
+key, wrong type, sweeps), tests/test_registry.py (plugins that fail to load),
+tests/test_dataset_errors.py, tests/test_csv_dataset.py and tests/test_amazon_dataset.py (data
+files: missing, empty, truncated, malformed rows, bad encodings, duplicated ids).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from marlrec.app import preflight, register_plugin_configs
+from marlrec.pipeline import configure
+from tests.conftest import ML100K, compose_config
+
+# --- defects found when tried as a new user would ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data", [["data=movielens", f"data.path={ML100K}"], ["data=csv", "data.path=ratings.csv"]]
+)
+def test_quick_preset_works_with_any_dataset(data: list[str]) -> None:
+    register_plugin_configs()
+    preflight(["experiment=quick", *data])  # composes and validates, as `marlrec train` does
+    run = configure(compose_config(["experiment=quick", *data]))
+    assert run.trainer.max_epochs == 2 and run.one("data").name == data[0].split("=")[1]
+
+
+def test_quick_preset_keeps_the_synthetic_catalog_small() -> None:
+    run = configure(compose_config(["experiment=quick"]))
+    assert (run.one("data").config.n_users, run.one("data").config.n_items) == (200, 400)
+
+
+@pytest.mark.parametrize(
+    "form", ["env.role_terms={diversity:diversity}", "env.role_terms.diversity=diversity"]
+)
+def test_role_terms_as_documented(form: str) -> None:
+    overrides = [form, "reward=[click,diversity]", "env.role_mix=0.5"]
+    register_plugin_configs()
+    preflight(overrides)
+    run = configure(compose_config(overrides))
+    assert run.one("env").config.role_terms == {"diversity": "diversity"}
