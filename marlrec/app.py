@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import yaml
 from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_search_path import ConfigSearchPath
@@ -76,6 +77,9 @@ def preflight(args: list[str]) -> None:
     if any(a.split("=")[0] in EXPERT_FLAGS for a in args):
         return
     overrides = [a for a in args if not a.startswith("-")]
+    nameless = [o for o in overrides if o.lstrip("+~").startswith("=")]
+    if nameless:
+        raise MarlrecError(f"override '{nameless[0]}' names no key: write key=value")
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
@@ -152,15 +156,41 @@ _ABSENT = object()
 def _compose(overrides: list[str]) -> DictConfig:
     try:
         cfg = compose("config", overrides=overrides)
-        OmegaConf.resolve(cfg)
-        return cfg
-    except (HydraException, OmegaConfBaseException) as exc:
+    except yaml.YAMLError as exc:  # a preset's YAML that does not parse
+        raise MarlrecError(config_source.yaml_problem(exc)) from None
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise MarlrecError(_first_line(exc)) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise MarlrecError(f"{_first_line(exc)} (at {_failing_key(cfg)})") from None
+    return cfg
+
+
+def _failing_key(node: DictConfig, prefix: str = "") -> str:
+    """The first key whose interpolation does not resolve."""
+    for key in node.keys():
+        try:
+            value = node[key]
+        except OmegaConfBaseException:
+            return f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            found = _failing_key(value, f"{prefix}{key}.")
+            if found:
+                return found
+    return ""
 
 
 def _first_line(exc: BaseException) -> str:
+    """The message of `exc`, or of the error it wraps when its own is empty, on one line,
+    with the full key OmegaConf names."""
+    while not str(exc).strip() and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = " ".join(str(exc).split("\n")[:2]).strip()
-    return text or type(exc).__name__
+    full_key = getattr(exc, "full_key", None)
+    if full_key and full_key not in text:
+        text += f" (at {full_key})"
+    return " ".join(text.split()) or type(exc).__name__
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
