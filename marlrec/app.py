@@ -7,9 +7,11 @@ command line to Hydra we compose the first job ourselves and say what is wrong i
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import yaml
@@ -33,6 +35,7 @@ from marlrec.registry import MarlrecError
 
 CONFIG_MODULE = "marlrec.conf"
 SETTINGS_GROUPS = ("trainer", "eval", "logger", "experiment")
+log = logging.getLogger(__name__)
 # Hydra flags after which we leave the command line to Hydra alone.
 EXPERT_FLAGS = (
     "--help",
@@ -209,8 +212,35 @@ def train_app(cfg: DictConfig) -> float:
         cfg = resumable_config(cfg, run_dir, list(hydra_cfg.overrides.task))
         metrics = train(cfg, run_dir)
     except MarlrecError as exc:
-        print(f"marlrec: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
+    except Exception as exc:  # a plugin's bug: named in one line, its trace kept in the log
+        message = (str(exc).strip().splitlines() or [""])[0]
+        _fail(f"{culprit(exc)} failed: {type(exc).__name__}: {message}".rstrip(": "), exc)
     eval_cfg = settings(cfg)[1]
     # NaN when `eval.metrics` leaves NDCG out: a sweep then has nothing to optimise.
     return float(metrics["eval"][AGENT_ROW].get(eval_cfg.key("valid", "ndcg"), float("nan")))
+
+
+def culprit(exc: BaseException) -> str:
+    """Who raised `exc`: the innermost plugin on its traceback (`reward 'x'`), else the run."""
+    from marlrec.plugin import Plugin
+
+    found = "the run"
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Plugin):
+            found = owner.where
+    return found
+
+
+def _fail(line: str, exc: BaseException | None = None) -> NoReturn:
+    """End the job with one line on stderr; the run's log (train.log) records it, and the
+    trace where there is one."""
+    log.error(line)
+    if exc is not None:
+        trace = "".join(traceback.format_exception(exc))
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(log.makeRecord(log.name, logging.ERROR, "", 0, trace, (), None))
+    print(f"marlrec: {line}", file=sys.stderr)
+    raise SystemExit(2)

@@ -31,6 +31,8 @@ commands:
   plugins     list installed plugins by kind, with the package each comes from;
               `marlrec plugins show KIND NAME` prints one plugin's options (e.g. reward click)
 """
+MAX_ID = 2**63 - 1
+MAX_K = 1000  # as `marlrec serve` allows
 
 
 def train_command(args: list[str]) -> int:
@@ -63,6 +65,14 @@ def _options(args: list[str], required: tuple[str, ...], defaults: dict[str, obj
     return options
 
 
+def _whole(options: dict, key: str, low: int, high: int) -> int:
+    """An option that must be a whole number in [low, high]: no NaN, 1.5, true or text."""
+    value = options[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise MarlrecError(f"{key} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
 def evaluate_command(args: list[str]) -> int:
     from marlrec.run import evaluate_run
 
@@ -75,8 +85,9 @@ def recommend_command(args: list[str]) -> int:
     from marlrec.recommend import load_run, recommend_for
 
     options = _options(args, ("run_dir", "user"), {"k": 10})
+    user, k = _whole(options, "user", 0, MAX_ID), _whole(options, "k", 1, MAX_K)
     pipeline = load_run(Path(str(options["run_dir"])))
-    rows = recommend_for(pipeline, int(options["user"]), int(options["k"]))
+    rows = recommend_for(pipeline, user, k)
     table = Table(title=f"top {len(rows)} for user {options['user']}")
     for column in ("#", "item", "text", "why"):
         table.add_column(column)
@@ -90,7 +101,8 @@ def serve_command(args: list[str]) -> int:
     from marlrec.serve import make_server
 
     options = _options(args, ("run_dir",), {"host": "127.0.0.1", "port": 8000})
-    server = make_server(Path(str(options["run_dir"])), str(options["host"]), int(options["port"]))
+    port = _whole(options, "port", 0, 65535)
+    server = make_server(Path(str(options["run_dir"])), str(options["host"]), port)
     host, port = server.server_address[:2]
     print(f"marlrec: serving {options['run_dir']} on http://{host}:{port}/recommend?user=0&k=10")
     try:
