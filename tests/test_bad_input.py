@@ -10,12 +10,15 @@ files: missing, empty, truncated, malformed rows, bad encodings, duplicated ids)
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import pytest
 
 from marlrec.app import preflight, register_plugin_configs
 from marlrec.pipeline import configure
+from marlrec.progress import progress_bar
 from tests.conftest import ML100K, compose_config
 
 # --- defects found when tried as a new user would ------------------------------------------
@@ -45,3 +48,13 @@ def test_role_terms_as_documented(form: str) -> None:
     preflight(overrides)
     run = configure(compose_config(overrides))
     assert run.one("env").config.role_terms == {"diversity": "diversity"}
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bars_only_on_a_terminal(tty: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written to a log file, a live bar is a flood of carriage returns: it is off there."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    stream = io.StringIO()
+    for _ in progress_bar(range(3), file=stream, mininterval=0):
+        pass
+    assert ("\r" in stream.getvalue()) is tty
