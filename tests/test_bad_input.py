@@ -11,6 +11,8 @@ files: missing, empty, truncated, malformed rows, bad encodings, duplicated ids)
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +21,8 @@ import pytest
 from marlrec.app import preflight, register_plugin_configs
 from marlrec.pipeline import configure
 from marlrec.progress import progress_bar
-from tests.conftest import ML100K, compose_config
+from tests.conftest import ML100K, REPO, cli_env, compose_config
+from tests.test_movielens import write_csv_family
 
 # --- defects found when tried as a new user would ------------------------------------------
 
@@ -58,3 +61,26 @@ def test_progress_bars_only_on_a_terminal(tty: bool, monkeypatch: pytest.MonkeyP
     for _ in progress_bar(range(3), file=stream, mininterval=0):
         pass
     assert ("\r" in stream.getvalue()) is tty
+
+
+def test_baselines_benchmark_on_another_folder_keeps_its_results(
+    tmp_path: Path, offline_cache: Path
+) -> None:
+    """Not ML-100K: RecBole's reference is skipped with a note, the measured figures are
+    printed and written, and no hard-coded reference figure is printed."""
+    folder, out = write_csv_family(tmp_path / "ml-latest-small"), tmp_path / "out.json"
+    args = ["--data", str(folder), "--models", "random,pop", "--out", str(out)]
+    script = REPO / "benchmarks" / "ml100k_baselines.py"
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--device", "cpu", "--cache", str(offline_cache)],
+        capture_output=True,
+        text=True,
+        env=cli_env(offline_cache),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RecBole's Pop not reproduced" in done.stdout and "u.data" in done.stdout
+    assert "0.0721" not in done.stdout  # RecBole's published Pop HR@10
+    saved = json.loads(out.read_text())
+    assert set(saved["results"]) == {"random", "pop"} and saved["pop_recbole_reproduced"] == {}
+    assert f"| pop | {saved['results']['pop']['HR@10']:.4f} |" in done.stdout
