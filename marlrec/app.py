@@ -172,7 +172,7 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 def _failing_key(node: DictConfig, prefix: str = "") -> str:
     """The first key whose interpolation does not resolve."""
-    for key in node.keys():
+    for key in map(str, node):
         try:
             value = node[key]
         except OmegaConfBaseException:

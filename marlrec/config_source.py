@@ -14,9 +14,9 @@ import os
 from importlib.resources import files
 from typing import Any
 
+import yaml
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from marlrec import registry
@@ -122,9 +122,10 @@ def overlaid(values: dict[str, Any], group: str, name: str) -> dict[str, Any]:
     if registry.KINDS[group].many:
         stray = [str(k) for k in overlay if k != name]
         if stray:
+            noun = registry.KINDS[group].noun
             raise registry.PluginError(
-                f"{path}: top-level key '{stray[0]}' is not '{name}'; a {registry.KINDS[group].noun}"
-                f"'s options go under its name, as {group}.{name}.<option>"
+                f"{path}: top-level key '{stray[0]}' is not '{name}'; a {noun}'s options go "
+                f"under its name, as {group}.{name}.<option>"
             )
         overlay = overlay.get(name, OmegaConf.create())
     merged = OmegaConf.to_container(OmegaConf.merge(values, overlay))
@@ -180,8 +181,8 @@ def _open_mappings(config: DictConfig, group: str, name: str, package: str | Non
     if group in registry.KINDS and registry.KINDS[group].many:
         section = section[name]
     # Keys only: reading the values would resolve interpolations such as ${cache_dir} here.
-    for key in list(section.keys()):
-        if OmegaConf.is_dict(OmegaConf.select(section, str(key), throw_on_resolution_failure=False)):
+    for key in map(str, section):
+        if OmegaConf.is_dict(OmegaConf.select(section, key, throw_on_resolution_failure=False)):
             OmegaConf.set_struct(section[key], False)
 
 

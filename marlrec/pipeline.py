@@ -158,7 +158,8 @@ def build(cfg: DictConfig) -> Pipeline:
     data = run.one("data").create().load(seed=seed, cache_dir=cache_dir(cfg))
     if max(run.eval.ks) > data.n_items:
         raise MarlrecError(
-            f"eval.ks asks for top-{max(run.eval.ks)} lists, but the catalog has {data.n_items} items"
+            f"eval.ks asks for top-{max(run.eval.ks)} lists, "
+            f"but the catalog has {data.n_items} items"
         )
     encoder = run.one("encoder").create(cache_dir=cache_dir(cfg), device=device)
     item_emb = encoder.encode(data.item_text).to(device)
