@@ -75,8 +75,26 @@ def register_plugin_configs() -> None:
     Plugins.instance().register(PluginConfigSearchPath)
 
 
+# Flags that print the composed config, and how many values follow each: the overrides
+# beside them are checked as usual.
+PRINT_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
+
+
+def _without_print_flags(args: list[str]) -> list[str]:
+    kept, skip = [], 0
+    for arg in args:
+        if skip:
+            skip -= 1
+        elif arg in PRINT_FLAGS:
+            skip = PRINT_FLAGS[arg]
+        elif arg.split("=")[0] not in PRINT_FLAGS:
+            kept.append(arg)
+    return kept
+
+
 def preflight(args: list[str]) -> None:
     """Raise a one-line MarlrecError if the first job of this command line would not compose."""
+    args = _without_print_flags(args)
     if any(a.split("=")[0] in EXPERT_FLAGS for a in args):
         return
     overrides = [a for a in args if not a.startswith("-")]

@@ -270,6 +270,14 @@ def test_bad_yaml(
     assert expected.format(conf=plugin_package) in one_line(["train", *args], capsys)
 
 
+def test_bad_yaml_while_printing_the_config(
+    plugin_package: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (plugin_package / "reward" / "fussy.yaml").write_text("fussy:\n  boost: [1\n")
+    line = one_line(["train", "reward=[click,fussy]", "--cfg", "job"], capsys)
+    assert f"{plugin_package}/reward/fussy.yaml, line 3, column 1" in line
+
+
 # --- at run time: data files, and a plugin that raises (a subprocess each) ----------------------
 
 RAISING_DATASET = """
