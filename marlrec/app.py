@@ -7,11 +7,14 @@ command line to Hydra we compose the first job ourselves and say what is wrong i
 from __future__ import annotations
 
 import difflib
+import logging
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
+import yaml
 from hydra import compose, initialize_config_module
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_search_path import ConfigSearchPath
@@ -32,6 +35,7 @@ from marlrec.registry import MarlrecError
 
 CONFIG_MODULE = "marlrec.conf"
 SETTINGS_GROUPS = ("trainer", "eval", "logger", "experiment")
+log = logging.getLogger(__name__)
 # Hydra flags after which we leave the command line to Hydra alone.
 EXPERT_FLAGS = (
     "--help",
@@ -71,11 +75,32 @@ def register_plugin_configs() -> None:
     Plugins.instance().register(PluginConfigSearchPath)
 
 
+# Flags that print the composed config, and how many values follow each: the overrides
+# beside them are checked as usual.
+PRINT_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
+
+
+def _without_print_flags(args: list[str]) -> list[str]:
+    kept, skip = [], 0
+    for arg in args:
+        if skip:
+            skip -= 1
+        elif arg in PRINT_FLAGS:
+            skip = PRINT_FLAGS[arg]
+        elif arg.split("=")[0] not in PRINT_FLAGS:
+            kept.append(arg)
+    return kept
+
+
 def preflight(args: list[str]) -> None:
     """Raise a one-line MarlrecError if the first job of this command line would not compose."""
+    args = _without_print_flags(args)
     if any(a.split("=")[0] in EXPERT_FLAGS for a in args):
         return
     overrides = [a for a in args if not a.startswith("-")]
+    nameless = [o for o in overrides if o.lstrip("+~").startswith("=")]
+    if nameless:
+        raise MarlrecError(f"override '{nameless[0]}' names no key: write key=value")
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
@@ -132,6 +157,8 @@ def _check_keys(first_job: list[str]) -> None:
         if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT:
             parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(base, parent_key) if parent_key else base
+            if isinstance(parent, DictConfig) and not OmegaConf.is_struct(parent):
+                continue  # a mapping option such as env.role_terms takes any key
             siblings = list(parent.keys()) if isinstance(parent, DictConfig) else []
             close = difflib.get_close_matches(leaf, [str(s) for s in siblings], n=1)
             hint = (
@@ -150,15 +177,41 @@ _ABSENT = object()
 def _compose(overrides: list[str]) -> DictConfig:
     try:
         cfg = compose("config", overrides=overrides)
-        OmegaConf.resolve(cfg)
-        return cfg
-    except (HydraException, OmegaConfBaseException) as exc:
+    except yaml.YAMLError as exc:  # a preset's YAML that does not parse
+        raise MarlrecError(config_source.yaml_problem(exc)) from None
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise MarlrecError(_first_line(exc)) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise MarlrecError(f"{_first_line(exc)} (at {_failing_key(cfg)})") from None
+    return cfg
+
+
+def _failing_key(node: DictConfig, prefix: str = "") -> str:
+    """The first key whose interpolation does not resolve."""
+    for key in map(str, node):
+        try:
+            value = node[key]
+        except OmegaConfBaseException:
+            return f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            found = _failing_key(value, f"{prefix}{key}.")
+            if found:
+                return found
+    return ""
 
 
 def _first_line(exc: BaseException) -> str:
+    """The message of `exc`, or of the error it wraps when its own is empty, on one line,
+    with the full key OmegaConf names."""
+    while not str(exc).strip() and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = " ".join(str(exc).split("\n")[:2]).strip()
-    return text or type(exc).__name__
+    full_key = getattr(exc, "full_key", None)
+    if full_key and full_key not in text:
+        text += f" (at {full_key})"
+    return " ".join(text.split()) or type(exc).__name__
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -177,8 +230,35 @@ def train_app(cfg: DictConfig) -> float:
         cfg = resumable_config(cfg, run_dir, list(hydra_cfg.overrides.task))
         metrics = train(cfg, run_dir)
     except MarlrecError as exc:
-        print(f"marlrec: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(exc))
+    except Exception as exc:  # a plugin's bug: named in one line, its trace kept in the log
+        message = (str(exc).strip().splitlines() or [""])[0]
+        _fail(f"{culprit(exc)} failed: {type(exc).__name__}: {message}".rstrip(": "), exc)
     eval_cfg = settings(cfg)[1]
     # NaN when `eval.metrics` leaves NDCG out: a sweep then has nothing to optimise.
     return float(metrics["eval"][AGENT_ROW].get(eval_cfg.key("valid", "ndcg"), float("nan")))
+
+
+def culprit(exc: BaseException) -> str:
+    """Who raised `exc`: the innermost plugin on its traceback (`reward 'x'`), else the run."""
+    from marlrec.plugin import Plugin
+
+    found = "the run"
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Plugin):
+            found = owner.where
+    return found
+
+
+def _fail(line: str, exc: BaseException | None = None) -> NoReturn:
+    """End the job with one line on stderr; the run's log (train.log) records it, and the
+    trace where there is one."""
+    log.error(line)
+    if exc is not None:
+        trace = "".join(traceback.format_exception(exc))
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(log.makeRecord(log.name, logging.ERROR, "", 0, trace, (), None))
+    print(f"marlrec: {line}", file=sys.stderr)
+    raise SystemExit(2)

@@ -35,6 +35,8 @@ commands:
   plugins     list installed plugins by kind, with the package each comes from;
               `marlrec plugins show KIND NAME` prints one plugin's options (e.g. reward click)
 """
+MAX_ID = 2**63 - 1
+MAX_K = 1000  # as `marlrec serve` allows
 
 
 def train_command(args: list[str]) -> int:
@@ -67,6 +69,14 @@ def _options(args: list[str], required: tuple[str, ...], defaults: dict[str, obj
     return options
 
 
+def _whole(options: dict, key: str, low: int, high: int) -> int:
+    """An option that must be a whole number in [low, high]: no NaN, 1.5, true or text."""
+    value = options[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise MarlrecError(f"{key} must be a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
 def evaluate_command(args: list[str]) -> int:
     from marlrec.run import evaluate_run
 
@@ -79,8 +89,9 @@ def recommend_command(args: list[str]) -> int:
     from marlrec.recommend import load_run, recommend_for
 
     options = _options(args, ("run_dir", "user"), {"k": 10})
+    user, k = _whole(options, "user", 0, MAX_ID), _whole(options, "k", 1, MAX_K)
     pipeline = load_run(Path(str(options["run_dir"])))
-    rows = recommend_for(pipeline, int(options["user"]), int(options["k"]))
+    rows = recommend_for(pipeline, user, k)
     table = Table(title=f"top {len(rows)} for user {options['user']}")
     for column in ("#", "item", "text", "why"):
         table.add_column(column)
@@ -95,10 +106,7 @@ def serve_command(args: list[str]) -> int:
 
     defaults = {"host": "127.0.0.1", "port": 8000, "workers": 1, "batching": True}
     options = _options(args, ("run_dir",), defaults)
-    try:
-        port, workers = int(options["port"]), int(options["workers"])
-    except ValueError:
-        raise MarlrecError("port and workers must be integers") from None
+    port, workers = _whole(options, "port", 0, 65535), _whole(options, "workers", 1, 256)
     if not isinstance(options["batching"], bool):
         raise MarlrecError(f"batching must be true or false, got {options['batching']}")
     run_dir = Path(str(options["run_dir"]))
@@ -111,11 +119,8 @@ def abtest_command(args: list[str]) -> int:
 
     defaults = {"users": 1000, "seed": 0, "out": "abtest", "force": False}
     options = _options(args, ("run_a", "run_b"), defaults)
-    users, seed, force = options["users"], options["seed"], options["force"]
-    if not isinstance(users, int) or isinstance(users, bool) or users < 2:
-        raise MarlrecError(f"users must be an integer of at least 2, got {users!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise MarlrecError(f"seed must be a non-negative integer, got {seed!r}")
+    users, seed = _whole(options, "users", 2, 10**7), _whole(options, "seed", 0, 2**32 - 1)
+    force = options["force"]
     if not isinstance(force, bool):
         raise MarlrecError(f"force must be true or false, got {force!r}")
     out = Path(str(options["out"]))

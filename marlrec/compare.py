@@ -111,7 +111,11 @@ def group_runs(runs: Sequence[Run]) -> dict[str, list[Run]]:
         by_config.setdefault(key or (("path", str(run.path)),), []).append(run)
     configs = [dict(key) for key in by_config]
     varying = sorted({k for c in configs for k in c if len({d.get(k) for d in configs}) > 1})
-    return {label(members[0], varying): members for members in by_config.values()}
+    groups: dict[str, list[Run]] = {}
+    for members in by_config.values():
+        name = label(members[0], varying)
+        groups[f"{name} ({members[0].path})" if name in groups else name] = members
+    return groups
 
 
 def label(run: Run, varying: Sequence[str]) -> str:
@@ -124,7 +128,8 @@ def label(run: Run, varying: Sequence[str]) -> str:
     if rewards:
         parts.append(f"reward={'+'.join(rewards)}")
     shown = {"agent.name", "env.name"}
-    parts += [f"{k}={_plain(c.get(k))}" for k in varying if k not in shown]
+    # A key this run's plugins lack (another agent's option) says nothing about it.
+    parts += [f"{k}={_plain(c[k])}" for k in varying if k not in shown and k in c]
     return " ".join(parts) or "run"
 
 

@@ -10,9 +10,11 @@ over the dataclass defaults, so it can only override them, never declare an opti
 from __future__ import annotations
 
 import dataclasses
+import os
 from importlib.resources import files
 from typing import Any
 
+import yaml
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
 from omegaconf import DictConfig, OmegaConf
@@ -50,8 +52,20 @@ def yaml_file(group: str, name: str) -> str:
         except ModuleNotFoundError:
             continue
         if path.is_file():
-            return str(path)
+            return os.path.abspath(str(path))
     return ""
+
+
+def yaml_problem(exc: yaml.YAMLError, path: str = "") -> str:
+    """A YAML syntax error as one line: `<absolute file>, line L, column C: what is wrong`."""
+    mark = getattr(exc, "problem_mark", None)
+    where = os.path.abspath(path or (mark.name if mark is not None else "")) or "YAML"
+    if mark is not None:
+        where += f", line {mark.line + 1}, column {mark.column + 1}"
+    what = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = f"{where}: {what}" + (f" ({context})" if context else "")
+    return " ".join(text.split())
 
 
 def defaults(config_cls: type) -> dict[str, Any]:
@@ -79,7 +93,8 @@ def node(group: str, name: str) -> tuple[dict[str, Any], str | None]:
     cls = registry.load(group, name)
     values = overlaid(defaults(cls.Config), group, name)
     if registry.KINDS[group].many:
-        return {name: values}, None
+        # At the global package, so that errors name the full key: reward.<name>.<option>.
+        return {group: {name: values}}, "_global_"
     section = {"name": name, **values}
     simulator = getattr(cls, "default_simulator", None)
     if group == "data" and simulator is not None:
@@ -98,10 +113,20 @@ def overlaid(values: dict[str, Any], group: str, name: str) -> dict[str, Any]:
     path = yaml_file(group, name)
     if not path:
         return values
-    overlay = OmegaConf.load(path)
+    try:
+        overlay = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise registry.PluginError(yaml_problem(exc, path)) from None
     if not isinstance(overlay, DictConfig):
         raise registry.PluginError(f"{path} must hold a mapping of options, not a list")
     if registry.KINDS[group].many:
+        stray = [str(k) for k in overlay if k != name]
+        if stray:
+            noun = registry.KINDS[group].noun
+            raise registry.PluginError(
+                f"{path}: top-level key '{stray[0]}' is not '{name}'; a {noun}'s options go "
+                f"under its name, as {group}.{name}.<option>"
+            )
         overlay = overlay.get(name, OmegaConf.create())
     merged = OmegaConf.to_container(OmegaConf.merge(values, overlay))
     assert isinstance(merged, dict)
@@ -139,12 +164,26 @@ class PluginConfigSource(ConfigSource):
         if name not in options(group):
             raise ConfigLoadError(f"no plugin config '{config_path}'")
         content, package = node(group, name)
+        config = OmegaConf.create(content)
+        _open_mappings(config, group, name, package)
         return ConfigResult(
-            config=OmegaConf.create(content),
+            config=config,
             path=f"{SCHEME}://{group}/{name}",
             provider="marlrec plugins",
             header={"package": package},
         )
+
+
+def _open_mappings(config: DictConfig, group: str, name: str, package: str | None) -> None:
+    """Let mapping options (`env.role_terms`) take new keys: `env.role_terms={diversity:click}`
+    on the command line merges into the (often empty) default, which struct mode would refuse."""
+    section = config[group] if package == "_global_" else config
+    if group in registry.KINDS and registry.KINDS[group].many:
+        section = section[name]
+    # Keys only: reading the values would resolve interpolations such as ${cache_dir} here.
+    for key in map(str, section):
+        if OmegaConf.is_dict(OmegaConf.select(section, key, throw_on_resolution_failure=False)):
+            OmegaConf.set_struct(section[key], False)
 
 
 def _without_suffix(config_path: str) -> str:

@@ -80,9 +80,32 @@ def configure(cfg: DictConfig) -> RunConfig:
     The one place where config errors are found: unknown keys, wrong types, and the value
     checks of each `Config`'s `__post_init__`, each as one line naming the full key.
     """
+    check_run_keys(cfg)
     plugins = {group: [_choose(group, s) for s in sections(cfg, group)] for group in GROUPS}
+    if not plugins["reward"]:
+        raise MarlrecError("no reward selected: set reward=[click,...]")
     trainer, eval_cfg, logger = settings(cfg)
     return RunConfig(plugins, trainer, eval_cfg, logger)
+
+
+MAX_SEED = 2**32 - 1  # numpy's seeds stop here
+
+
+def check_run_keys(cfg: DictConfig) -> None:
+    """The run's own keys, which no plugin's `Config` checks: seed, device and cache_dir."""
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise MarlrecError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    device = cfg.get("device")
+    if device != "auto":
+        try:
+            torch.device(str(device))
+        except RuntimeError:
+            raise MarlrecError(
+                f"device must be auto, cpu, cuda or cuda:<n>, got {device!r}"
+            ) from None
+    if not isinstance(cfg.get("cache_dir"), str) or not cfg.cache_dir:
+        raise MarlrecError(f"cache_dir must be a folder's path, got {cfg.get('cache_dir')!r}")
 
 
 def _choose(group: str, section: dict[str, Any]) -> Chosen:
@@ -133,6 +156,11 @@ def build(cfg: DictConfig) -> Pipeline:
     device = resolve_device(str(cfg.device))
     fitted.use_cache_dir(cache_dir(cfg))
     data = run.one("data").create().load(seed=seed, cache_dir=cache_dir(cfg))
+    if max(run.eval.ks) > data.n_items:
+        raise MarlrecError(
+            f"eval.ks asks for top-{max(run.eval.ks)} lists, "
+            f"but the catalog has {data.n_items} items"
+        )
     encoder = run.one("encoder").create(cache_dir=cache_dir(cfg), device=device)
     item_emb = encoder.encode(data.item_text).to(device)
     state = (
@@ -142,8 +170,6 @@ def build(cfg: DictConfig) -> Pipeline:
     )
     simulator = run.one("simulator").create(data=data, item_emb=item_emb)
     rewards = {c.name: c.create(data=data, item_emb=item_emb) for c in run.plugins["reward"]}
-    if not rewards:
-        raise MarlrecError("no reward selected: set reward=[click,...]")
     retriever = run.one("retrieval").create(data=data, item_emb=item_emb)
     ctx = EnvContext(data, item_emb, state, simulator, rewards, device, retriever)
     env = run.one("env").create(ctx=ctx)

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -177,6 +178,8 @@ def build_config(
                 f"config key '{prefix}.{key}' for {where} must be {_type_name(hints[key])}, "
                 f"got {value!r}"
             )
+        if isinstance(value, float) and math.isnan(value):
+            raise PluginError(f"config key '{prefix}.{key}' for {where} must be a number, got nan")
         values[key] = float(value) if hints[key] is float and isinstance(value, int) else value
     return config_cls(**values)
 

@@ -179,7 +179,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "device": str(pipeline.device),
         "setup_seconds": setup_seconds,
         "threads": threads,
-        "train": summary,
+        # fit() reports every figure as a float; a flag is stored as the boolean it is.
+        "train": {**summary, "stopped_early": bool(summary.get("stopped_early"))},
         "history": run.history,
         "eval": results,
         "retrieval": retrieval_recall(pipeline),

@@ -135,3 +135,16 @@ def test_a_dir_without_runs_is_an_error(tmp_path: Path) -> None:
     (broken / "metrics.json").write_text("{not json")
     with pytest.raises(MarlrecError, match="not a marlrec metrics file"):
         compare([broken], tmp_path / "out")
+
+
+def test_labels_name_only_options_a_run_has(tmp_path: Path) -> None:
+    """Another agent's options are not noise such as `agent.n_step=None` in a label."""
+    for name, agent, extra in (("a", "idqn", {"n_step": 3}), ("b", "ippo", {"clip": 0.2})):
+        run = fake_run(tmp_path / name, 0, agent, 0.2, 1.0)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["agent"].update(extra)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    table = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert "| agent=idqn env=slate reward=click agent.n_step=3 | agent |" in table
+    assert "| agent=ippo env=slate reward=click agent.clip=0.2 | agent |" in table
+    assert "None" not in table

@@ -55,6 +55,7 @@ def test_run_dir_holds_config_metrics_checkpoint_and_logs(trained_run: Path) -> 
     shares = [v for k, v in metrics["eval"]["agent"].items() if k.endswith("/click_share")]
     assert len(shares) == 2 and sum(shares) == pytest.approx(1.0)
     assert metrics["train"]["train_env_steps"] >= 4500
+    assert metrics["train"]["stopped_early"] is False  # a flag, not 0.0
     assert [record["epoch"] for record in metrics["history"]] == [1, 2, 3]
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from marlrec.baselines import Baseline, train_pairs
 from marlrec.data import RecData
+from marlrec.progress import progress_bar
 from marlrec.registry import PluginError
 
 # Show a progress bar only when training is expected to be long enough to watch.
@@ -69,7 +69,7 @@ def fit_bpr(data: RecData, config: BPRBaseline.Config, seed: int) -> tuple[torch
         # Decide from the first epoch's time whether the whole run is worth a bar.
         expected_s = (time.monotonic() - started) * config.epochs
         if config.show_progress and epoch == 1 and expected_s > PROGRESS_AFTER_S:
-            bar = tqdm(total=config.epochs, initial=1, desc="bpr", leave=False)
+            bar = progress_bar(total=config.epochs, initial=1, desc="bpr", leave=False)
         order = torch.randperm(len(users), generator=generator)
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]

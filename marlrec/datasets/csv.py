@@ -29,6 +29,7 @@ from marlrec.datasets.files import (
     ParquetTable,
     Source,
     Table,
+    check_ids,
     check_unique,
     header,
     is_parquet,
@@ -108,6 +109,8 @@ class CsvDataset(FileDataset):
             columns[c.value_col] = "float"
         table = self._table(path, columns)
         frame = read_table(table)
+        for column in (c.user_col, c.item_col):
+            check_ids(table, frame[column], column)
         n = len(frame)
         time = (
             times_in_seconds(table, c.time_col, frame[c.time_col])

@@ -396,6 +396,21 @@ def show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def check_ids(table: Source, ids: pd.Series, column: str) -> None:
+    """Ids must be ids: `NaN` (as text or as a number) or an infinite number is a missing
+    value some tool wrote out, and is refused with the line (or row) it is on."""
+    values = ids.to_numpy()
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values)
+    elif values.dtype.kind == "O":
+        bad = ids.astype(str).str.strip().str.lower().eq("nan").to_numpy()
+    else:
+        return
+    if bad.any():
+        row = int(bad.argmax())
+        raise table.row_error(f"{column} {show(values[row])} is a missing value, not an id", row)
+
+
 def check_unique(table: Source, ids: pd.Series, label: str) -> None:
     """Each id in an item file must appear once; name the second occurrence's line (or row)."""
     dup = ids.duplicated(keep="first").to_numpy()

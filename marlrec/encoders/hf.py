@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -39,6 +38,7 @@ from transformers.models.auto.modeling_auto import (
 
 from marlrec.encoders import Encoder
 from marlrec.io import write_npz
+from marlrec.progress import progress_bar
 from marlrec.registry import PluginError
 
 PROGRESS_MIN_TEXTS = 256
@@ -182,7 +182,7 @@ class HFEncoder(Encoder):
         keys = sorted(missing, key=lambda k: len(missing[k]), reverse=True)
         size = self.config.batch_size
         saved_at = time.monotonic()
-        with tqdm(
+        with progress_bar(
             total=len(keys), desc="encoding", unit="text", disable=len(keys) <= PROGRESS_MIN_TEXTS
         ) as bar:
             for start in range(0, len(keys), size):
