@@ -117,7 +117,7 @@ TRAIN_CASES = {
         "config key 'trainer.max_epochs' for the 'trainer' settings must be int, got 'abc'",
     ),
     "float for an int": (["trainer.max_epochs=1e9"], "must be int, got 1000000000.0"),
-    "negative count": (["trainer.max_epochs=-1"], "trainer.max_epochs must be at least 1, got -1"),
+    "negative count": (["trainer.max_epochs=-1"], "trainer.max_epochs must be 0 or more, got -1"),
     "negative k": (["eval.ks=[-5]"], "eval.ks must be a non-empty list of positive cut-offs"),
     "zero k": (["eval.ks=[0]"], "eval.ks must be a non-empty list of positive cut-offs"),
     "NaN weight": (

@@ -64,6 +64,7 @@ def assert_same_observations(
 
 
 SLATE_KEYS = ("clicks", "user", "reward_terms", "reward_global", "role_rewards")
+SLATE_ARRAYS = ("slate", "slot_roles", "slot_clicks")
 
 
 def assert_same_infos(
@@ -73,12 +74,18 @@ def assert_same_infos(
     on the step that answered it (`answered`), and are empty otherwise."""
     for got, want, fresh in zip(batched, expected, answered, strict=True):
         if stacked:
-            assert got == ({key: want[key] for key in SLATE_KEYS} if fresh else {})
+            assert got.keys() == (set(SLATE_KEYS) | set(SLATE_ARRAYS) if fresh else set())
+            got = {k: v for k, v in got.items() if k in SLATE_KEYS or k in SLATE_ARRAYS}
+        else:
+            assert got.keys() == want.keys()
+            assert got.get("env_id") == want.get("env_id")
+        if not got:
             continue
-        assert got.keys() == want.keys()
-        for key in ("env_id", *SLATE_KEYS):
+        for key in SLATE_KEYS:
             assert got.get(key) == want.get(key), key
-        if "action_mask" in want:
+        for key in SLATE_ARRAYS:
+            np.testing.assert_array_equal(got.get(key), want.get(key), err_msg=key)
+        if "action_mask" in want and not stacked:
             np.testing.assert_array_equal(got["action_mask"], want["action_mask"])
 
 

@@ -37,7 +37,6 @@ class SASRecBaseline(Baseline):
     """Next-item prediction by a causal transformer over the user's recent items."""
 
     Config = SASRecConfig
-    name = "sasrec"
 
     config: SASRecConfig
 
@@ -45,7 +44,7 @@ class SASRecBaseline(Baseline):
         self, config: SASRecConfig, *, data: RecData, item_emb: torch.Tensor, seed: int
     ) -> None:
         super().__init__(config, data=data, item_emb=item_emb, seed=seed)
-        where = f"baseline '{self.name}'"
+        where = self.where
         validate(config, where)
         self.model, self.history = fitted_sasrec(data, config, seed, item_emb.device, where)
 
@@ -64,5 +63,3 @@ class SASRecBCEBaseline(SASRecBaseline):
     class Config(SASRecConfig):
         loss: Loss = "bce"
         """`bce`: binary CE against one sampled negative; `ce`: full softmax over the catalog."""
-
-    name = "sasrec_bce"

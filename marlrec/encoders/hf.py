@@ -187,7 +187,7 @@ class HFEncoder(Encoder):
         ) as bar:
             for start in range(0, len(keys), size):
                 batch = keys[start : start + size]
-                vectors = self._forward(tokenizer, model, [missing[k] for k in batch])
+                vectors = self.forward(tokenizer, model, [missing[k] for k in batch])
                 cache.update(zip(batch, vectors, strict=True))
                 bar.update(len(batch))
                 if time.monotonic() - saved_at > CHECKPOINT_SECONDS:
@@ -196,7 +196,8 @@ class HFEncoder(Encoder):
         self._write_cache(cache)
 
     @torch.inference_mode()
-    def _forward(self, tokenizer: Any, model: Any, texts: list[str]) -> np.ndarray:
+    def forward(self, tokenizer: Any, model: Any, texts: list[str]) -> np.ndarray:
+        """The model's vectors for `texts` (one batch), not read from or written to the cache."""
         tokens = tokenizer(
             texts,
             padding=True,

@@ -66,7 +66,9 @@ class ScoreRanker:
 
     def __call__(self, users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
         scores = self.scores(users, histories)
-        if scores._base is not None or not scores.is_contiguous():
+        # Scores sharing storage (a view: one popularity row expanded) are copied first.
+        owned = scores.untyped_storage().nbytes() == scores.numel() * scores.element_size()
+        if not owned or not scores.is_contiguous():
             scores = scores.clone(memory_format=torch.contiguous_format)
         return top_k(fill_histories(scores, histories, -torch.inf), k)
 

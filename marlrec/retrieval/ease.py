@@ -36,7 +36,7 @@ class EASERetriever(Retriever):
 
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config, data=data, item_emb=item_emb)
-        self.item_item = ease_weights(data, config.l2).to(item_emb.device)
+        self.item_item = ease_weights(data, config.l2).to(item_emb.device).contiguous()
 
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         rows, n_items = histories.rows(), len(self.item_item)
@@ -56,9 +56,7 @@ def ease_weights(data: RecData, l2: float) -> torch.Tensor:
     """The EASE item-item matrix B (n_items, n_items) float32, fitted once per data and l2."""
     train = data.split.train
     key = fingerprint(train.user, train.item, data.n_users, data.n_items, float(l2))
-    # Row-major: `linalg.inv` returns (and the cache keeps) a column-major matrix, over which
-    # the retriever's sparse product runs about 7x slower.
-    return fitted("ease", key, lambda: fit_ease(data, l2)).contiguous()
+    return fitted("ease", key, lambda: fit_ease(data, l2))
 
 
 def fit_ease(data: RecData, l2: float) -> torch.Tensor:
@@ -73,4 +71,6 @@ def fit_ease(data: RecData, l2: float) -> torch.Tensor:
     precision = torch.linalg.inv(gram)
     weights = precision / -precision.diagonal()[None, :]  # column j divided by -P_jj
     weights.diagonal().zero_()
-    return weights.float()
+    # Row-major: `linalg.inv` gives a column-major matrix, over which the retriever's sparse
+    # product runs about 7x slower (caches written before this keep that layout: see below).
+    return weights.float().contiguous()

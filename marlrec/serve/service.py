@@ -150,7 +150,7 @@ class Service:
             return encoder.encode([*self.p.data.item_text, text])[-1]
         if isinstance(encoder, HFEncoder):  # the model itself: no embedding cache written
             tokenizer, model = encoder.load()
-            return torch.as_tensor(encoder._forward(tokenizer, model, [text])[0])
+            return torch.as_tensor(encoder.forward(tokenizer, model, [text])[0])
         return encoder.encode([text])[0]
 
 
