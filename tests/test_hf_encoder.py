@@ -307,7 +307,7 @@ def test_interrupted_encode_keeps_finished_batches(
 ) -> None:
     monkeypatch.setattr(hf, "CHECKPOINT_SECONDS", -1.0)  # save after every batch
     encoder = make(tiny_model, tmp_path, batch_size=2)
-    forward = encoder._forward
+    forward = encoder.forward
     calls = []
 
     def fail_third_batch(*args: object) -> object:
@@ -316,7 +316,7 @@ def test_interrupted_encode_keeps_finished_batches(
             raise KeyboardInterrupt
         return forward(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(encoder, "_forward", fail_third_batch)
+    monkeypatch.setattr(encoder, "forward", fail_third_batch)
     with pytest.raises(KeyboardInterrupt):
         encoder.encode(TEXTS)
     resumed = make(tiny_model, tmp_path, batch_size=2)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from marlrec import registry
 from marlrec.data import Interactions, RecData, Split, leave_one_out
-from marlrec.evaluation.harness import EvalConfig, ScoreRanker, policy_scores, ranking_eval
+from marlrec.evaluation.harness import (
+    EvalConfig,
+    ScoreRanker,
+    baseline_ranker,
+    policy_scores,
+    ranking_eval,
+)
 from marlrec.evaluation.metrics import (
     METRICS,
     MetricContext,
@@ -65,10 +73,19 @@ def test_top_k_is_a_stable_sort_by_score_then_id(kind: str) -> None:
 def test_score_ranker_leaves_a_scorer_s_view_untouched() -> None:
     row = torch.arange(6, dtype=torch.float32)
     ranker = ScoreRanker(lambda users, histories: row.expand(len(users), -1))
+    top = ranker(np.array([0, 1]), [np.array([5])] * 2, 2)
+    assert top.tolist() == [[4, 3]] * 2 and row.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_ranking_one_user_by_popularity_leaves_the_counts_alone(tmp_path: Path) -> None:
+    data = registry.create("data", {"name": "synthetic", "n_users": 30, "n_items": 50}).load(
+        seed=0, cache_dir=tmp_path
+    )
+    counts = data.item_popularity.copy()
+    pop = registry.create("baseline", {"name": "pop"}, data=data, item_emb=None, seed=0)
     for users in (np.array([0]), np.array([0, 1])):
-        top = ranker(users, [np.array([5])] * len(users), 2)
-        assert top.tolist() == [[4, 3]] * len(users)
-    assert row.tolist() == [0, 1, 2, 3, 4, 5]
+        baseline_ranker(pop)(users, [np.arange(10)] * len(users), 5)
+    np.testing.assert_array_equal(data.item_popularity, counts)
 
 
 def chunk(top: list[list[int]], targets: list[list[int]], n_items: int = 10) -> RankedChunk:

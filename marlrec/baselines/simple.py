@@ -24,4 +24,5 @@ class PopularityBaseline(Baseline):
     """
 
     def scores(self, users: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.data.item_popularity).expand(len(users), -1)
+        # A new tensor (rankers mask the history in it, in place), never a view of the counts.
+        return torch.from_numpy(self.data.item_popularity).repeat(len(users), 1)

@@ -53,8 +53,8 @@ class ScoreRanker:
     """Ranks by a score function, each user's history masked, ties by lower item id.
 
     The score function returns a new tensor on every call (as `Baseline.scores` does): the
-    history is masked in it, in place. A view (one popularity row expanded to every user) is
-    copied first.
+    history is masked in it, in place. A non-contiguous view (a row expanded to every user) is
+    copied first; a contiguous one would be written over.
     """
 
     def __init__(self, score: ScoreFunction) -> None:
@@ -66,9 +66,8 @@ class ScoreRanker:
 
     def __call__(self, users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:
         scores = self.scores(users, histories)
-        # Scores sharing storage (a view: one popularity row expanded) are copied first.
-        owned = scores.untyped_storage().nbytes() == scores.numel() * scores.element_size()
-        if not owned or not scores.is_contiguous():
+        # A non-contiguous result (e.g. a row expanded to every user) is copied first.
+        if not scores.is_contiguous():
             scores = scores.clone(memory_format=torch.contiguous_format)
         return top_k(fill_histories(scores, histories, -torch.inf), k)
 
