@@ -26,12 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-
-from marlrec.app import register_plugin_configs
+from marlrec.app import compose_config
 from marlrec.evaluation.harness import baseline_actor, baseline_ranker, evaluate_policies
 from marlrec.io import atomic_write, write_json
 from marlrec.pipeline import build
@@ -109,15 +105,6 @@ def fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, fl
     rows = {name: {**row, "wall_seconds": wall} for name, row in rows.items()}
     write_json(done, rows)
     return rows
-
-
-def compose_config(overrides: list[str]) -> Any:
-    register_plugin_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("marlrec.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
 
 
 def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[float]]]:

@@ -36,12 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from threadpoolctl import threadpool_limits
 
 from marlrec import registry
-from marlrec.app import register_plugin_configs
+from marlrec.app import compose_config
 from marlrec.data import Histories, Interactions, RecData, fill_histories, split_interactions
 from marlrec.envs import EnvContext
 from marlrec.envs.core import SlateConfig
@@ -109,15 +107,6 @@ def interleaved(
             work()
             times[slot].append(time.perf_counter() - start)
     return float(np.median(times[0])), float(np.median(times[1]))
-
-
-def compose_config(overrides: list[str]) -> Any:
-    register_plugin_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("marlrec.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
 
 
 def movielens(path: Path | None, cache: Path) -> RecData | None:

@@ -50,8 +50,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from threadpoolctl import threadpool_limits
 from tianshou.algorithm import DQN, PPO
 from tianshou.algorithm.modelfree.dqn import DiscreteQLearningPolicy
@@ -65,7 +63,7 @@ from tianshou.utils.net.discrete import DiscreteActor, DiscreteCritic
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec import registry
-from marlrec.app import register_plugin_configs
+from marlrec.app import compose_config
 from marlrec.envs import Environment
 from marlrec.pipeline import Pipeline, build
 from marlrec.settings import TrainerConfig, TrainRun
@@ -96,12 +94,7 @@ def build_pipeline(seed: int, n_users: int, n_items: int, cache: Path, device: s
         f"device={device}",
         f"cache_dir={cache}",
     ]
-    register_plugin_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("marlrec.conf", version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    GlobalHydra.instance().clear()
-    return build(cfg)
+    return build(compose_config(overrides))
 
 
 def trainer_settings(pipeline: Pipeline, env_steps: int) -> TrainerConfig:

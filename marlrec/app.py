@@ -75,6 +75,17 @@ def register_plugin_configs() -> None:
     Plugins.instance().register(PluginConfigSearchPath)
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """marlrec's config with `overrides`, composed as `marlrec train` would, no run started
+    (for benchmarks, tests and notebooks)."""
+    register_plugin_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
 # Flags that print the composed config, and how many values follow each: the overrides
 # beside them are checked as usual.
 PRINT_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}

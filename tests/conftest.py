@@ -7,11 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 
-from marlrec.app import register_plugin_configs
+from marlrec.app import compose_config
 from marlrec.pipeline import Pipeline, build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,13 +36,6 @@ def offline_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    register_plugin_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module("marlrec.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
 
 
 def cli_env(cache: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ no longer rank.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -72,6 +73,37 @@ class ScoreRanker:
         return top_k(fill_histories(scores, histories, -torch.inf), k)
 
 
+@dataclass
+class AgentRanking:
+    """An agent's rank keys (B, n_items) and, when explained, for every item the scoring that
+    placed it: `scorer` the role (n_roles: ordered after the slate by the first role's scores;
+    -1: by retrieval), `value` its score there, `rank` its 1-based rank among the items that
+    scoring could still choose, and `retrieval` the retrieval scores (-inf on the history)."""
+
+    key: torch.Tensor
+    retrieval: torch.Tensor | None = None
+    scorer: torch.Tensor = field(init=False)
+    value: torch.Tensor = field(init=False)
+    rank: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.retrieval is not None:
+            self.scorer = torch.full_like(self.key, -1, dtype=torch.long)
+            self.value = self.retrieval.clone()
+            self.rank = torch.zeros_like(self.key, dtype=torch.long)
+
+    def record(
+        self,
+        at: tuple[torch.Tensor, torch.Tensor],
+        scorer: int,
+        value: torch.Tensor,
+        rank: torch.Tensor,
+    ) -> None:
+        """Items `at` (rows, item ids) placed by `scorer` with score `value` at rank `rank`."""
+        if self.retrieval is not None:
+            self.scorer[at], self.value[at], self.rank[at] = scorer, value, rank
+
+
 class AgentRanker:
     """Ranks as the agent would fill a slate: its slate first, in slot order, then the other
     retrieved candidates by its scores, then every other item by retrieval score.
@@ -84,27 +116,53 @@ class AgentRanker:
         self.core = core
         self.scorer = scorer
 
-    @torch.no_grad()
     def scores(self, users: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
         """Rank keys (len(users), n_items): slate slots above the other candidates above the
         rest (retrieval scores in [-1, 1]), -inf on the history."""
+        return self.rank(histories).key
+
+    @torch.no_grad()
+    def rank(
+        self,
+        histories: list[np.ndarray],
+        retrieval: torch.Tensor | None = None,
+        exclude: bool = True,
+        explain: bool = False,
+    ) -> AgentRanking:
+        """The rank keys, and with `explain` the scoring that placed each item.
+
+        `retrieval` (B, n_items) replaces the retriever's scores (e.g. a text's similarities);
+        with `exclude=False` the history's items may be ranked too.
+        """
         core = self.core
         packed = core.pack(histories)
         states = core.states(packed)
         recent = core.recent(packed)
         key = core.retrieval_scores(states, packed)  # a new tensor: the keys are written into it
+        if retrieval is not None:
+            consumed = torch.isinf(key) if exclude else torch.zeros_like(key, dtype=torch.bool)
+            key = retrieval.to(key).masked_fill(consumed, -torch.inf)
+        ranking = AgentRanking(key, key.clone() if explain else None)
         cand, cand_scores = core.candidates(key)
         chosen = torch.zeros_like(cand, dtype=torch.bool)
         rows = torch.arange(len(histories), device=cand.device)
         for slot, role in enumerate(core.turn_order):
-            pick = self._best(states, recent, cand, cand_scores, chosen, role, slot).argmax(dim=-1)
+            q = self._best(states, recent, cand, cand_scores, chosen, role, slot)
+            pick = q.argmax(dim=-1)
             chosen[rows, pick] = True
             key[rows, cand[rows, pick]] = SLATE_KEY - slot
+            if explain:
+                best = q[rows, pick]
+                ranking.record(
+                    (rows, cand[rows, pick]), role, best, (q > best[:, None]).sum(-1) + 1
+                )
         q = self._best(states, recent, cand, cand_scores, chosen, 0, core.slate_size)
         rest = core.action_mask(cand_scores, chosen)
-        order = q.argsort(dim=-1, descending=True).argsort(dim=-1).float()
-        key[rows[:, None].expand_as(cand)[rest], cand[rest]] = CANDIDATE_KEY - order[rest]
-        return key
+        order = q.argsort(dim=-1, descending=True).argsort(dim=-1)
+        at = (rows[:, None].expand_as(cand)[rest], cand[rest])
+        key[at] = CANDIDATE_KEY - order[rest].float()
+        ranking.record(at, core.n_roles, q[rest], order[rest] + 1)
+        return ranking
 
     def _best(
         self,

@@ -1,6 +1,6 @@
 """The agents' top-k for many queries in one forward pass, with where each item came from.
 
-`rank_explained` replays the slate environment's ranking (`SlateEnvironment.rank`): the roles
+`rank_explained` ranks as evaluation does (`marlrec.evaluation.rankers.AgentRanker`): the roles
 fill the slate in turn order from the retrieved candidates, the first role's scores order the
 remaining candidates, and retrieval orders every other item. Besides the items it keeps, for
 each one, the role or stage that placed it, its score there and its rank in that scoring.
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from marlrec.envs.core import SlateCore
+from marlrec.evaluation.rankers import AgentRanker, slate_core
 from marlrec.pipeline import Pipeline
-from marlrec.registry import MarlrecError
 from marlrec.rewards import SlateOutcome
 
 SLATE, AFTER_SLATE, RETRIEVAL = "slate", "after_slate", "retrieval"
@@ -32,13 +32,6 @@ class Placement:
     rank: int  # 1-based rank among the items that scoring could still choose
 
 
-def slate_core(p: Pipeline) -> SlateCore:
-    core = getattr(p.env, "core", None)
-    if not isinstance(core, SlateCore):
-        raise MarlrecError(f"env '{type(p.env).__name__}' has no slate core to serve from")
-    return core
-
-
 @torch.no_grad()
 def rank_explained(
     p: Pipeline,
@@ -47,58 +40,24 @@ def rank_explained(
     retrieval: torch.Tensor | None = None,
     exclude: bool = True,
 ) -> list[list[Placement]]:
-    """Top-k placements per history, never an item in it, as `SlateEnvironment.rank` orders them.
+    """Top-k placements per history, never an item in it, as evaluation ranks them
+    (`AgentRanker`).
 
     `retrieval` (B, n_items) replaces the retriever's scores (a text query's similarities);
     with `exclude=False` the history's items may be recommended too.
     """
-    core = slate_core(p)
-    packed = core.pack(histories)
-    states, recent = core.states(packed), core.recent(packed)
-    scores = core.retrieval_scores(states, packed)
-    if retrieval is not None:
-        consumed = torch.isinf(scores) if exclude else torch.zeros_like(scores, dtype=torch.bool)
-        scores = retrieval.to(scores).masked_fill(consumed, -torch.inf)
-    cand, cand_scores = core.candidates(scores)
-    batch = len(histories)
-    rows = torch.arange(batch, device=cand.device)
-    chosen = torch.zeros_like(cand, dtype=torch.bool)
-    key = scores.clone()  # slate slots above the remaining candidates above the rest
-    scorer = torch.full_like(key, -1, dtype=torch.long)  # role index, n_roles after the slate
-    value, rank = scores.clone(), torch.zeros_like(key, dtype=torch.long)
-    for slot, role in enumerate(core.turn_order):
-        obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, 0)
-        q = _masked_q(p, core, obs, role, cand_scores, chosen)
-        pick = q.argmax(dim=-1)
-        best = q[rows, pick]
-        item = cand[rows, pick]
-        key[rows, item] = 1e4 - slot
-        scorer[rows, item], value[rows, item] = role, best
-        rank[rows, item] = (q > best[:, None]).sum(dim=-1) + 1
-        chosen[rows, pick] = True
-    obs = core.observe(states, recent, cand, cand_scores, chosen, 0, core.slate_size, 0)
-    q = _masked_q(p, core, obs, 0, cand_scores, chosen)
-    order = q.argsort(dim=-1, descending=True).argsort(dim=-1)
-    rest = core.action_mask(cand_scores, chosen)
-    at = (rows[:, None].expand_as(cand)[rest], cand[rest])
-    key[at] = 1e3 - order[rest].float()
-    scorer[at], value[at], rank[at] = core.n_roles, q[rest], order[rest] + 1
-    top = key.topk(k, dim=-1).indices
+    core = slate_core(p.env)
+    ranked = AgentRanker(core, p.agent.candidate_scores).rank(
+        histories, retrieval, exclude, explain=True
+    )
+    assert ranked.retrieval is not None
+    top = ranked.key.topk(k, dim=-1).indices
     return [
-        _placements(core, scores[b], top[b], scorer[b], value[b], rank[b]) for b in range(batch)
+        _placements(
+            core, ranked.retrieval[b], top[b], ranked.scorer[b], ranked.value[b], ranked.rank[b]
+        )
+        for b in range(len(histories))
     ]
-
-
-def _masked_q(
-    p: Pipeline,
-    core: SlateCore,
-    obs: torch.Tensor,
-    role: int,
-    cand_scores: torch.Tensor,
-    chosen: torch.Tensor,
-) -> torch.Tensor:
-    q = p.agent.candidate_scores(obs, role)
-    return q.masked_fill(~core.action_mask(cand_scores, chosen), -torch.inf)
 
 
 def _placements(
@@ -138,7 +97,7 @@ def reward_contributions(p: Pipeline, user: int, slate: list[Placement]) -> list
     (diversity, novelty) what the item adds to the slate. Stateful terms (with a `reset`, such
     as coverage) are left out: scoring would change their record. Zero contributions are dropped.
     """
-    core = slate_core(p)
+    core = slate_core(p.env)
     items = np.array([row.item for row in slate], dtype=np.int64)
     roles = np.array([core.roles.index(row.scored_by) for row in slate], dtype=np.int64)
     rewards = {name: r for name, r in core.ctx.rewards.items() if not hasattr(r, "reset")}

@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from marlrec.agents import Agent
 from marlrec.envs import Environment
 from marlrec.settings import TrainRun
-from marlrec.training.imitation import imitation_loss, logged_source
+from marlrec.training.imitation import imitation_loss, imitation_optimizer, logged_source
 
 # Seeds the batches drawn during RL, apart from the warm start's stream (7) and the others.
 ANCHOR_STREAM = 8
@@ -33,15 +32,9 @@ class ImitationAnchor:
     """Imitation steps on demand, between RL updates."""
 
     def __init__(self, agent: Agent, env: Environment, run: TrainRun) -> None:
-        self.agent, self.env, self.run = agent, env, run
+        self.agent, self.run = agent, run
         self.source = logged_source(env, env.ctx.data.train_histories)
-        parameters = {
-            id(p): p
-            for role in range(len(agent.spec.roles))
-            for p in agent.scoring_network(role).parameters()
-            if p.requires_grad
-        }
-        self.optimizer = torch.optim.Adam(list(parameters.values()), lr=run.trainer.imitation_lr)
+        self.optimizer = imitation_optimizer(agent, run.trainer.imitation_lr)
         self.rng = np.random.default_rng([run.seed, ANCHOR_STREAM])
         self.steps = 0
 

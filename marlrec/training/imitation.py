@@ -91,6 +91,17 @@ def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, fl
     return torch.stack(losses).sum() / len(obs), correct / len(obs)
 
 
+def imitation_optimizer(agent: Agent, lr: float) -> torch.optim.Adam:
+    """Adam over every role's scoring network, each shared parameter once."""
+    parameters = {
+        id(p): p
+        for role in range(len(agent.spec.roles))
+        for p in agent.scoring_network(role).parameters()
+        if p.requires_grad
+    }
+    return torch.optim.Adam(list(parameters.values()), lr=lr)
+
+
 def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
     """`run.trainer.imitation_steps` steps of imitation; summary figures (empty when none)."""
     t = run.trainer
@@ -102,13 +113,7 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
             "trainer.imitation_steps needs users with at least two training interactions; "
             f"dataset '{env.ctx.data.name}' has none"
         )
-    parameters = {
-        id(p): p
-        for role in range(len(agent.spec.roles))
-        for p in agent.scoring_network(role).parameters()
-        if p.requires_grad
-    }
-    optimizer = torch.optim.Adam(list(parameters.values()), lr=t.imitation_lr)
+    optimizer = imitation_optimizer(agent, t.imitation_lr)
     rng = np.random.default_rng([run.seed, IMITATION_STREAM])
     started, retrieved, last = time.perf_counter(), 0, {}
     steps = tqdm(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
