@@ -18,12 +18,12 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from marlrec.agents import Agent
 from marlrec.envs import Environment, LoggedChoices
 from marlrec.envs.logged import LoggedLog, logged_positions
 from marlrec.envs.slate import SlateEnvironment
+from marlrec.progress import progress_bar
 from marlrec.registry import PluginError
 from marlrec.settings import TrainRun
 
@@ -116,7 +116,7 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
     optimizer = imitation_optimizer(agent, t.imitation_lr)
     rng = np.random.default_rng([run.seed, IMITATION_STREAM])
     started, retrieved, last = time.perf_counter(), 0, {}
-    steps = tqdm(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
+    steps = progress_bar(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
     for step in steps:
         batch = source.choices(rng.integers(0, len(source), t.batch_size), rng)
         retrieved += len(batch.actions)
