@@ -111,12 +111,12 @@ class DPImitation:
         obs = batch.obs.to(self.agent.device)
         actions = batch.actions.to(self.agent.device)
         total_loss, correct = 0.0, 0.0
+        layout = self.agent.spec.layout
         for role in batch.roles.unique().tolist() if n else []:
             rows = (batch.roles == role).to(self.agent.device)
             net = self.agent.scoring_network(role)
             named = {k: v for k, v in net.named_parameters() if v.requires_grad}
             buffers = dict(net.named_buffers())
-            layout = self.agent.spec.layout
 
             def row_loss(
                 params: dict[str, torch.Tensor],
@@ -136,9 +136,7 @@ class DPImitation:
             for name, param in named.items():
                 samples[id(param)][index] += grads[name]
             with torch.no_grad():
-                scores = net(obs[rows])[0].masked_fill(
-                    layout.split(obs[rows])["chosen"] != 0, -1e9
-                )
+                scores = net(obs[rows])[0].masked_fill(layout.split(obs[rows])["chosen"] != 0, -1e9)
                 total_loss += float(F.cross_entropy(scores, actions[rows], reduction="sum"))
                 correct += float((scores.argmax(dim=1) == actions[rows]).sum())
         for p in self.params:

@@ -131,11 +131,7 @@ def imitate(
     started, retrieved, drawn_total, last = time.perf_counter(), 0, 0, {}
     steps = tqdm(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
     for step in steps:
-        drawn = (
-            private.sampler.draw(rng)
-            if private
-            else rng.integers(0, len(source), t.batch_size)
-        )
+        drawn = private.sampler.draw(rng) if private else rng.integers(0, len(source), t.batch_size)
         drawn_total += len(drawn)
         batch = source.choices(drawn, rng)
         retrieved += len(batch.actions)
