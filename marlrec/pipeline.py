@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,8 @@ def configure(cfg: DictConfig) -> RunConfig:
             "privacy.dp.enabled=true trains by imitation only: set trainer.max_epochs=0 "
             "(reinforcement learning replays users' sessions outside DP-SGD)"
         )
+    if privacy.dp.enabled and importlib.util.find_spec("opacus") is None:
+        raise MarlrecError("privacy.dp.enabled=true needs Opacus: pip install 'marlrec[privacy]'")
     return RunConfig(plugins, trainer, eval_cfg, logger, privacy)
 
 

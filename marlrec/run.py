@@ -39,7 +39,6 @@ from marlrec.report import (
 from marlrec.retrieval.recall import pool_recalls
 from marlrec.settings import TrainRun
 from marlrec.threads import fit_threads, register_job
-from marlrec.training.dp import check_dp_supported
 from marlrec.training.imitation import imitate
 from marlrec.training.loop import fit
 
@@ -231,6 +230,8 @@ def imitation_summary(
     if resuming:
         return json.loads(saved.read_text()) if saved.is_file() else {}
     if pipeline.privacy.dp.enabled:
+        from marlrec.training.dp import check_dp_supported
+
         check_dp_supported(pipeline.agent)
     summary = imitate(pipeline.agent, pipeline.env, run, pipeline.privacy.dp)
     write_json(saved, summary)

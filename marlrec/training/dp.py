@@ -1,4 +1,5 @@
-"""Differentially private imitation: DP-SGD with user-level accounting (Opacus).
+"""Differentially private imitation: DP-SGD with user-level accounting (Opacus, the `privacy`
+extra: this module is imported only when `privacy.dp.enabled`).
 
 Each step samples users, not interactions: every user joins the batch independently with
 probability q = batch_size / users (Poisson sampling, as the accountant assumes), and a user in
@@ -147,6 +148,8 @@ class DPImitation:
 def check_dp_supported(agent: Agent) -> None:
     """Refuse what DP-SGD here cannot cover, in one line, rather than report a false ε (RL is
     refused with the config, `marlrec.pipeline.configure`)."""
+    if RDPAccountant is None:
+        raise MarlrecError("privacy.dp.enabled=true needs Opacus: pip install 'marlrec[privacy]'")
     state = agent.spec.state
     if any(p.requires_grad for p in state.parameters()):
         raise MarlrecError(

@@ -27,7 +27,6 @@ from marlrec.envs.slate import SlateEnvironment
 from marlrec.privacy import DPConfig
 from marlrec.registry import PluginError
 from marlrec.settings import TrainRun
-from marlrec.training.dp import DPImitation, UserSampler
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +125,8 @@ def imitate(
     rng = np.random.default_rng([run.seed, IMITATION_STREAM])
     private = None
     if dp is not None and dp.enabled:
+        from marlrec.training.dp import DPImitation, UserSampler  # Opacus: the privacy extra
+
         sampler = UserSampler.of(logged_positions(histories)[0], t.batch_size)
         private = DPImitation(agent, optimizer, dp, sampler, t.imitation_steps, run.seed)
     started, retrieved, drawn_total, last = time.perf_counter(), 0, 0, {}
