@@ -62,8 +62,9 @@ class PrivacyConfig:
 
     pseudonymise: bool = False
     """Replace user ids by HMAC-SHA256 pseudonyms under a secret key (see key_file) and index
-    users in pseudonym order, so that no output of the run carries a raw user id; serving a
-    user by their outside id then needs the same key. On in the presets that read real data."""
+    users by their first interaction's time, so that no output of the run carries a raw user
+    id; serving a user by their outside id then needs the same key. On in the presets that
+    read real data."""
     key_file: str = DEFAULT_KEY_FILE
     """File holding the secret key when $MARLREC_PRIVACY_KEY is not set; `marlrec train`
     creates it (mode 600, a random key) when missing. Never inside a run dir."""
@@ -158,13 +159,17 @@ def pseudonym(key: bytes, user_id: object) -> str:
 
 
 def pseudonymise(data: RecData, key: bytes) -> RecData:
-    """`data` with pseudonyms for user ids and users re-indexed in pseudonym order.
+    """`data` with pseudonyms for user ids and users re-indexed by their first interaction's
+    time, ties by pseudonym: an index says nothing about the raw id, and a run's figures do not
+    depend on the key (only users who start at the same instant can swap places).
 
     A dataset without raw ids (the generated one) has its dense indices pseudonymised.
     """
     raw = data.user_ids if data.user_ids is not None else np.arange(data.n_users)
     names = np.array([pseudonym(key, u) for u in raw.tolist()])
-    order = np.argsort(names, kind="stable")  # new index -> old
+    first = np.full(data.n_users, np.inf)
+    np.minimum.at(first, data.interactions.user, data.interactions.time.astype(np.float64))
+    order = np.lexsort((names, first))  # new index -> old
     new_of_old = np.empty(data.n_users, dtype=np.int64)
     new_of_old[order] = np.arange(data.n_users)
     split = data.split
@@ -198,6 +203,5 @@ def _relabel(part: Interactions, new_of_old: np.ndarray) -> Interactions:
 def user_index(data: RecData, key: bytes, user_id: object) -> int:
     """The index of the user whose raw id is `user_id`, through its pseudonym; -1 if none."""
     assert data.user_ids is not None
-    name = pseudonym(key, user_id)
-    at = int(np.searchsorted(data.user_ids, name))
-    return at if at < len(data.user_ids) and data.user_ids[at] == name else -1
+    found = np.flatnonzero(data.user_ids == pseudonym(key, user_id))
+    return int(found[0]) if len(found) else -1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import stat
@@ -136,9 +137,9 @@ def test_serving_by_raw_id_needs_the_key(csv_run: Path, monkeypatch: pytest.Monk
     index = user_index(service.p.data, KEY.encode(), RAW[7])
     assert index >= 0 and service.p.data.user_ids is not None
     assert service.p.data.user_ids[index] == pseudonym(KEY.encode(), RAW[7])
-    # Indices follow the pseudonyms, not the raw ids' order (which would give 0, 1, 2, ...).
+    # Every raw id finds its own user; indices follow first interactions (file order here).
     indices = [user_index(service.p.data, KEY.encode(), raw) for raw in RAW]
-    assert sorted(indices) == list(range(len(RAW))) and indices != sorted(indices)
+    assert sorted(indices) == list(range(len(RAW)))
     by_id = client.get("/recommend", params={"user": RAW[7], "k": 5})
     history = ",".join(map(str, service.histories[index].tolist()))
     by_history = client.get("/recommend", params={"history": history, "k": 5})
@@ -180,13 +181,26 @@ def test_pseudonyms_are_stable_per_key_and_differ_across_keys(small_pipeline: An
     assert np.array_equal(first.interactions.user, again.interactions.user)
     assert not np.array_equal(first.user_ids, other.user_ids)
     assert all(len(name) == 64 for name in first.user_ids.tolist())
-    # The same users, histories and held-out items, only re-indexed in pseudonym order.
+    # The same users, histories and held-out items, only re-indexed.
     for u in (0, 5, 17):
         new = user_index(first, b"k1", u)
         assert np.array_equal(first.train_histories[new], data.train_histories[u])
         assert first.split.test_item[new] == data.split.test_item[u]
         assert np.array_equal(first.truth.user_taste[new], data.truth.user_taste[u])
     assert not np.array_equal(first.interactions.user, data.interactions.user)
+
+
+def test_users_are_indexed_by_first_interaction_whatever_the_key(small_pipeline: Any) -> None:
+    data = small_pipeline.data
+    # Every user starts at a distinct time, the last user first.
+    late = dataclasses.replace(data.interactions, time=data.n_users - data.interactions.user)
+    data = dataclasses.replace(data, interactions=late)
+    first, other = (pseudonymise(data, k) for k in (b"k1", b"k2"))
+    assert np.array_equal(
+        first.interactions.user, other.interactions.user
+    )  # the key can't move figures
+    assert user_index(first, b"k1", data.n_users - 1) == 0
+    assert user_index(other, b"k2", 0) == data.n_users - 1
 
 
 def test_dp_run_reports_epsilon_and_makes_a_private_key_file(
