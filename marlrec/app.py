@@ -143,7 +143,11 @@ def _check_choice(override: Override, options_of: Any) -> None:
     options = options_of(group)
     noun = registry.KINDS[group].noun if group in registry.KINDS else f"{group} preset"
     for value in _values(override):
+        if value not in options and value in config_source.options(group):
+            registry.load(group, value)  # installed but not stored: says why it fails to load
         if value not in options:
+            schemas = {o + config_source.SCHEMA_SUFFIX for o in options}
+            options = [o for o in options if o not in schemas]
             raise MarlrecError(
                 f"unknown {noun} '{value}' in '{override.input_line}'; "
                 f"installed: {', '.join(options)}"
