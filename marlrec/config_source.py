@@ -134,7 +134,7 @@ def register() -> None:
                 _store(store, group, info.name, cls.Config, getattr(cls, "default_simulator", None))
 
 
-def _loaded(info: registry.PluginInfo) -> type | None:
+def _loaded(info: registry.PluginInfo) -> type[Any] | None:
     """The plugin's class, or None after a one-line warning when it does not load."""
     try:
         return registry.load(info.kind, info.name)

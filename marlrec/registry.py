@@ -15,7 +15,9 @@ import math
 import textwrap
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -191,7 +193,36 @@ def create(group: str, section: Mapping[str, Any], **dependencies: Any) -> Any:
     if not isinstance(name, str):
         raise PluginError(f"config group '{group}' names no plugin: set {group}=<name>")
     cls = load(group, name)
-    return cls(build_config(group, name, cls.Config, section), **dependencies)
+    return instantiate(
+        group, name, cls, build_config(group, name, cls.Config, section), **dependencies
+    )
+
+
+# The plugin being built and the entry-point name it was chosen by, for its `Plugin.__init__`.
+_BUILDING: ContextVar[tuple[type, Kind, str] | None] = ContextVar("building", default=None)
+
+
+def instantiate(group: str, name: str, cls: type[Any], config: Any, **dependencies: Any) -> Any:
+    """Build `cls(config, **dependencies)` under the entry-point name it was chosen by, which
+    the plugin's `name` and `where` then read (a class installed under two names speaks as
+    the one chosen)."""
+    with _building(cls, kind_of(group), name):
+        return cls(config, **dependencies)
+
+
+@contextmanager
+def _building(cls: type, kind: Kind, name: str) -> Iterator[None]:
+    token = _BUILDING.set((cls, kind, name))
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def being_built(cls: type) -> tuple[Kind, str] | None:
+    """The kind and name `instantiate` is building `cls` under, if it is building `cls`."""
+    building = _BUILDING.get()
+    return building[1:] if building is not None and building[0] is cls else None
 
 
 def _matches(value: Any, hint: Any) -> bool:

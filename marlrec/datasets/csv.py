@@ -43,7 +43,6 @@ from marlrec.datasets.text import as_text, render, template_fields
 from marlrec.registry import PluginError
 
 
-
 class CsvDataset(FileDataset):
     """Interactions from a CSV or Parquet file; item texts from a second one, or "item <id>"."""
 

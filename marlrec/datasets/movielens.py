@@ -139,7 +139,9 @@ class MovieLensDataset(FileDataset):
 
     def sources(self, cache_dir: Path) -> list[Path]:
         """The release's files, downloaded first with download=true."""
-        folder = download(self.config, cache_dir, self.where) if self.config.download else self.folder()
+        folder = (
+            download(self.config, cache_dir, self.where) if self.config.download else self.folder()
+        )
         return detect_layout(folder, self.where).sources(folder)
 
     def folder(self) -> Path:
