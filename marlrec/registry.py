@@ -1,4 +1,4 @@
-"""Plugins found by Python entry point: listed from package metadata, loaded only when chosen.
+"""Plugins found by Python entry point: listed from package metadata, imported when loaded.
 
 Every kind of plugin has one entry-point group and one Hydra config group. Built-in plugins
 register through the same entry points as third-party ones; nothing here special-cases them.
