@@ -55,10 +55,11 @@ def options(group: str) -> list[str]:
     return []
 
 
-def yaml_file(group: str, name: str) -> str:
+def yaml_file(group: str, name: str, packages: list[str] | None = None) -> str:
     """The YAML file that `<group>/<name>` composes from, if one overrides the plugin's defaults;
-    else an empty string."""
-    for package in ("marlrec.conf", *registry.config_packages()):
+    else an empty string. `packages`: the plugin packages' config trees, if already listed."""
+    packages = registry.config_packages() if packages is None else packages
+    for package in ("marlrec.conf", *packages):
         try:
             path = files(package) / group / f"{name}.yaml"
         except ModuleNotFoundError:
@@ -123,41 +124,45 @@ def register() -> None:
     Run again, it forgets what it stored before: plugins may have been installed meanwhile.
     """
     store = ConfigStore.instance()
+    packages = registry.config_packages()
     for group in (*registry.KINDS, *SETTINGS):
         store.repo.pop(group, None)
     for group, (option, _) in SETTINGS.items():
-        _store(store, group, option, settings_class(group))
+        _store(store, group, option, settings_class(group), packages)
     for group in registry.KINDS:
-        for info in registry.available(group):
-            cls = _loaded(info)
-            if cls is not None:
-                _store(store, group, info.name, cls.Config, getattr(cls, "default_simulator", None))
+        for info, cls in registry.load_all(group):
+            if isinstance(cls, registry.PluginError):
+                _warn(info, cls)
+                continue
+            simulator = getattr(cls, "default_simulator", None)
+            _store(store, group, info.name, cls.Config, packages, simulator)
 
 
-def _loaded(info: registry.PluginInfo) -> type[Any] | None:
-    """The plugin's class, or None after a one-line warning when it does not load."""
-    try:
-        return registry.load(info.kind, info.name)
-    except registry.PluginError as exc:
-        if info.target not in _warned:
-            _warned.add(info.target)
-            print(f"marlrec: warning: {exc}", file=sys.stderr)
-        return None
+def _warn(info: registry.PluginInfo, exc: registry.PluginError) -> None:
+    """One line per broken entry point and process: the other plugins remain usable."""
+    if info.target not in _warned:
+        _warned.add(info.target)
+        print(f"marlrec: warning: {exc}", file=sys.stderr)
 
 
 def _store(
-    store: ConfigStore, group: str, name: str, config_cls: type, simulator: str | None = None
+    store: ConfigStore,
+    group: str,
+    name: str,
+    config_cls: type,
+    packages: list[str],
+    simulator: str | None = None,
 ) -> None:
     content, package = node(group, name, config_cls, simulator)
-    stored_name = name + SCHEMA_SUFFIX if check_yaml(group, name) else name
+    stored_name = name + SCHEMA_SUFFIX if check_yaml(group, name, packages) else name
     store.store(name=stored_name, node=content, group=group, package=package, provider=PROVIDER)
     config = store.repo[group][f"{stored_name}.yaml"].node
     _open_mappings(config, group, name, package)
 
 
-def check_yaml(group: str, name: str) -> str:
+def check_yaml(group: str, name: str, packages: list[str] | None = None) -> str:
     """The YAML file of `<group>/<name>`, checked to extend the stored defaults; else ''."""
-    path = yaml_file(group, name)
+    path = yaml_file(group, name, packages)
     if not path:
         return ""
     try:

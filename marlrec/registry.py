@@ -124,15 +124,33 @@ def load(group: str, name: str) -> type[Any]:
     if name not in eps:
         installed = ", ".join(sorted(eps)) or "none"
         raise PluginError(f"unknown {kind.noun} '{name}' ({group}={name}); installed: {installed}")
+    return _load(kind, eps[name])
+
+
+def load_all(group: str) -> list[tuple[PluginInfo, type[Any] | PluginError]]:
+    """Every installed plugin of one kind, sorted by name, with its class or why it fails to
+    load (one metadata scan for the whole kind)."""
+    kind = kind_of(group)
+    loaded: list[tuple[PluginInfo, type[Any] | PluginError]] = []
+    for ep in sorted(_entry_points(group).values(), key=lambda ep: ep.name):
+        info = PluginInfo(group, ep.name, ep.value, ep.dist.name if ep.dist else "?")
+        try:
+            loaded.append((info, _load(kind, ep)))
+        except PluginError as exc:
+            loaded.append((info, exc))
+    return loaded
+
+
+def _load(kind: Kind, ep: EntryPoint) -> type[Any]:
     try:
-        cls: type[Any] = eps[name].load()
+        cls: type[Any] = ep.load()
     except Exception as exc:  # a broken third-party plugin must not take the CLI down with a trace
         raise PluginError(
-            f"{kind.noun} '{name}' ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
+            f"{kind.noun} '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
         ) from exc
     config_cls = getattr(cls, "Config", None)
     if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
-        raise PluginError(f"{kind.noun} '{name}' ({eps[name].value}) has no dataclass `Config`")
+        raise PluginError(f"{kind.noun} '{ep.name}' ({ep.value}) has no dataclass `Config`")
     return cls
 
 
