@@ -29,12 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from marlrec import config_source, registry
-from marlrec.config_source import PluginConfigSource
 from marlrec.pipeline import configure
 from marlrec.registry import MarlrecError
 
 CONFIG_MODULE = "marlrec.conf"
-SETTINGS_GROUPS = ("trainer", "eval", "logger", "privacy", "experiment")
+SETTINGS_GROUPS = (*config_source.SETTINGS, "experiment")
 log = logging.getLogger(__name__)
 # Hydra flags after which we leave the command line to Hydra alone.
 EXPERT_FLAGS = (
@@ -59,19 +58,18 @@ EXPERT_FLAGS = (
 
 
 class PluginConfigSearchPath(SearchPathPlugin):
-    """Puts every installed plugin's `Config` defaults first (a plugin's YAML file is laid
-    over them there), then the YAML trees that plugin packages declare under `marlrec.conf`
-    (presets such as `experiment/`)."""
+    """Adds the YAML trees that plugin packages declare under `marlrec.conf` (their plugins'
+    YAML files, presets such as `experiment/`)."""
 
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        search_path.prepend(provider="marlrec plugins", path=f"{config_source.SCHEME}://")
         for package in registry.config_packages():
             search_path.append(provider=f"marlrec:{package}", path=f"pkg://{package}")
 
 
 def register_plugin_configs() -> None:
-    """Make Hydra see the plugins' configs; call before composing marlrec's config."""
-    Plugins.instance().register(PluginConfigSource)
+    """Make Hydra see the plugins' configs (their defaults in the ConfigStore, their packages'
+    YAML trees); call before composing marlrec's config."""
+    config_source.register()
     Plugins.instance().register(PluginConfigSearchPath)
 
 
@@ -145,7 +143,11 @@ def _check_choice(override: Override, options_of: Any) -> None:
     options = options_of(group)
     noun = registry.KINDS[group].noun if group in registry.KINDS else f"{group} preset"
     for value in _values(override):
+        if value not in options and value in config_source.options(group):
+            registry.load(group, value)  # installed but not stored: says why it fails to load
         if value not in options:
+            schemas = {o + config_source.SCHEMA_SUFFIX for o in options}
+            options = [o for o in options if o not in schemas]
             raise MarlrecError(
                 f"unknown {noun} '{value}' in '{override.input_line}'; "
                 f"installed: {', '.join(options)}"

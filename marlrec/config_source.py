@@ -1,44 +1,50 @@
-"""Hydra's config group options, served from the installed plugins' `Config` dataclasses.
+"""Hydra's ConfigStore, filled from the installed plugins' `Config` dataclasses.
 
-Choosing `agent=idqn` composes `agent/idqn` from here: the `idqn` entry point's plugin, imported
-only when chosen, whose `Config` declares every option once (type, default, docstring). Listing
-the options reads package metadata only. This source comes first on the search path: a YAML file
-of the same name (`<group>/<name>.yaml` in marlrec's `conf/` or a plugin package's tree) is laid
-over the dataclass defaults, so it can only override them, never declare an option anew.
+Every option of a config group is stored once, from its dataclass (names, defaults, and
+`???` where the user must choose): `agent=idqn` composes the `idqn` entry point's defaults.
+A YAML file of a plugin (`<group>/<name>.yaml` in marlrec's `conf/` or a plugin package's
+tree) only selects and overrides: its plugin's defaults are then stored as `<name>_config`
+and the file starts with `defaults: [<name>_config, _self_]`, so it extends them. Types and
+values are checked against the dataclass once per run, by `marlrec.pipeline.configure`.
+
+Storing the defaults imports every installed plugin when a command composes a config; one
+whose import fails is skipped with a one-line warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import sys
 from importlib.resources import files
 from typing import Any
 
 import yaml
-from hydra.core.object_type import ObjectType
-from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from marlrec import registry
 from marlrec.plugin import COMPOSED_DEFAULT
 
-SCHEME = "marlrec-plugins"
-# Settings groups have one option each; their dataclasses load only when composed.
-SETTINGS_OPTIONS = {
-    "trainer": "default",
-    "eval": "default",
-    "logger": "tensorboard",
-    "privacy": "default",
+# Settings groups: one option each, `group: (option, "module:Class")`. A new group is one
+# line here, a `- group: option` line in conf/config.yaml, and its dataclass.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "trainer": ("default", "marlrec.settings:TrainerConfig"),
+    "eval": ("default", "marlrec.evaluation.harness:EvalConfig"),
+    "logger": ("tensorboard", "marlrec.settings:LoggerConfig"),
+    "privacy": ("default", "marlrec.privacy:PrivacyConfig"),
 }
+SETTINGS_OPTIONS = {group: option for group, (option, _) in SETTINGS.items()}
+SCHEMA_SUFFIX = "_config"  # the stored defaults of a plugin that has a YAML file
+PROVIDER = "marlrec"
+_warned: set[str] = set()  # entry points already warned about in this process
 
 
 def settings_class(group: str) -> type:
-    from marlrec.evaluation.harness import EvalConfig
-    from marlrec.privacy import PrivacyConfig
-    from marlrec.settings import LoggerConfig, TrainerConfig
-
-    classes = {"trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}
-    return {**classes, "privacy": PrivacyConfig}[group]
+    module, _, name = SETTINGS[group][1].partition(":")
+    cls: type = getattr(importlib.import_module(module), name)
+    return cls
 
 
 def options(group: str) -> list[str]:
@@ -50,10 +56,11 @@ def options(group: str) -> list[str]:
     return []
 
 
-def yaml_file(group: str, name: str) -> str:
+def yaml_file(group: str, name: str, packages: list[str] | None = None) -> str:
     """The YAML file that `<group>/<name>` composes from, if one overrides the plugin's defaults;
-    else an empty string."""
-    for package in ("marlrec.conf", *registry.config_packages()):
+    else an empty string. `packages`: the plugin packages' config trees, if already listed."""
+    packages = registry.config_packages() if packages is None else packages
+    for package in ("marlrec.conf", *packages):
         try:
             path = files(package) / group / f"{name}.yaml"
         except ModuleNotFoundError:
@@ -93,17 +100,18 @@ def defaults(config_cls: type) -> dict[str, Any]:
     return values
 
 
-def node(group: str, name: str) -> tuple[dict[str, Any], str | None]:
-    """The composed defaults of `<group>/<name>` and its package (None: the group's own)."""
-    if group in SETTINGS_OPTIONS:
-        return defaults(settings_class(group)), None
-    cls = registry.load(group, name)
-    values = overlaid(defaults(cls.Config), group, name)
+def node(
+    group: str, name: str, config_cls: type, simulator: str | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """The stored defaults of `<group>/<name>` and their package (None: the group's own);
+    `simulator` is the one a dataset picks by default."""
+    values = defaults(config_cls)
+    if group in SETTINGS:
+        return values, None
     if registry.KINDS[group].many:
         # At the global package, so that errors name the full key: reward.<name>.<option>.
         return {group: {name: values}}, "_global_"
     section = {"name": name, **values}
-    simulator = getattr(cls, "default_simulator", None)
     if group == "data" and simulator is not None:
         # A logged dataset has no ground-truth tastes: it picks a simulator, which a
         # `simulator=` override still replaces.
@@ -111,74 +119,75 @@ def node(group: str, name: str) -> tuple[dict[str, Any], str | None]:
     return section, None
 
 
-def overlaid(values: dict[str, Any], group: str, name: str) -> dict[str, Any]:
-    """`values` with the YAML file of `<group>/<name>`, if any, laid over them.
+def register() -> None:
+    """Store every installed plugin's and settings group's defaults in Hydra's ConfigStore.
 
-    In a group selected as a list (`reward`), the file holds its plugin's section under its name,
-    as composed at the group's package.
+    Run again, it forgets what it stored before: plugins may have been installed meanwhile.
     """
-    path = yaml_file(group, name)
+    store = ConfigStore.instance()
+    packages = registry.config_packages()
+    for group in (*registry.KINDS, *SETTINGS):
+        store.repo.pop(group, None)
+    for group, (option, _) in SETTINGS.items():
+        _store(store, group, option, settings_class(group), packages)
+    for group in registry.KINDS:
+        for info, cls in registry.load_all(group):
+            if isinstance(cls, registry.PluginError):
+                _warn(info, cls)
+                continue
+            simulator = getattr(cls, "default_simulator", None)
+            _store(store, group, info.name, cls.Config, packages, simulator)
+
+
+def _warn(info: registry.PluginInfo, exc: registry.PluginError) -> None:
+    """One line per broken entry point and process: the other plugins remain usable."""
+    if info.target not in _warned:
+        _warned.add(info.target)
+        print(f"marlrec: warning: {exc}", file=sys.stderr)
+
+
+def _store(
+    store: ConfigStore,
+    group: str,
+    name: str,
+    config_cls: type,
+    packages: list[str],
+    simulator: str | None = None,
+) -> None:
+    content, package = node(group, name, config_cls, simulator)
+    stored_name = name + SCHEMA_SUFFIX if check_yaml(group, name, packages) else name
+    store.store(name=stored_name, node=content, group=group, package=package, provider=PROVIDER)
+    config = store.repo[group][f"{stored_name}.yaml"].node
+    _open_mappings(config, group, name, package)
+
+
+def check_yaml(group: str, name: str, packages: list[str] | None = None) -> str:
+    """The YAML file of `<group>/<name>`, checked to extend the stored defaults; else ''."""
+    path = yaml_file(group, name, packages)
     if not path:
-        return values
+        return ""
     try:
-        overlay = OmegaConf.load(path)
+        with open(path, encoding="utf-8") as stream:
+            content = yaml.safe_load(stream)
     except yaml.YAMLError as exc:
         raise registry.PluginError(yaml_problem(exc, path)) from None
-    if not isinstance(overlay, DictConfig):
+    content = {} if content is None else content
+    if not isinstance(content, dict):
         raise registry.PluginError(f"{path} must hold a mapping of options, not a list")
-    if registry.KINDS[group].many:
-        stray = [str(k) for k in overlay if k != name]
-        if stray:
-            noun = registry.KINDS[group].noun
-            raise registry.PluginError(
-                f"{path}: top-level key '{stray[0]}' is not '{name}'; a {noun}'s options go "
-                f"under its name, as {group}.{name}.<option>"
-            )
-        overlay = overlay.get(name, OmegaConf.create())
-    merged = OmegaConf.to_container(OmegaConf.merge(values, overlay))
-    assert isinstance(merged, dict)
-    return {str(k): v for k, v in merged.items()}
-
-
-class PluginConfigSource(ConfigSource):
-    """The config source behind the `marlrec-plugins://` search path entry."""
-
-    @staticmethod
-    def scheme() -> str:
-        return SCHEME
-
-    def available(self) -> bool:
-        return True
-
-    def is_group(self, config_path: str) -> bool:
-        return config_path.strip("/") in ("", *registry.KINDS, *SETTINGS_OPTIONS)
-
-    def is_config(self, config_path: str) -> bool:
-        group, _, name = _without_suffix(config_path).partition("/")
-        return name in options(group)
-
-    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
-        group = config_path.strip("/")
-        if group == "":
-            wanted = results_filter in (None, ObjectType.GROUP)
-            return sorted((*registry.KINDS, *SETTINGS_OPTIONS)) if wanted else []
-        if results_filter not in (None, ObjectType.CONFIG):
-            return []
-        return sorted(options(group))
-
-    def load_config(self, config_path: str) -> ConfigResult:
-        group, _, name = _without_suffix(config_path).partition("/")
-        if name not in options(group):
-            raise ConfigLoadError(f"no plugin config '{config_path}'")
-        content, package = node(group, name)
-        config = OmegaConf.create(content)
-        _open_mappings(config, group, name, package)
-        return ConfigResult(
-            config=config,
-            path=f"{SCHEME}://{group}/{name}",
-            provider="marlrec plugins",
-            header={"package": package},
+    schema = name + SCHEMA_SUFFIX
+    if schema not in (content.get("defaults") or []):
+        raise registry.PluginError(
+            f"{path} must extend the plugin's defaults: start it with "
+            f"`defaults: [{schema}, _self_]`"
         )
+    stray = [str(k) for k in content if k not in ("defaults", name)]
+    if group in registry.KINDS and registry.KINDS[group].many and stray:
+        noun = registry.KINDS[group].noun
+        raise registry.PluginError(
+            f"{path}: top-level key '{stray[0]}' is not '{name}'; a {noun}'s options go "
+            f"under its name, as {group}.{name}.<option>"
+        )
+    return path
 
 
 def _open_mappings(config: DictConfig, group: str, name: str, package: str | None) -> None:
@@ -191,8 +200,3 @@ def _open_mappings(config: DictConfig, group: str, name: str, package: str | Non
     for key in map(str, section):
         if OmegaConf.is_dict(OmegaConf.select(section, key, throw_on_resolution_failure=False)):
             OmegaConf.set_struct(section[key], False)
-
-
-def _without_suffix(config_path: str) -> str:
-    path = config_path.strip("/")
-    return path.removesuffix(".yaml")

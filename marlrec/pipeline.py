@@ -31,12 +31,13 @@ LIST_GROUPS = tuple(group for group, kind in registry.KINDS.items() if kind.many
 class Chosen:
     """A chosen plugin: its name, its class and its validated config."""
 
+    group: str
     name: str
     cls: type
     config: Any
 
     def create(self, **dependencies: Any) -> Any:
-        return self.cls(self.config, **dependencies)
+        return registry.instantiate(self.group, self.name, self.cls, self.config, **dependencies)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _choose(group: str, section: dict[str, Any]) -> Chosen:
     name = str(fields.pop("name", None))
     cls = registry.load(group, name)
     source = config_source.yaml_file(group, name)
-    return Chosen(name, cls, registry.build_config(group, name, cls.Config, fields, source))
+    return Chosen(group, name, cls, registry.build_config(group, name, cls.Config, fields, source))
 
 
 def settings(cfg: DictConfig) -> tuple[TrainerConfig, EvalConfig, LoggerConfig]:

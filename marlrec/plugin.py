@@ -33,15 +33,20 @@ class Plugin:
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        # Handed over by the registry when it builds the plugin; else looked up on first use.
+        self._installed = registry.being_built(type(self))
 
     @property
     def name(self) -> str:
         """The name the plugin is installed under (its entry point), or its class name if none."""
-        found = registry.installed_as(type(self))
+        found = self._installed_as()
         return found[1] if found else type(self).__name__
 
     @property
     def where(self) -> str:
         """Who speaks in a message: e.g. `reward 'click'`."""
-        found = registry.installed_as(type(self))
+        found = self._installed_as()
         return f"{found[0].noun} '{found[1]}'" if found else f"plugin '{type(self).__name__}'"
+
+    def _installed_as(self) -> tuple[registry.Kind, str] | None:
+        return getattr(self, "_installed", None) or registry.installed_as(type(self))

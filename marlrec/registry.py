@@ -1,4 +1,4 @@
-"""Plugins found by Python entry point: listed from package metadata, loaded only when chosen.
+"""Plugins found by Python entry point: listed from package metadata, imported when loaded.
 
 Every kind of plugin has one entry-point group and one Hydra config group. Built-in plugins
 register through the same entry points as third-party ones; nothing here special-cases them.
@@ -15,7 +15,9 @@ import math
 import textwrap
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -122,15 +124,33 @@ def load(group: str, name: str) -> type[Any]:
     if name not in eps:
         installed = ", ".join(sorted(eps)) or "none"
         raise PluginError(f"unknown {kind.noun} '{name}' ({group}={name}); installed: {installed}")
+    return _load(kind, eps[name])
+
+
+def load_all(group: str) -> list[tuple[PluginInfo, type[Any] | PluginError]]:
+    """Every installed plugin of one kind, sorted by name, with its class or why it fails to
+    load (one metadata scan for the whole kind)."""
+    kind = kind_of(group)
+    loaded: list[tuple[PluginInfo, type[Any] | PluginError]] = []
+    for ep in sorted(_entry_points(group).values(), key=lambda ep: ep.name):
+        info = PluginInfo(group, ep.name, ep.value, ep.dist.name if ep.dist else "?")
+        try:
+            loaded.append((info, _load(kind, ep)))
+        except PluginError as exc:
+            loaded.append((info, exc))
+    return loaded
+
+
+def _load(kind: Kind, ep: EntryPoint) -> type[Any]:
     try:
-        cls: type[Any] = eps[name].load()
+        cls: type[Any] = ep.load()
     except Exception as exc:  # a broken third-party plugin must not take the CLI down with a trace
         raise PluginError(
-            f"{kind.noun} '{name}' ({eps[name].value}) failed to load: {type(exc).__name__}: {exc}"
+            f"{kind.noun} '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
         ) from exc
     config_cls = getattr(cls, "Config", None)
     if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
-        raise PluginError(f"{kind.noun} '{name}' ({eps[name].value}) has no dataclass `Config`")
+        raise PluginError(f"{kind.noun} '{ep.name}' ({ep.value}) has no dataclass `Config`")
     return cls
 
 
@@ -191,7 +211,36 @@ def create(group: str, section: Mapping[str, Any], **dependencies: Any) -> Any:
     if not isinstance(name, str):
         raise PluginError(f"config group '{group}' names no plugin: set {group}=<name>")
     cls = load(group, name)
-    return cls(build_config(group, name, cls.Config, section), **dependencies)
+    return instantiate(
+        group, name, cls, build_config(group, name, cls.Config, section), **dependencies
+    )
+
+
+# The plugin being built and the entry-point name it was chosen by, for its `Plugin.__init__`.
+_BUILDING: ContextVar[tuple[type, Kind, str] | None] = ContextVar("building", default=None)
+
+
+def instantiate(group: str, name: str, cls: type[Any], config: Any, **dependencies: Any) -> Any:
+    """Build `cls(config, **dependencies)` under the entry-point name it was chosen by, which
+    the plugin's `name` and `where` then read (a class installed under two names speaks as
+    the one chosen)."""
+    with _building(cls, kind_of(group), name):
+        return cls(config, **dependencies)
+
+
+@contextmanager
+def _building(cls: type, kind: Kind, name: str) -> Iterator[None]:
+    token = _BUILDING.set((cls, kind, name))
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
+
+
+def being_built(cls: type) -> tuple[Kind, str] | None:
+    """The kind and name `instantiate` is building `cls` under, if it is building `cls`."""
+    building = _BUILDING.get()
+    return building[1:] if building is not None and building[0] is cls else None
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -211,34 +211,43 @@ def plugin_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return package / "conf"
 
 
+# A plugin's YAML extends its stored defaults, named `<plugin>_config`.
+EXTENDS = "defaults: [fussy_config, _self_]\n"
 YAML_CASES = {
     "plugin YAML syntax": (
         "reward/fussy.yaml",
-        "fussy:\n  boost: [1\n",
+        EXTENDS + "fussy:\n  boost: [1\n",
         ["reward=[click,fussy]"],
-        "reward/fussy.yaml, line 3, column 1: expected ',' or ']'",
+        "reward/fussy.yaml, line 4, column 1: expected ',' or ']'",
     ),
     "plugin YAML type": (
         "reward/fussy.yaml",
-        "fussy:\n  boost: fast\n",
+        EXTENDS + "fussy:\n  boost: fast\n",
         ["reward=[click,fussy]"],
         "config key 'reward.fussy.boost' for reward 'fussy' (set in {conf}/reward/fussy.yaml",
     ),
     "plugin YAML unknown key": (
         "reward/fussy.yaml",
-        "fussy:\n  bost: 2\n",
+        EXTENDS + "fussy:\n  bost: 2\n",
         ["reward=[click,fussy]"],
         "unknown config key 'reward.fussy.bost'",
     ),
     "plugin YAML without its name level": (
         "reward/fussy.yaml",
-        "boost: 2\n",
+        EXTENDS + "boost: 2\n",
         ["reward=[click,fussy]"],
         "{conf}/reward/fussy.yaml: top-level key 'boost' is not 'fussy'",
     ),
+    "plugin YAML not extending the defaults": (
+        "reward/fussy.yaml",
+        "fussy:\n  boost: 2\n",
+        ["reward=[click,fussy]"],
+        "{conf}/reward/fussy.yaml must extend the plugin's defaults: start it with "
+        "`defaults: [fussy_config, _self_]`",
+    ),
     "plugin YAML interpolation": (
         "reward/fussy.yaml",
-        "fussy:\n  boost: ${nope}\n",
+        EXTENDS + "fussy:\n  boost: ${nope}\n",
         ["reward=[click,fussy]"],
         "Interpolation key 'nope' not found (at reward.fussy.boost)",
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -73,9 +74,10 @@ def test_a_plugin_is_named_by_its_entry_point_only(group: str) -> None:
         cls = registry.load(group, info.name)
         assert cls.name is Plugin.name and cls.where is Plugin.where, f"{cls.__name__} in {group}"
         assert registry.installed_as(cls) == (registry.KINDS[group], info.name)
-        # File readers' messages are module functions: their one constant must agree.
-        where = getattr(sys.modules[cls.__module__], "WHERE", f"'{info.name}'")
-        assert where.endswith(f"'{info.name}'"), f"{cls.__module__}.WHERE in {group}={info.name}"
+        # Nor do its messages: module functions are handed `self.where`.
+        source = inspect.getsource(sys.modules[cls.__module__])
+        spelled = f"{registry.KINDS[group].noun} '{info.name}'"
+        assert spelled not in source, f"{cls.__module__} spells {spelled}"
 
 
 def test_a_plugin_speaks_under_its_entry_point_name(tmp_path: Path) -> None:

@@ -88,6 +88,9 @@ def test_every_option_has_a_docstring(examples: dict[str, Any]) -> None:
 
 def test_yaml_examples_validate_against_their_configs(examples: dict[str, Any]) -> None:
     reward_yaml, simulator_yaml = (yaml.safe_load(text) for text in blocks("yaml"))
+    # Each file extends its plugin's stored defaults.
+    assert reward_yaml.pop("defaults") == ["fresh_click_config", "_self_"]
+    assert simulator_yaml.pop("defaults") == ["popular_click_config", "_self_"]
     reward = registry.build_config(
         "reward", "fresh_click", examples["FreshClickReward"].Config, reward_yaml["fresh_click"]
     )

@@ -65,8 +65,8 @@ def run(args: list[str], tmp: Path, target: Path | None) -> subprocess.Completed
     """Run Python in a fresh process that sees the plugin only when `target` is given."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"HF_HUB_OFFLINE": "1", "MARLREC_CACHE": str(tmp / "cache")}
-    if target is not None:
-        env["PYTHONPATH"] = str(target)
+    # This checkout's marlrec, whichever copy is installed.
+    env["PYTHONPATH"] = os.pathsep.join([*([str(target)] if target else []), str(ROOT)])
     return subprocess.run(
         [sys.executable, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=300
     )

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from marlrec import cli, registry
+from marlrec import cli, config_source, registry
+from marlrec.app import compose_config, preflight, register_plugin_configs
 
 PLUGIN_SOURCE = '''
 from dataclasses import dataclass, field
@@ -139,3 +140,19 @@ def test_field_docs_read_only_string_literals_after_fields(
     monkeypatch.syspath_prepend(str(tmp_path))
     config_cls = importlib.import_module("field_docs_example").Config
     assert registry.field_docs(config_cls) == {"b": "B."}
+
+
+def test_composing_warns_once_about_a_broken_entry_point_and_names_it_when_chosen(
+    third_party: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_source._warned.discard("broken_pkg:Broken")
+    register_plugin_configs()
+    register_plugin_configs()  # composing again does not repeat the warning
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("marlrec: warning: reward 'broken'")
+    assert "ModuleNotFoundError" in warnings[0]
+    # The others are stored and compose, the third-party one included.
+    reward = compose_config(["reward=[click,documented]", "reward.documented.needed=x"]).reward
+    assert reward.documented.depth == 3 and reward.documented.needed == "x"
+    with pytest.raises(registry.PluginError, match=r"^reward 'broken' \(broken_pkg:Broken\) fail"):
+        preflight(["reward=[click,broken]"])

@@ -115,3 +115,37 @@ def test_a_plugin_without_config_dataclass_is_rejected(
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="no dataclass `Config`"):
         registry.load("reward", "plain")
+
+
+def test_a_class_installed_under_two_names_speaks_as_the_one_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "twice_pkg.py").write_text(
+        textwrap.dedent(
+            """
+            from marlrec.api import Reward
+
+            class Twice(Reward):
+                def score(self, outcome):
+                    return 0.0
+            """
+        )
+    )
+    info = tmp_path / "twice-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: twice\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[marlrec.rewards]\nfirst = twice_pkg:Twice\nsecond = twice_pkg:Twice\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    built = {
+        name: registry.create("reward", {"name": name}, data=None, item_emb=None)
+        for name in ("first", "second")
+    }
+    assert {n: (r.name, r.where) for n, r in built.items()} == {
+        "first": ("first", "reward 'first'"),
+        "second": ("second", "reward 'second'"),
+    }
+    # Built directly, not by the registry, it reads the first of its entry points.
+    direct = type(built["second"])(built["second"].config, data=None, item_emb=None)
+    assert direct.name == "first"

@@ -49,7 +49,6 @@ from marlrec.datasets.tabular import FileDataset
 from marlrec.datasets.text import render, template_fields
 from marlrec.registry import PluginError
 
-WHERE = "dataset 'amazon_reviews'"
 TEXT_FIELDS = ("title", "description", "categories")
 Version = Literal["auto", 2018, 2023]
 
@@ -132,24 +131,24 @@ class AmazonReviewsDataset(FileDataset):
     config: Config
 
     def __init__(self, config: Config) -> None:
-        _validate(config)
+        _validate(config, self.where)
         super().__init__(config)
 
     def sources(self, cache_dir: Path) -> list[Path]:
         c = self.config
-        files = [_existing(c.reviews, "reviews")]
+        files = [_existing(c.reviews, "reviews", self.where)]
         if c.meta:
-            files.append(_existing(c.meta, "meta"))
+            files.append(_existing(c.meta, "meta", self.where))
         return files
 
     def parse(self, sources: list[Path]) -> Parsed:
         c = self.config
-        raw, release = read_reviews(Source(path=sources[0], where=WHERE), c.version)
+        raw, release = read_reviews(Source(path=sources[0], where=self.where), c.version)
         raw = apply_filters(raw, self.filters)
         interactions, user_ids, item_ids = densify(raw)
         products: dict[str, Product] = {}
         if len(sources) > 1:
-            meta = Source(path=sources[1], where=WHERE)
+            meta = Source(path=sources[1], where=self.where)
             products = read_meta(meta, release, set(item_ids.tolist()), c.duplicate_meta)
         return Parsed(
             name=self.name,
@@ -177,22 +176,22 @@ class AmazonReviewsDataset(FileDataset):
         )
 
 
-def _validate(c: AmazonReviewsDataset.Config) -> None:
+def _validate(c: AmazonReviewsDataset.Config, where: str) -> None:
     if not c.reviews:
-        raise PluginError(f"{WHERE}: set data.reviews=<reviews JSON-lines file>")
+        raise PluginError(f"{where}: set data.reviews=<reviews JSON-lines file>")
     if c.version not in ("auto", *RELEASES):
-        raise PluginError(f"{WHERE}: version must be auto, 2018 or 2023, got {c.version!r}")
+        raise PluginError(f"{where}: version must be auto, 2018 or 2023, got {c.version!r}")
     if c.k_core < 0:
-        raise PluginError(f"{WHERE}: k_core must be >= 0, got {c.k_core}")
+        raise PluginError(f"{where}: k_core must be >= 0, got {c.k_core}")
     if c.duplicate_meta not in ("error", "first"):
-        raise PluginError(f"{WHERE}: duplicate_meta must be error or first")
-    template_fields(c.text_template, TEXT_FIELDS, WHERE)
+        raise PluginError(f"{where}: duplicate_meta must be error or first")
+    template_fields(c.text_template, TEXT_FIELDS, where)
 
 
-def _existing(path: str, key: str) -> Path:
+def _existing(path: str, key: str, where: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise PluginError(f"{WHERE}: {key} {str(p)!r} is not a file")
+        raise PluginError(f"{where}: {key} {str(p)!r} is not a file")
     return p
 
 

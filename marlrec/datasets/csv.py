@@ -42,8 +42,6 @@ from marlrec.datasets.tabular import FileDataset
 from marlrec.datasets.text import as_text, render, template_fields
 from marlrec.registry import PluginError
 
-WHERE = "dataset 'csv'"
-
 
 class CsvDataset(FileDataset):
     """Interactions from a CSV or Parquet file; item texts from a second one, or "item <id>"."""
@@ -86,14 +84,14 @@ class CsvDataset(FileDataset):
     config: Config
 
     def __init__(self, config: Config) -> None:
-        _validate(config)
+        _validate(config, self.where)
         super().__init__(config)
 
     def sources(self, cache_dir: Path) -> list[Path]:
         c = self.config
-        files = [_existing(c.path, "path")]
+        files = [_existing(c.path, "path", self.where)]
         if c.items_path:
-            files.append(_existing(c.items_path, "items_path"))
+            files.append(_existing(c.items_path, "items_path", self.where))
         return files
 
     def parse(self, sources: list[Path]) -> Parsed:
@@ -162,7 +160,7 @@ class CsvDataset(FileDataset):
         found = header(self._table(path, {}))
         text_cols = list(c.text_cols) or [n for n in found if n != c.item_id_col]
         allowed = [c.item_id_col, *text_cols]
-        template_fields(c.text_template, allowed, f"{WHERE}: {path}")
+        template_fields(c.text_template, allowed, f"{self.where}: {path}")
         used = list(dict.fromkeys([c.item_id_col, *text_cols]))
         columns: dict[str, Kind] = {n: "str" for n in used}
         columns[c.item_id_col] = "auto"
@@ -173,12 +171,12 @@ class CsvDataset(FileDataset):
         self, path: Path, columns: dict[str, Kind], nullable: frozenset[str] = frozenset()
     ) -> Table | ParquetTable:
         """Parquet by name or content, else delimited text; either way only `columns` are read."""
-        if is_parquet(Source(path=path, where=WHERE)):
-            return ParquetTable(path=path, where=WHERE, columns=columns, nullable=nullable)
+        if is_parquet(Source(path=path, where=self.where)):
+            return ParquetTable(path=path, where=self.where, columns=columns, nullable=nullable)
         c = self.config
         return Table(
             path=path,
-            where=WHERE,
+            where=self.where,
             sep=_separator(c.sep),
             columns=columns,
             encoding=c.encoding,
@@ -217,25 +215,25 @@ def _separator(sep: str) -> str:
     return "\t" if sep == "\\t" else sep
 
 
-def _existing(path: str, key: str) -> Path:
+def _existing(path: str, key: str, where: str) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise PluginError(f"{WHERE}: {key} {str(p)!r} is not a file")
+        raise PluginError(f"{where}: {key} {str(p)!r} is not a file")
     return p
 
 
-def _validate(c: CsvDataset.Config) -> None:
+def _validate(c: CsvDataset.Config, where: str) -> None:
     if not c.path:
-        raise PluginError(f"{WHERE}: set data.path=<interactions CSV or Parquet file>")
+        raise PluginError(f"{where}: set data.path=<interactions CSV or Parquet file>")
     if not c.sep:
-        raise PluginError(f"{WHERE}: sep must not be empty")
+        raise PluginError(f"{where}: sep must not be empty")
     if not c.user_col or not c.item_col or c.user_col == c.item_col:
-        raise PluginError(f"{WHERE}: user_col and item_col must be two different column names")
+        raise PluginError(f"{where}: user_col and item_col must be two different column names")
     if c.rating_threshold is not None and not c.value_col:
-        raise PluginError(f"{WHERE}: rating_threshold needs value_col, the column it applies to")
+        raise PluginError(f"{where}: rating_threshold needs value_col, the column it applies to")
     if c.text_template and not c.items_path:
-        raise PluginError(f"{WHERE}: text_template needs items_path, the file it draws on")
+        raise PluginError(f"{where}: text_template needs items_path, the file it draws on")
     Filters(
         min_user_interactions=c.min_user_interactions,
         min_item_interactions=c.min_item_interactions,
-    ).validate(WHERE)
+    ).validate(where)

@@ -43,7 +43,6 @@ from marlrec.datasets.tabular import FileDataset
 from marlrec.datasets.text import as_text, render, template_fields
 from marlrec.registry import PluginError
 
-WHERE = "dataset 'movielens'"
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/{variant}.zip"
 # SHA-256 of the official zips as pinned by TensorFlow Datasets
 # (tensorflow_datasets/url_checksums/movielens.txt). The ml-latest* releases are refreshed by
@@ -126,7 +125,7 @@ class MovieLensDataset(FileDataset):
     config: Config
 
     def __init__(self, config: Config) -> None:
-        _validate(config)
+        _validate(config, self.where)
         super().__init__(config)
 
     @property
@@ -140,18 +139,20 @@ class MovieLensDataset(FileDataset):
 
     def sources(self, cache_dir: Path) -> list[Path]:
         """The release's files, downloaded first with download=true."""
-        folder = download(self.config, cache_dir) if self.config.download else self.folder()
-        return detect_layout(folder).sources(folder)
+        folder = (
+            download(self.config, cache_dir, self.where) if self.config.download else self.folder()
+        )
+        return detect_layout(folder, self.where).sources(folder)
 
     def folder(self) -> Path:
         folder = Path(self.config.path).expanduser()
         if not folder.is_dir():
-            raise PluginError(f"{WHERE}: data.path {str(folder)!r} is not a folder")
+            raise PluginError(f"{self.where}: data.path {str(folder)!r} is not a folder")
         return folder
 
     def parse(self, sources: list[Path]) -> Parsed:
         folder = sources[0].parent
-        raw, movies = READERS[detect_layout(folder).label](folder)
+        raw, movies = READERS[detect_layout(folder, self.where).label](folder, self.where)
         check_unique(movies.table, movies.movie_id, "movie id")
         catalog = catalog_rows(raw, movies.movie_id, movies.table, "movie id")
         raw = apply_filters(raw, self.filters)
@@ -172,29 +173,29 @@ class MovieLensDataset(FileDataset):
         )
 
 
-def _validate(c: MovieLensDataset.Config) -> None:
+def _validate(c: MovieLensDataset.Config, where: str) -> None:
     if c.download and c.path:
         raise PluginError(
-            f"{WHERE}: set data.path to an unzipped release or data.download=true, not both"
+            f"{where}: set data.path to an unzipped release or data.download=true, not both"
         )
     if not (c.download or c.path):
         raise PluginError(
-            f"{WHERE}: set data.path=<folder of an unzipped MovieLens release> "
+            f"{where}: set data.path=<folder of an unzipped MovieLens release> "
             "or data.download=true"
         )
     if c.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", c.sha256):
-        raise PluginError(f"{WHERE}: sha256 must be 64 hexadecimal digits, got {c.sha256!r}")
+        raise PluginError(f"{where}: sha256 must be 64 hexadecimal digits, got {c.sha256!r}")
     Filters(
         min_user_interactions=c.min_user_interactions,
         min_item_interactions=c.min_item_interactions,
-    ).validate(WHERE)
-    template_fields(c.text_template, TEXT_FIELDS, WHERE)
+    ).validate(where)
+    template_fields(c.text_template, TEXT_FIELDS, where)
 
 
-def detect_layout(folder: Path) -> Layout:
+def detect_layout(folder: Path, where: str) -> Layout:
     """The layout whose files `folder` holds; a half-present layout names what is missing."""
     if not folder.is_dir():
-        raise PluginError(f"{WHERE}: {folder} is not a folder")
+        raise PluginError(f"{where}: {folder} is not a folder")
     for layout in LAYOUTS:
         present = [n for n in layout.required if (folder / n).is_file()]
         if len(present) == len(layout.required):
@@ -202,11 +203,11 @@ def detect_layout(folder: Path) -> Layout:
         if present:
             missing = [n for n in layout.required if n not in present]
             raise PluginError(
-                f"{WHERE}: {folder / missing[0]} is missing ({layout.label} layout needs "
+                f"{where}: {folder / missing[0]} is missing ({layout.label} layout needs "
                 f"{', '.join(layout.required)})"
             )
     expected = "; ".join(f"{lay.label} needs {', '.join(lay.required)}" for lay in LAYOUTS)
-    raise PluginError(f"{WHERE}: {folder} holds no MovieLens release ({expected})")
+    raise PluginError(f"{where}: {folder} holds no MovieLens release ({expected})")
 
 
 # --- readers, one per layout ---------------------------------------------------------------
@@ -215,12 +216,12 @@ RATING_NAMES = ("user", "item", "rating", "time")
 RATING_KINDS: dict[str, Kind] = {"user": "int", "item": "int", "rating": "float", "time": "int"}
 
 
-def _read_100k(folder: Path) -> tuple[RawInteractions, Movies]:
-    genre_names = _read_genre_list(folder / "u.genre")
+def _read_100k(folder: Path, where: str) -> tuple[RawInteractions, Movies]:
+    genre_names = _read_genre_list(folder / "u.genre", where)
     names = ("movie_id", "title", "release_date", "video_date", "url", *genre_names)
     item_table = Table(
         path=folder / "u.item",
-        where=WHERE,
+        where=where,
         sep="|",
         names=names,
         columns={
@@ -252,7 +253,7 @@ def _read_100k(folder: Path) -> tuple[RawInteractions, Movies]:
     ratings = _ratings(
         Table(
             path=folder / "u.data",
-            where=WHERE,
+            where=where,
             sep="\t",
             names=RATING_NAMES,
             columns=RATING_KINDS,
@@ -262,11 +263,11 @@ def _read_100k(folder: Path) -> tuple[RawInteractions, Movies]:
     return ratings, movies
 
 
-def _read_genre_list(path: Path) -> list[str]:
+def _read_genre_list(path: Path, where: str) -> list[str]:
     """u.genre: "name|index" per line, indices 0, 1, 2, ... in order."""
     table = Table(
         path=path,
-        where=WHERE,
+        where=where,
         sep="|",
         names=("genre", "index"),
         columns={"genre": "str", "index": "int"},
@@ -284,10 +285,10 @@ def _read_genre_list(path: Path) -> list[str]:
     return genres["genre"].str.strip().tolist()
 
 
-def _read_dat(folder: Path) -> tuple[RawInteractions, Movies]:
+def _read_dat(folder: Path, where: str) -> tuple[RawInteractions, Movies]:
     item_table = Table(
         path=folder / "movies.dat",
-        where=WHERE,
+        where=where,
         sep="::",
         names=("movie_id", "title", "genres"),
         columns={"movie_id": "int", "title": "str", "genres": "str"},
@@ -300,7 +301,7 @@ def _read_dat(folder: Path) -> tuple[RawInteractions, Movies]:
         tags = _joined_tags(
             Table(
                 path=folder / "tags.dat",
-                where=WHERE,
+                where=where,
                 sep="::",
                 names=("user", "movie_id", "tag", "time"),
                 columns={"movie_id": "int", "tag": "str"},
@@ -312,7 +313,7 @@ def _read_dat(folder: Path) -> tuple[RawInteractions, Movies]:
     ratings = _ratings(
         Table(
             path=folder / "ratings.dat",
-            where=WHERE,
+            where=where,
             sep="::",
             names=RATING_NAMES,
             columns=RATING_KINDS,
@@ -322,10 +323,10 @@ def _read_dat(folder: Path) -> tuple[RawInteractions, Movies]:
     return ratings, _piped_movies(item_table, tags)
 
 
-def _read_csv_family(folder: Path) -> tuple[RawInteractions, Movies]:
+def _read_csv_family(folder: Path, where: str) -> tuple[RawInteractions, Movies]:
     item_table = Table(
         path=folder / "movies.csv",
-        where=WHERE,
+        where=where,
         sep=",",
         columns={"movieId": "int", "title": "str", "genres": "str"},
         nullable=frozenset({"genres"}),
@@ -335,7 +336,7 @@ def _read_csv_family(folder: Path) -> tuple[RawInteractions, Movies]:
         tags = _joined_tags(
             Table(
                 path=folder / "tags.csv",
-                where=WHERE,
+                where=where,
                 sep=",",
                 columns={"movieId": "int", "tag": "str"},
                 nullable=frozenset({"tag"}),
@@ -344,7 +345,7 @@ def _read_csv_family(folder: Path) -> tuple[RawInteractions, Movies]:
     ratings = _ratings(
         Table(
             path=folder / "ratings.csv",
-            where=WHERE,
+            where=where,
             sep=",",
             columns={"userId": "int", "movieId": "int", "rating": "float", "timestamp": "int"},
         )
@@ -449,7 +450,7 @@ def _describe(movies: Movies, rows: np.ndarray, item_ids: np.ndarray, template: 
 # --- download ------------------------------------------------------------------------------
 
 
-def download(config: MovieLensDataset.Config, cache_dir: Path) -> Path:
+def download(config: MovieLensDataset.Config, cache_dir: Path, where: str) -> Path:
     """The unzipped release in `cache_dir/datasets/<variant>`, fetched and verified once."""
     root = Path(cache_dir).expanduser() / "datasets"
     target = root / config.variant
@@ -464,12 +465,12 @@ def download(config: MovieLensDataset.Config, cache_dir: Path) -> Path:
     # so an interrupted download or extraction never leaves a half-filled release behind.
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{config.variant}.") as tmp:
         archive = Path(tmp) / zip_name
-        digest = _fetch(url, archive)
+        digest = _fetch(url, archive, where)
         if expected and digest != expected.lower():
             raise PluginError(
-                f"{WHERE}: {zip_name} from {url} has sha256 {digest}, expected {expected.lower()}"
+                f"{where}: {zip_name} from {url} has sha256 {digest}, expected {expected.lower()}"
             )
-        release = _extract(archive, Path(tmp) / "extracted", url)
+        release = _extract(archive, Path(tmp) / "extracted", url, where)
         try:
             os.rename(release, target)
         except OSError:
@@ -478,7 +479,7 @@ def download(config: MovieLensDataset.Config, cache_dir: Path) -> Path:
     return target
 
 
-def _fetch(url: str, dest: Path) -> str:
+def _fetch(url: str, dest: Path, where: str) -> str:
     """Stream `url` into `dest`; return its SHA-256."""
     sha = hashlib.sha256()
     try:
@@ -488,17 +489,17 @@ def _fetch(url: str, dest: Path) -> str:
                 out.write(chunk)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise PluginError(f"{WHERE}: could not download {url}: {reason}") from None
+        raise PluginError(f"{where}: could not download {url}: {reason}") from None
     return sha.hexdigest()
 
 
-def _extract(archive: Path, into: Path, url: str) -> Path:
+def _extract(archive: Path, into: Path, url: str, where: str) -> Path:
     """Unzip; the release is the zip's single top folder (ml-100k/...), else the zip's root."""
     try:
         with zipfile.ZipFile(archive) as z:
             z.extractall(into)  # zipfile drops absolute paths and ".." from member names
     except zipfile.BadZipFile:
-        raise PluginError(f"{WHERE}: {archive.name} from {url} is not a zip archive") from None
+        raise PluginError(f"{where}: {archive.name} from {url} is not a zip archive") from None
     entries = [p for p in into.iterdir() if p.name != "__MACOSX"]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]

@@ -30,9 +30,10 @@ class SASRecRetriever(Retriever):
 
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config, data=data, item_emb=item_emb)
-        where = "retriever 'sasrec'"
-        validate(config, where)
-        self.model, self.history = fitted_sasrec(data, config, config.seed, item_emb.device, where)
+        validate(config, self.where)
+        self.model, self.history = fitted_sasrec(
+            data, config, config.seed, item_emb.device, self.where
+        )
 
     @torch.no_grad()
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:

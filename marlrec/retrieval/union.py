@@ -56,7 +56,9 @@ class UnionRetriever(Retriever):
         if "seed" in {f.name for f in dataclasses.fields(cls.Config)}:
             options.setdefault("seed", self.config.seed)
         config = registry.build_config("retrieval", name, cls.Config, options)
-        member: Retriever = cls(config, data=self.data, item_emb=self.item_emb)
+        member: Retriever = registry.instantiate(
+            "retrieval", name, cls, config, data=self.data, item_emb=self.item_emb
+        )
         return member
 
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:

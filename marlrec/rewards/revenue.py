@@ -28,18 +28,18 @@ class RevenueReward(Reward):
 
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config, data=data, item_emb=item_emb)
-        self.value = _numeric_attribute(data, config.attribute)
+        self.value = _numeric_attribute(data, config.attribute, self.where, self.name)
 
     def score(self, outcome: SlateOutcome) -> float:
         return float(self.value[outcome.items[np.asarray(outcome.clicks, dtype=bool)]].sum())
 
 
-def _numeric_attribute(data: RecData, attribute: str) -> np.ndarray:
-    where = f"reward 'revenue': dataset '{data.name}'"
+def _numeric_attribute(data: RecData, attribute: str, reward: str, name: str) -> np.ndarray:
+    where = f"{reward}: dataset '{data.name}'"
     if attribute not in data.item_attributes:
         present = ", ".join(sorted(data.item_attributes)) or "none"
         raise PluginError(
-            f"{where} has no item attribute '{attribute}' (reward.revenue.attribute); "
+            f"{where} has no item attribute '{attribute}' (reward.{name}.attribute); "
             f"its attributes: {present}"
         )
     values = np.asarray(data.item_attributes[attribute])

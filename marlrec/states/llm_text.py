@@ -69,7 +69,7 @@ class LLMTextState(StateModel):
         _check(config, self.where)
         if item_text is None or encoder is None:
             raise PluginError(
-                "state 'llm_text' needs the catalog's item texts and the run's encoder "
+                f"{self.where} needs the catalog's item texts and the run's encoder "
                 "(item_text=..., encoder=...), and was built without them"
             )
         self.item_text = item_text
