@@ -114,7 +114,8 @@ def test_without_resume_the_command_line_config_stands(tmp_path: Path) -> None:
 
 
 class Interrupted(Exception):
-    """Stands in for a kill right after an epoch's training state was written."""
+    """Stands in for a kill after an epoch's training state was written, while the next
+    epoch's checkpoint is (the agent is written before the training state)."""
 
 
 def _fit(pipeline: Pipeline, agent_name: str, run: TrainRun) -> tuple[Any, dict[str, float]]:
@@ -172,7 +173,7 @@ def test_every_agent_resumes_exactly_in_process(
     first, summary = _fit(small_pipeline, agent_name, uninterrupted)
 
     def interrupt(epoch: int) -> None:
-        if epoch == 1:
+        if epoch == 2:  # epoch 1's training state is saved, epoch 2's agent is not
             raise Interrupted
 
     torch.manual_seed(0)
