@@ -240,7 +240,10 @@ def train_app(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        cfg = resumable_config(cfg, run_dir, list(hydra_cfg.overrides.task))
+        if cfg.trainer.resume:
+            # The config no override touches tells what the command line set, presets too.
+            overrides = list(hydra_cfg.overrides.task)
+            cfg = resumable_config(cfg, run_dir, overrides, compose("config"))
         metrics = train(cfg, run_dir)
     except MarlrecError as exc:
         _fail(str(exc))

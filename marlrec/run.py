@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -24,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from marlrec.agents import checkpoint_path
 from marlrec.evaluation.harness import agent_actor, baseline_actor, evaluate_policies, ranking_eval
 from marlrec.evaluation.rankers import Ranker, agent_ranker, baseline_ranker
-from marlrec.io import atomic_path, atomic_write, write_json
+from marlrec.io import atomic_path, atomic_write, remove_temp_files, write_json
 from marlrec.pipeline import Pipeline, build, privacy_settings
 from marlrec.privacy import check_key_outside
 from marlrec.recommend import load_run, restore_best
@@ -39,8 +40,12 @@ from marlrec.report import (
 from marlrec.retrieval.recall import pool_recalls
 from marlrec.settings import TrainRun
 from marlrec.threads import fit_threads, register_job
+from marlrec.training.checkpoint import load_training_state
 from marlrec.training.imitation import imitate
+from marlrec.training.logs import restore_event_files
 from marlrec.training.loop import fit
+
+log = logging.getLogger(__name__)
 
 AGENT_ROW = "agent"
 TRAIN_STATE = "train_state.pt"
@@ -82,29 +87,61 @@ def validation(pipeline: Pipeline) -> Callable[[], float]:
     return validate
 
 
-def resumable_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+def resumable_config(
+    cfg: DictConfig, run_dir: Path, overrides: list[str], defaults: DictConfig
+) -> DictConfig:
     """The config a run continues with: with `trainer.resume`, the one saved in its run dir.
 
-    Overrides beyond RESUME_FREE_KEYS must then agree with the saved config; a resumed run
-    needs none of the original command line's.
+    What this command sets beyond RESUME_FREE_KEYS (the keys its `overrides` name, and those
+    where `cfg` differs from the `defaults` no override touched, as a preset sets them) must
+    agree with the saved config; a resumed run needs none of the original command line's.
     """
-    saved_file = run_dir / "config.yaml"
-    if not cfg.trainer.resume or not saved_file.is_file():
+    if not cfg.trainer.resume:
         return cfg
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        raise MarlrecError(
+            f"cannot resume {run_dir}: it holds no config.yaml, so no run started there; "
+            "leave out trainer.resume=true to start one"
+        )
     saved = OmegaConf.load(saved_file)
-    assert isinstance(saved, DictConfig)
-    free = {f"{prefix}{key}" for key in RESUME_FREE_KEYS for prefix in ("", "+", "++")}
-    if any(o.split("=", 1)[0] not in free for o in overrides):
-        difference = first_difference(_flat(saved), _flat(cfg))
-        if difference is not None:
-            key, before, now = difference
-            raise MarlrecError(
-                f"cannot resume {run_dir}: its config has {key}={before!r}, this command "
-                f"{key}={now!r}; resume with the same settings or with trainer.resume=true alone"
-            )
+    if not isinstance(saved, DictConfig):
+        raise MarlrecError(f"cannot resume {run_dir}: {saved_file} is not a marlrec config")
+    before, now = _flat(saved), _flat(cfg)
+    named = [_override_key(o) for o in overrides]
+    differing = [
+        key
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key) and _set_by_command(key, named, now, _flat(defaults))
+    ]
+    if differing:
+        raise MarlrecError(
+            f"cannot resume {run_dir}: its config has {_listed(before, differing)}, this "
+            f"command {_listed(now, differing)}; resume with the same settings or with "
+            "trainer.resume=true alone"
+        )
     for key in RESUME_FREE_KEYS:
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     return saved
+
+
+def _set_by_command(key: str, named: list[str], now: dict[str, Any], defaults: dict) -> bool:
+    if any(key == n or key.startswith(f"{n}.") for n in named):
+        return True
+    return key in now and now[key] != defaults.get(key, _ABSENT)
+
+
+_ABSENT = object()
+
+
+def _override_key(override: str) -> str:
+    """The key or group an override names: `agent.lr` of `++agent.lr=1`, `agent` of
+    `agent=ippo`."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0].replace("/", ".")
+
+
+def _listed(flat: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{key}={flat.get(key)!r}" for key in keys)
 
 
 def _flat(cfg: DictConfig) -> dict[str, Any]:
@@ -121,13 +158,6 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in RESUME_FREE_KEYS}
 
 
-def first_difference(before: dict[str, Any], now: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    for key in sorted(set(before) | set(now)):
-        if before.get(key) != now.get(key):
-            return key, before.get(key), now.get(key)
-    return None
-
-
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train and evaluate one configuration; write config, checkpoints, logs, plot and metrics.
 
@@ -140,7 +170,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode())
     )
     state_path = checkpoint_path(run_dir).with_name(TRAIN_STATE)
-    resuming = bool(cfg.trainer.resume) and state_path.is_file()
+    saved = resume_point(cfg, run_dir, state_path)
+    resuming = saved is not None
     if not resuming:
         # A fresh run must never fall back on a best checkpoint some earlier run left here.
         checkpoint_path(run_dir, "best").unlink(missing_ok=True)
@@ -167,6 +198,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             save_best=lambda: save_checkpoint(pipeline, checkpoint_path(run_dir, "best"), None),
             validate=validation(pipeline),
             state_path=state_path,
+            saved_state=saved,
         )
         imitation = imitation_summary(pipeline, run, run_dir, resuming)
         summary = {**imitation, **fit(pipeline.agent, pipeline.env, run)}
@@ -210,6 +242,25 @@ def privacy_report(pipeline: Pipeline, summary: dict[str, Any]) -> dict[str, Any
             "covers": "the agents' scoring networks (imitation, user-level)",
         }
     return report
+
+
+def resume_point(cfg: DictConfig, run_dir: Path, state_path: Path) -> dict[str, Any] | None:
+    """The training state a run starting in `run_dir` continues from, if any.
+
+    First the leftovers of a killed run go: temporary files of writes it did not finish, and
+    with `trainer.resume` the TensorBoard points it logged after its last training state
+    (all of them when it saved none: the run then starts over), which the run logs again.
+    """
+    stale = remove_temp_files(run_dir)
+    if stale:
+        log.info("removed %d temporary files a killed write left in %s", len(stale), run_dir)
+    if not cfg.trainer.resume:
+        return None
+    saved = load_training_state(state_path)
+    sizes = {} if saved is None else saved.get("event_files")
+    if sizes is not None:  # None: a state saved before event files were recorded
+        restore_event_files(run_dir / "tensorboard", sizes)
+    return saved
 
 
 def retrieval_recall(pipeline: Pipeline) -> dict[str, float]:

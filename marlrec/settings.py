@@ -129,4 +129,5 @@ class TrainRun:
     save_best: Callable[[], None]  # called when a validation sets a new best NDCG@10
     validate: Callable[[], float] | None = None  # the current policy's valid NDCG@10
     state_path: Path | None = None  # the resumable training state, rewritten every epoch
+    saved_state: dict[str, Any] | None = None  # the state to continue from, if already read
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from tianshou.env import BaseVectorEnv
 from tianshou.utils import TensorboardLogger
@@ -45,6 +47,28 @@ class CheckpointLogger(TensorboardLogger):
 
     def counters(self) -> dict[str, int]:
         return {key: getattr(self, key) for key in LOGGER_FIELDS}
+
+
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def event_file_sizes(writer: SummaryWriter) -> dict[str, int]:
+    """The size of every event file under the writer's log dir, all it was asked to write
+    included: what a resumed run cuts the files back to."""
+    writer.flush()
+    root = Path(writer.log_dir)
+    return {str(f.relative_to(root)): f.stat().st_size for f in sorted(root.rglob(EVENT_FILES))}
+
+
+def restore_event_files(root: Path, sizes: dict[str, int]) -> None:
+    """Cut the event files under `root` back to `sizes` (from `event_file_sizes`) and remove
+    those written since, so a resumed run logs no step twice."""
+    for events in sorted(root.rglob(EVENT_FILES)):
+        size = sizes.get(str(events.relative_to(root)))
+        if size is None:
+            events.unlink()
+        elif events.stat().st_size > size:
+            os.truncate(events, size)
 
 
 class RewardTermLog:

@@ -60,7 +60,7 @@ from marlrec.training.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from marlrec.training.logs import CheckpointLogger, RewardTermLog
+from marlrec.training.logs import CheckpointLogger, RewardTermLog, event_file_sizes
 from marlrec.training.vector_envs import (
     TEST_STREAM,
     TRAIN_STREAM,
@@ -158,8 +158,10 @@ class TrainingLoop:
         self.progress.train_seconds += now - self._clock
         self._clock = now
         self.progress.history.append(record)
-        self.save(trainer)
+        # The agent first: a kill between the two leaves the state of the epoch before, and
+        # the resumed run then writes this epoch's agent again, identically.
         self.run.save_checkpoint(epoch)
+        self.save(trainer)
         self._report(record)
         return self.progress.stopped_early
 
@@ -222,6 +224,7 @@ class TrainingLoop:
             "progress": asdict(self.progress),
             "rng": rng_state(),
             "anchor": self.anchor.state_dict() if self.anchor is not None else None,
+            "event_files": event_file_sizes(self.run.writer),
         }
         atomic_write(path, lambda f: torch.save(state, f))
 
@@ -325,7 +328,9 @@ def train_with_tianshou(
     `anchor` imitates between updates.
     """
     t = run.trainer
-    saved = load_training_state(run.state_path) if t.resume and run.state_path else None
+    saved = run.saved_state
+    if saved is None and t.resume and run.state_path:
+        saved = load_training_state(run.state_path)
     if saved is not None:
         load_algorithm_state(algorithm, saved["algorithm"])
         log.info("resuming after epoch %d (%d env steps)", saved["epoch"], saved["env_step"])
