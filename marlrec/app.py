@@ -21,7 +21,7 @@ from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -34,7 +34,7 @@ from marlrec.pipeline import configure
 from marlrec.registry import MarlrecError
 
 CONFIG_MODULE = "marlrec.conf"
-SETTINGS_GROUPS = ("trainer", "eval", "logger", "experiment")
+SETTINGS_GROUPS = ("trainer", "eval", "logger", "experiment", "hparams_search")
 log = logging.getLogger(__name__)
 # Hydra flags after which we leave the command line to Hydra alone.
 EXPERT_FLAGS = (
@@ -73,6 +73,11 @@ def register_plugin_configs() -> None:
     """Make Hydra see the plugins' configs; call before composing marlrec's config."""
     Plugins.instance().register(PluginConfigSource)
     Plugins.instance().register(PluginConfigSearchPath)
+    # marlrec's sweeper and launcher (hydra/sweeper=optuna, hydra/launcher=ray), also where
+    # Hydra's scan of the `hydra_plugins` namespace misses an editable install.
+    from hydra_plugins.marlrec_sweeps import register
+
+    register()
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -121,12 +126,20 @@ def preflight(args: list[str]) -> None:
         loader = GlobalHydra.instance().config_loader()
         for override in parsed:
             _check_choice(override, loader.get_group_options)
+        # An interval is a search space (hydra/sweeper=optuna): the first job takes its start.
         first_job = BasicSweeper.split_arguments(
-            [o for o in parsed if not o.is_hydra_override()], None
+            [_interval_start(o) for o in parsed if not o.is_hydra_override()], None
         )[0][0]
         _check_keys(first_job)
         configure(_compose(first_job))
     GlobalHydra.instance().clear()
+
+
+def _interval_start(override: Override) -> Override:
+    value = override.value()
+    if not isinstance(value, IntervalSweep):
+        return override
+    return OverridesParser.create().parse_override(f"{override.get_key_element()}={value.start}")
 
 
 def _values(override: Override) -> list[str]:
