@@ -12,9 +12,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from hydra_plugins.marlrec_sweeps.optuna_sweeper import OptunaSweeper, search_space
+from marlrec.app import CONFIG_MODULE, register_plugin_configs
 from tests.conftest import cli_env
 
 # Trials as small as a run gets: the search, not the agent, is under test.
@@ -100,6 +103,27 @@ def test_two_jobs_run_on_a_local_ray_instance(tmp_path: Path, offline_cache: Pat
         # One thread per job: the CPU Ray reserved for it, so two jobs fit two cores.
         assert metrics["threads"] == 1
         assert 0.0 <= metrics["eval"]["agent"]["valid/NDCG@10"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("preset", "experiment", "agent"),
+    [("quick", "quick", "idqn"), ("ml100k_mappo", "ml100k", "mappo")],
+)
+def test_presets_compose_a_search_of_the_agent_they_name(
+    preset: str, experiment: str, agent: str
+) -> None:
+    register_plugin_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        cfg = compose("config", [f"hparams_search={preset}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert cfg.hydra.runtime.choices.experiment == experiment and cfg.agent.name == agent
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.study_name == preset
+    assert sweeper.metric == "valid/NDCG@10" and sweeper.storage == f"outputs/optuna/{preset}.db"
+    space, fixed = search_space(OmegaConf.to_container(sweeper.params), [])
+    assert fixed == [] and set(space) == set(sweeper.params)
+    assert all(key.removeprefix("agent.") in cfg.agent for key in space)
 
 
 def test_search_space_reads_hydra_sweep_syntax_and_the_command_line_wins() -> None:
