@@ -8,17 +8,18 @@ imported only when a sweep or launch starts.
 
 from __future__ import annotations
 
-from hydra.core.plugins import Plugins
-
-from hydra_plugins.marlrec_sweeps import config  # noqa: F401  (stores the configs)
-from hydra_plugins.marlrec_sweeps.optuna_sweeper import OptunaSweeper
-from hydra_plugins.marlrec_sweeps.ray_launcher import RayLauncher
-
-__all__ = ["OptunaSweeper", "RayLauncher", "register"]
-
 
 def register() -> None:
-    """Register the plugins; importing this package stored their configs
+    """Register the plugins with Hydra; importing their modules stores their configs
     (`hydra/sweeper/optuna`, `hydra/launcher/ray`) in Hydra's ConfigStore."""
-    Plugins.instance().register(OptunaSweeper)
-    Plugins.instance().register(RayLauncher)
+    from hydra.core.plugins import Plugins
+
+    # Hydra's first use scans (and executes) every module of the namespace: scan first, so the
+    # classes registered here are the ones the scan found, not a second copy.
+    plugins = Plugins.instance()
+    from hydra_plugins.marlrec_sweeps import config  # noqa: F401  (stores the configs)
+    from hydra_plugins.marlrec_sweeps.optuna_sweeper import OptunaSweeper
+    from hydra_plugins.marlrec_sweeps.ray_launcher import RayLauncher
+
+    plugins.register(OptunaSweeper)
+    plugins.register(RayLauncher)

@@ -1,6 +1,8 @@
-"""The options of `hydra/sweeper=optuna` and `hydra/launcher=ray`, one dataclass each."""
+"""The options of `hydra/sweeper=optuna` and `hydra/launcher=ray`, one dataclass each.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Hydra's plugin scan executes this module outside
+`sys.modules`, where dataclasses cannot resolve string annotations.
+"""
 
 from dataclasses import dataclass, field
 
