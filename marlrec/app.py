@@ -139,7 +139,8 @@ def _interval_start(override: Override) -> Override:
     value = override.value()
     if not isinstance(value, IntervalSweep):
         return override
-    return OverridesParser.create().parse_override(f"{override.get_key_element()}={value.start}")
+    start = int(value.start) if "int" in value.tags else value.start
+    return OverridesParser.create().parse_override(f"{override.get_key_element()}={start}")
 
 
 def _values(override: Override) -> list[str]:

@@ -132,13 +132,17 @@ def test_search_space_reads_hydra_sweep_syntax_and_the_command_line_wins() -> No
         "agent.hidden": "choice(64, 128)",
         "agent.n_step": "range(1, 7, 2)",
         "agent.gamma": "0.9",
+        "agent.target_update_freq": "tag(int, log, interval(10, 1000))",
     }
     space, fixed = search_space(params, ["agent.gamma=interval(0.5, 0.9)", "seed=3"])
-    lr, hidden, n_step, gamma = (space[k] for k in ("agent.lr", *list(params)[1:]))
+    lr, hidden, n_step, gamma = (space[k] for k in list(params)[:4])
     assert (lr.low, lr.high, lr.log) == (1e-5, 1e-3, True)
     assert hidden.choices == (64, 128)
     assert (n_step.low, n_step.high, n_step.step) == (1, 5, 2)
     assert (gamma.low, gamma.high, gamma.log) == (0.5, 0.9, False)
+    target = space["agent.target_update_freq"]
+    assert isinstance(target, optuna.distributions.IntDistribution)
+    assert (target.low, target.high, target.log) == (10, 1000, True)
     assert fixed == ["seed=3"]
 
 

@@ -46,7 +46,8 @@ RETRY_OF = "retry_of"
 
 def distribution(override: Override) -> Any:
     """The Optuna distribution of a sweep override (`choice`, `range`, `interval`, with
-    `tag(log, ...)` for a log scale); None for a plain value."""
+    `tag(log, ...)` for a log scale and `tag(int, interval(...))` for whole numbers); None for a
+    plain value."""
     import optuna.distributions as dist
 
     value = override.value()
@@ -69,8 +70,8 @@ def distribution(override: Override) -> Any:
         low, high = value.start, value.end
         if low is None or high is None or low >= high:
             raise ValueError(f"'{override.input_line}' needs start < end")
-        if isinstance(low, int) and isinstance(high, int):
-            return dist.IntDistribution(low, high, log=log_scale)
+        if "int" in value.tags:  # Hydra parses interval bounds as floats
+            return dist.IntDistribution(int(low), int(high), log=log_scale)
         return dist.FloatDistribution(float(low), float(high), log=log_scale)
     if override.is_sweep_override():
         raise ValueError(f"'{override.input_line}': use choice, range or interval")
