@@ -39,8 +39,8 @@ class RayLauncherConf:
     """`hydra.launcher.*` of multirun jobs on Ray (`hydra/launcher=ray`)."""
 
     _target_: str = "hydra_plugins.marlrec_sweeps.ray_launcher.RayLauncher"
-    # A running cluster (`ray start --head` prints it; "auto" finds a local one); empty: the
-    # RAY_ADDRESS environment variable, else a new local Ray instance.
+    # A running cluster (`ray start --head` prints it; "auto": the one this machine belongs to);
+    # empty: the RAY_ADDRESS environment variable, else a new local Ray instance.
     address: str = "${oc.env:RAY_ADDRESS,''}"
     # CPUs and GPUs of a new local instance (null: Ray counts the machine's).
     num_cpus: int | None = None

@@ -70,7 +70,13 @@ class RayLauncher(Launcher):
             raise ImportError("hydra/launcher=ray needs Ray: pip install 'marlrec[ray]'") from None
         if not ray.is_initialized():
             if self.address is None:
-                ray.init(num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False)
+                # "local": a new instance, never a cluster an earlier `ray start` left recorded.
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus,
+                    num_gpus=self.num_gpus,
+                    include_dashboard=False,
+                )
             else:
                 ray.init(address=self.address)
             log.info("Ray resources: %s", ray.cluster_resources())
