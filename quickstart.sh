@@ -32,10 +32,10 @@ case "$command" in
         ;;
     test)
         setup
-        "$venv/bin/ruff" check marlrec tests plugins benchmarks
-        "$venv/bin/ruff" format --check marlrec tests plugins benchmarks
+        "$venv/bin/ruff" check marlrec hydra_plugins tests plugins benchmarks
+        "$venv/bin/ruff" format --check marlrec hydra_plugins tests plugins benchmarks
         "$venv/bin/lint-imports"
-        "$venv/bin/mypy" marlrec
+        "$venv/bin/mypy" marlrec hydra_plugins
         exec "$venv/bin/python" -m pytest -q "$@"
         ;;
     *)

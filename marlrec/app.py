@@ -21,7 +21,7 @@ from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.core.plugins import Plugins
 from hydra.errors import HydraException
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -33,7 +33,7 @@ from marlrec.pipeline import configure
 from marlrec.registry import MarlrecError
 
 CONFIG_MODULE = "marlrec.conf"
-SETTINGS_GROUPS = (*config_source.SETTINGS, "experiment")
+SETTINGS_GROUPS = (*config_source.SETTINGS, "experiment", "hparams_search")
 log = logging.getLogger(__name__)
 # Hydra flags after which we leave the command line to Hydra alone.
 EXPERT_FLAGS = (
@@ -71,6 +71,11 @@ def register_plugin_configs() -> None:
     YAML trees); call before composing marlrec's config."""
     config_source.register()
     Plugins.instance().register(PluginConfigSearchPath)
+    # marlrec's sweeper and launcher (hydra/sweeper=optuna, hydra/launcher=ray), also where
+    # Hydra's scan of the `hydra_plugins` namespace misses an editable install.
+    from hydra_plugins.marlrec_sweeps import register
+
+    register()
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -119,12 +124,21 @@ def preflight(args: list[str]) -> None:
         loader = GlobalHydra.instance().config_loader()
         for override in parsed:
             _check_choice(override, loader.get_group_options)
+        # An interval is a search space (hydra/sweeper=optuna): the first job takes its start.
         first_job = BasicSweeper.split_arguments(
-            [o for o in parsed if not o.is_hydra_override()], None
+            [_interval_start(o) for o in parsed if not o.is_hydra_override()], None
         )[0][0]
         _check_keys(first_job)
         configure(_compose(first_job))
     GlobalHydra.instance().clear()
+
+
+def _interval_start(override: Override) -> Override:
+    value = override.value()
+    if not isinstance(value, IntervalSweep):
+        return override
+    start = int(value.start) if "int" in value.tags else value.start
+    return OverridesParser.create().parse_override(f"{override.get_key_element()}={start}")
 
 
 def _values(override: Override) -> list[str]:

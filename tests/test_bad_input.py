@@ -127,6 +127,7 @@ TRAIN_CASES = {
     "no reward": (["reward=[]"], "no reward selected: set reward=[click,...]"),
     "unknown reward": (["reward=[click,clik]"], "unknown reward 'clik'"),
     "unknown preset": (["experiment=quik"], "unknown experiment preset 'quik'"),
+    "unknown search": (["hparams_search=quik"], "unknown hparams_search preset 'quik'"),
     "option of another dataset": (["data.path=x"], "unknown config key 'data.path'"),
     "unresolved interpolation": (["seed=${oops}"], "Interpolation key 'oops' not found (at seed)"),
     "nameless override": (["=1"], "override '=1' names no key"),

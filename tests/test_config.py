@@ -47,7 +47,7 @@ def test_hydra_lists_exactly_the_installed_plugins() -> None:
         listed = {(g, o) for g in {g for g, _ in INSTALLED} for o in loader.get_group_options(g)}
         groups = set(loader.list_groups("")) - {"hydra"}  # what `marlrec train --help` shows
     assert listed == set(INSTALLED)
-    assert groups == {g for g, _ in INSTALLED} | {"experiment"}
+    assert groups == {g for g, _ in INSTALLED} | {"experiment", "hparams_search"}
 
 
 @pytest.mark.parametrize(("group", "name"), INSTALLED, ids=[f"{g}={n}" for g, n in INSTALLED])
