@@ -155,7 +155,9 @@ def imitation_overhead(cache: Path, quick: bool) -> dict[str, float]:
     pipeline = build(cfg)
     agent, env = pipeline.agent, pipeline.env
     batch_size = pipeline.trainer.batch_size
-    logged = logged_source(env, env.ctx.data.train_histories)  # as `imitate` draws them
+    trainer = pipeline.trainer
+    # As `imitate` draws them (the logged positions precomputed once, before the steps).
+    logged = logged_source(env, env.ctx.data.train_histories, trainer.imitation_cache_mb)
     rng = np.random.default_rng(0)
     parameters = [
         p for r in range(len(agent.spec.roles)) for p in agent.scoring_network(r).parameters()

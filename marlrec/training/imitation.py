@@ -46,6 +46,8 @@ def logged_pairs(
 class LoggedSource(Protocol):
     """Draws of logged choices: `len` logged positions, and the choices at drawn ones."""
 
+    path: str  # how the choices are built, and why
+
     def __len__(self) -> int: ...
 
     def choices(self, drawn: np.ndarray, rng: np.random.Generator) -> LoggedChoices: ...
@@ -57,6 +59,7 @@ class EnvLog:
     def __init__(self, env: Environment, histories: list[np.ndarray]) -> None:
         self.env, self.histories = env, histories
         self.users, self.positions = logged_positions(histories)
+        self.path = f"retrieved at every step: env '{type(env).__name__}' builds its own"
 
     def __len__(self) -> int:
         return len(self.users)
@@ -66,12 +69,17 @@ class EnvLog:
         return self.env.logged_choices(*pairs, rng)
 
 
-def logged_source(env: Environment, histories: list[np.ndarray]) -> LoggedSource:
-    """The slate envs' packed log (the same choices, built faster); other envs' own method."""
+def logged_source(env: Environment, histories: list[np.ndarray], cache_mb: int) -> LoggedSource:
+    """The slate envs' packed log (the same choices, built faster, precomputed within
+    `cache_mb` megabytes when retrieval is fixed); other envs' own method. Logs which path."""
+    source: LoggedSource
     if type(env).logged_choices is SlateEnvironment.logged_choices:
         assert isinstance(env, SlateEnvironment)
-        return LoggedLog(env.core, histories)
-    return EnvLog(env, histories)
+        source = LoggedLog(env.core, histories, cache_mb)
+    else:
+        source = EnvLog(env, histories)
+    log.info("imitation data: %s", source.path)
+    return source
 
 
 def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, float]:
@@ -107,7 +115,7 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
     t = run.trainer
     if t.imitation_steps == 0:
         return {}
-    source = logged_source(env, env.ctx.data.train_histories)
+    source = logged_source(env, env.ctx.data.train_histories, t.imitation_cache_mb)
     if len(source) == 0:
         raise PluginError(
             "trainer.imitation_steps needs users with at least two training interactions; "
