@@ -58,7 +58,7 @@ from marlrec.retrieval.search import exact_top
 from marlrec.states import masked_mean
 from marlrec.states.mean import MeanState
 from marlrec.threads import available_cores
-from marlrec.training.imitation import imitation_loss, logged_source
+from marlrec.training.imitation import imitation_loss, imitation_optimizer, logged_source
 
 THREADS = 1
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,13 +154,12 @@ def imitation_overhead(cache: Path, quick: bool) -> dict[str, float]:
     )
     pipeline = build(cfg)
     agent, env = pipeline.agent, pipeline.env
-    batch_size = pipeline.trainer.batch_size
-    logged = logged_source(env, env.ctx.data.train_histories)  # as `imitate` draws them
+    trainer = pipeline.trainer
+    batch_size = trainer.batch_size
+    # As `imitate` draws them (the logged positions precomputed once, before the steps).
+    logged = logged_source(env, env.ctx.data.train_histories, trainer.imitation_cache_mb)
     rng = np.random.default_rng(0)
-    parameters = [
-        p for r in range(len(agent.spec.roles)) for p in agent.scoring_network(r).parameters()
-    ]
-    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+    optimizer = imitation_optimizer(agent, trainer.imitation_lr)
 
     def step() -> Any:
         batch = logged.choices(rng.integers(0, len(logged), batch_size), rng)
@@ -180,7 +179,7 @@ def imitation_overhead(cache: Path, quick: bool) -> dict[str, float]:
         optimizer.zero_grad()
         imitation_loss(agent, batch)[0].backward()
 
-    whole, network = seconds(step, repeat), seconds(network_alone, repeat)
+    whole, network = interleaved(step, network_alone, repeat)
     return {
         "imitation_step_ms": 1e3 * whole,
         "imitation_network_ms": 1e3 * network,

@@ -48,6 +48,12 @@ class TrainerConfig:
     """Imitation steps after each collect-and-update step of RL, on fresh batches of logged
     choices: imitation goes on as an auxiliary loss, so that RL adds to what it taught instead
     of eroding it; 0: imitation only before RL."""
+    imitation_cache_mb: int = 1024
+    """Memory for imitation data computed once: when the state model and the retrieval are
+    fixed, every logged position's candidates, state and recent items are precomputed (the
+    positions whose logged item is retrieved), so that a step only draws its turns; beyond
+    this many megabytes, or with a trainable state model, each step retrieves the positions it
+    draws. The same batches either way; 0: always per step."""
     test_episodes: int = 50
     """Sessions run at each epoch's test step."""
     eval_every_epochs: int = 1
@@ -85,6 +91,7 @@ class TrainerConfig:
             "patience",
             "imitation_steps",
             "imitation_steps_per_update",
+            "imitation_cache_mb",
             "threads",
         ):
             if getattr(self, key) < 0:

@@ -91,20 +91,63 @@ def assert_same_choices(got: LoggedChoices, expected: LoggedChoices) -> None:
 
 
 @pytest.mark.parametrize("retrieval", ["content", "ease"])
-def test_the_packed_log_gives_the_choices_of_the_histories_it_draws(retrieval: str) -> None:
+@pytest.mark.parametrize("cache_mb", [1024, 0])
+def test_the_packed_log_gives_the_choices_of_the_histories_it_draws(
+    retrieval: str, cache_mb: int
+) -> None:
     pipeline = build(compose_config([*SMALL, f"retrieval={retrieval}"]))
     env, histories = pipeline.env, pipeline.data.train_histories
-    packed = logged_source(env, histories)
+    packed = logged_source(env, histories, cache_mb)
     reference = EnvLog(env, histories)
-    assert isinstance(packed, LoggedLog) and packed.memo is not None
-    assert len(packed) == len(reference)
+    assert isinstance(packed, LoggedLog) and len(packed) == len(reference)
+    # Precomputed within the budget; with none, retrieved at every step.
+    assert (packed.precomputed is not None) == (cache_mb > 0)
     draws = np.random.default_rng(3)
-    # Later draws repeat earlier positions: those come from the memo.
     for n in (300, 300, 600, 5):
         drawn = draws.integers(0, len(packed), n)
         got = packed.choices(drawn, np.random.default_rng(n))
         assert_same_choices(got, reference.choices(drawn, np.random.default_rng(n)))
-    assert (packed.memo.where >= -1).sum() < len(packed)  # only drawn positions retrieved
+
+
+def test_a_log_over_its_memory_budget_is_retrieved_at_every_step() -> None:
+    pipeline = build(compose_config(SMALL))
+    packed = logged_source(pipeline.env, pipeline.data.train_histories, 1024)
+    assert isinstance(packed, LoggedLog) and packed.precomputed is not None
+    assert packed.precomputed.nbytes > 2**20  # so that a 1 MB budget cannot hold it
+    over = logged_source(pipeline.env, pipeline.data.train_histories, 1)
+    assert isinstance(over, LoggedLog) and over.precomputed is None
+    assert "trainer.imitation_cache_mb=1 MB" in over.path
+
+
+class ScalarLog:
+    """Records what imitation writes to TensorBoard."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.points.append((tag, value, step))
+
+
+def test_imitation_learns_the_same_with_and_without_the_precomputed_log(tmp_path: Path) -> None:
+    """Precomputing the logged positions changes how fast a step is, never what it learns:
+    the same seed draws the same batches, so the losses and the networks are identical."""
+    trained = []
+    for cache_mb in (1024, 0):
+        config = [*SMALL, "trainer.imitation_steps=101", f"trainer.imitation_cache_mb={cache_mb}"]
+        pipeline = build(compose_config(config))
+        run = run_for(pipeline, tmp_path)
+        run.writer = ScalarLog()  # type: ignore[assignment]
+        summary = imitate(pipeline.agent, pipeline.env, run)
+        trained.append((run.writer.points, summary, pipeline.agent.scoring_network(0)))
+    (points, summary, network), (points_0, summary_0, network_0) = trained
+    assert [step for _, _, step in points] == [0, 0, 50, 50, 100, 100]
+    assert points == points_0
+    assert summary["imitation_loss"] == summary_0["imitation_loss"]
+    assert summary["imitation_retrieved"] == summary_0["imitation_retrieved"]
+    reference = network_0.state_dict()
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, reference[key]), key
 
 
 def test_imitation_teaches_each_role_the_logged_choices(tmp_path: Path) -> None:

@@ -56,13 +56,16 @@ def test_top_k_ties_hold_on_a_large_row() -> None:
     assert top_k(scores, 10).tolist() == [expected] * 3
 
 
-@pytest.mark.parametrize("kind", ["distinct", "few values", "masked"])
+@pytest.mark.parametrize("kind", ["distinct", "few values", "masked", "tied above the cut"])
 def test_top_k_is_a_stable_sort_by_score_then_id(kind: str) -> None:
     generator = torch.Generator().manual_seed(7)
     if kind == "few values":  # ties everywhere, across the cut too
         scores = torch.randint(0, 6, (64, 300), generator=generator).float()
     else:
         scores = torch.rand(64, 300, generator=generator)
+    if kind == "tied above the cut":  # each row's best three share a score, ids in any order
+        best = scores.topk(3, dim=1).indices
+        scores.scatter_(1, best[:, 1:], scores.gather(1, best[:, :1]).expand(-1, 2))
     if kind == "masked":  # rows with fewer finite items than k: -inf ties past the cut
         scores[::3, 5:] = -torch.inf
     for k in (1, 7, 10, 299):

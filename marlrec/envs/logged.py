@@ -2,13 +2,14 @@
 
 For each history and its next logged item, the observation of a random turn whose candidates
 include the logged item, and the candidate index a role imitating the log would choose.
-`LoggedLog` serves a whole imitation phase: the training histories packed once, and each
-logged position's retrieval computed once when retrieval cannot change during the phase.
+`LoggedLog` serves a whole imitation phase: the training histories packed once, and when
+retrieval cannot change during the phase, every logged position's candidates, state and recent
+items computed once up front (`PrecomputedChoices`), so that a step only draws turns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,9 +18,6 @@ import torch
 from marlrec.data import Histories
 from marlrec.envs import LoggedChoices
 from marlrec.envs.core import SlateCore
-
-# Positions not retrieved yet, and positions whose logged item is not among the candidates.
-UNKNOWN, MISSED = -2, -1
 
 
 def logged_positions(histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +52,22 @@ def retrieve_logged(core: SlateCore, histories: Histories, targets: torch.Tensor
 def at_random_turns(
     core: SlateCore, histories: Histories, retrieved: Retrieved, rng: np.random.Generator
 ) -> LoggedChoices:
-    """The observations of the retrieved logged choices, each at a random turn.
+    """The observations of the retrieved logged choices, each at a random turn (see
+    `observe_at_random_turns`); `histories` are the ones `retrieved` was computed for."""
+    shown = histories.select(retrieved.rows.to(histories.lengths.device))
+    return observe_at_random_turns(core, core.states(shown), core.recent(shown), retrieved, rng)
+
+
+@torch.no_grad()
+def observe_at_random_turns(
+    core: SlateCore,
+    states: torch.Tensor,
+    recent: torch.Tensor,
+    retrieved: Retrieved,
+    rng: np.random.Generator,
+) -> LoggedChoices:
+    """The observations of the retrieved logged choices, each at a random turn, from the
+    states and recent items of the histories they were retrieved for (one row each).
 
     The turn (slot and slate number) is drawn uniformly, and the slots before it hold
     other candidates, so the observations cover every role and every stage of a slate.
@@ -70,8 +83,6 @@ def at_random_turns(
     chosen = noise.argsort(dim=1).argsort(dim=1) < slot[:, None]
     chosen &= torch.isfinite(cand_scores)
     role = torch.as_tensor(core.turn_order, device=device)[slot]
-    shown = histories.select(retrieved.rows.to(histories.lengths.device))
-    states, recent = core.states(shown), core.recent(shown)
     obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, slate_number)
     rows = retrieved.rows.cpu()
     return LoggedChoices(rows=rows, obs=obs, roles=role, actions=retrieved.actions)
@@ -96,18 +107,40 @@ class LoggedLog:
     `choices(drawn, rng)` gives what `logged_choices` gives for the histories before the
     drawn logged positions, from the same random draws, without building them in Python.
     When the state model and the retrieval are fixed (a state model without trainable
-    parameters), each position's retrieval is computed the first time it is drawn and kept.
+    parameters), every position's retrieval, state and recent items are computed once, up
+    front, within `cache_mb` megabytes (`PrecomputedChoices`); otherwise, or beyond that
+    budget, each step retrieves the positions it draws. `path` says which and why.
     """
 
-    def __init__(self, core: SlateCore, histories: list[np.ndarray]) -> None:
+    def __init__(self, core: SlateCore, histories: list[np.ndarray], cache_mb: int) -> None:
         self.core = core
         self.packed = core.pack(histories)
         device = self.packed.items.device
         users, positions = logged_positions(histories)
         self.users = torch.as_tensor(users, device=device)
         self.positions = torch.as_tensor(positions, device=device)
-        fixed = not any(p.requires_grad for p in core.ctx.state.parameters())
-        self.memo = RetrievalMemo(len(users), core.n_candidates, device) if fixed else None
+        self.precomputed: PrecomputedChoices | None = None
+        if any(p.requires_grad for p in core.ctx.state.parameters()):
+            self.path = "retrieved at every step: the state model is trainable"
+        elif cache_mb == 0:
+            self.path = "retrieved at every step: trainer.imitation_cache_mb is 0"
+        elif len(self) == 0:
+            self.path = "no logged positions to precompute"
+        else:
+            started = time.perf_counter()
+            self.precomputed = PrecomputedChoices.build(self, cache_mb * 2**20)
+            seconds = time.perf_counter() - started
+            if self.precomputed is None:
+                self.path = (
+                    f"retrieved at every step: the {len(self)} logged positions' candidates "
+                    f"need more than trainer.imitation_cache_mb={cache_mb} MB"
+                )
+            else:
+                self.path = (
+                    f"precomputed for all {len(self)} logged positions in {seconds:.1f} s "
+                    f"({self.precomputed.nbytes / 2**20:.0f} MB of "
+                    f"trainer.imitation_cache_mb={cache_mb})"
+                )
 
     def __len__(self) -> int:
         return len(self.users)
@@ -121,55 +154,78 @@ class LoggedLog:
     def choices(self, drawn: np.ndarray, rng: np.random.Generator) -> LoggedChoices:
         """The retrieved logged choices at the drawn positions (indices below `len(self)`)."""
         index = torch.as_tensor(drawn, dtype=torch.long, device=self.users.device)
+        if self.precomputed is not None:
+            return self.precomputed.choices(self.core, index, rng)
         histories, targets = self.histories(index)
-        if self.memo is None:
-            retrieved = retrieve_logged(self.core, histories, targets)
-        else:
-            self.memo.fill(index, lambda new: retrieve_logged(self.core, *self.histories(new)))
-            retrieved = self.memo.lookup(index)
+        retrieved = retrieve_logged(self.core, histories, targets)
         return at_random_turns(self.core, histories, retrieved, rng)
 
 
-class RetrievalMemo:
-    """Per logged position: unknown, missed, or where its retrieved candidates are kept."""
+@dataclass(frozen=True)
+class PrecomputedChoices:
+    """What the observation of each logged choice needs apart from its random turn: for the
+    positions whose logged item is retrieved, their candidates, scores, state and recent items.
 
-    def __init__(self, n_positions: int, n_candidates: int, device: torch.device) -> None:
-        self.where = torch.full((n_positions,), UNKNOWN, dtype=torch.long, device=device)
-        self.size = 0
-        self.candidates = torch.empty(0, n_candidates, dtype=torch.long, device=device)
-        self.cand_scores = torch.empty(0, n_candidates, device=device)
-        self.actions = torch.empty(0, dtype=torch.long, device=device)
+    The turn is drawn at each step from the step's generator exactly as the per-step path
+    draws it, so both paths give the same batches from the same seed.
+    """
 
-    def fill(self, index: torch.Tensor, retrieve: Callable[[torch.Tensor], Retrieved]) -> None:
-        """Retrieve the positions in `index` not retrieved yet, once each, and keep them."""
-        new = torch.unique(index[self.where[index] == UNKNOWN])
-        if len(new) == 0:
-            return
-        found = retrieve(new)
-        self.where[new] = MISSED
-        self.where[new[found.rows]] = self.size + torch.arange(len(found.rows), device=new.device)
-        self._append(found)
+    where: torch.Tensor  # (positions,) row below of each position; -1: logged item not retrieved
+    candidates: torch.Tensor  # (kept, M)
+    cand_scores: torch.Tensor  # (kept, M)
+    actions: torch.Tensor  # (kept,)
+    states: torch.Tensor  # (kept, state dim)
+    recent: torch.Tensor  # (kept, history_len)
 
-    def lookup(self, index: torch.Tensor) -> Retrieved:
+    @property
+    def nbytes(self) -> int:
+        return _nbytes(*vars(self).values())
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, log: LoggedLog, budget: int) -> PrecomputedChoices | None:
+        """Every position of `log`, retrieved in chunks; None as soon as the kept rows would
+        take more than `budget` bytes."""
+        core, n_positions = log.core, len(log)
+        device = log.users.device
+        # A chunk's retrieval scores (chunk x n_items floats) stay near 64 MB.
+        chunk = max(1, 2**24 // core.ctx.data.n_items)
+        where = torch.full((n_positions,), -1, dtype=torch.long, device=device)
+        fields: list[list[torch.Tensor]] = [[] for _ in range(5)]
+        kept, used = 0, _nbytes(where)
+        for start in range(0, n_positions, chunk):
+            index = torch.arange(start, min(start + chunk, n_positions), device=device)
+            histories, targets = log.histories(index)
+            found = retrieve_logged(core, histories, targets)
+            shown = histories.select(found.rows.to(histories.lengths.device))
+            states, recent = core.states(shown), core.recent(shown)
+            part = (found.candidates, found.cand_scores, found.actions, states, recent)
+            used += _nbytes(*part)
+            if used > budget:
+                return None
+            where[index[found.rows]] = kept + torch.arange(len(found.rows), device=device)
+            kept += len(found.rows)
+            for field_parts, tensor in zip(fields, part, strict=True):
+                field_parts.append(tensor)
+        return cls(where, *(_joined(field_parts) for field_parts in fields))
+
+    def choices(
+        self, core: SlateCore, index: torch.Tensor, rng: np.random.Generator
+    ) -> LoggedChoices:
+        """The logged choices at the positions in `index`, each at a random turn."""
         where = self.where[index]
         rows = (where >= 0).nonzero().squeeze(1)
         at = where[rows]
-        return Retrieved(rows, self.candidates[at], self.cand_scores[at], self.actions[at])
-
-    def _append(self, found: Retrieved) -> None:
-        end = self.size + len(found.rows)
-        if end > len(self.actions):  # grow by doubling: appends stay linear overall
-            capacity = max(end, 2 * len(self.actions))
-            self.candidates = _grown(self.candidates, capacity)
-            self.cand_scores = _grown(self.cand_scores, capacity)
-            self.actions = _grown(self.actions, capacity)
-        self.candidates[self.size : end] = found.candidates
-        self.cand_scores[self.size : end] = found.cand_scores
-        self.actions[self.size : end] = found.actions
-        self.size = end
+        retrieved = Retrieved(rows, self.candidates[at], self.cand_scores[at], self.actions[at])
+        return observe_at_random_turns(core, self.states[at], self.recent[at], retrieved, rng)
 
 
-def _grown(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    grown = tensor.new_empty(rows, *tensor.shape[1:])
-    grown[: len(tensor)] = tensor
-    return grown
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.element_size() * t.numel() for t in tensors)
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The parts concatenated, the list emptied as it goes (one field's copy at a time)."""
+    joined = torch.cat(parts)
+    parts.clear()
+    return joined

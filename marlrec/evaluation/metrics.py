@@ -78,7 +78,7 @@ class MetricContext:
     def squared_norms(self) -> torch.Tensor:
         """(n_items,) 1 for every item, 0 for an all-zero embedding."""
         assert self.item_unit is not None
-        return self.item_unit.pow(2).sum(-1)
+        return torch.linalg.vector_norm(self.item_unit, dim=-1).square()
 
     @cached_property
     def self_information(self) -> torch.Tensor:
@@ -108,6 +108,11 @@ class RankedChunk:
     def n_targets(self) -> torch.Tensor:
         """(users,) float: number of held-out targets."""
         return self.targets.counts
+
+    @cached_property
+    def cumulative_hits(self) -> torch.Tensor:
+        """(users, K) float: hits among the first 1, 2, ..., K listed items."""
+        return self.hits.cumsum(dim=1)
 
     @cached_property
     def has_target(self) -> torch.Tensor:
@@ -172,7 +177,7 @@ RankingMetric = UserMetric | CatalogMetric
 
 
 def _hit_count(c: RankedChunk, k: int) -> torch.Tensor:
-    return c.hits[:, :k].sum(dim=1)
+    return c.cumulative_hits[:, k - 1]
 
 
 def _hr(c: RankedChunk, k: int) -> torch.Tensor:
@@ -208,7 +213,7 @@ def _mrr(c: RankedChunk, k: int) -> torch.Tensor:
 def _map(c: RankedChunk, k: int) -> torch.Tensor:
     hits = c.hits[:, :k]
     positions = torch.arange(1, hits.shape[1] + 1, device=hits.device)
-    precision_at = hits.cumsum(dim=1) / positions
+    precision_at = c.cumulative_hits[:, :k] / positions
     return (precision_at * hits).sum(dim=1) / c.n_targets.clamp(min=1.0, max=float(k))
 
 
@@ -223,7 +228,7 @@ def intra_list_distance(total: torch.Tensor, norms: torch.Tensor, k: int) -> tor
     """Mean pairwise cosine distance within each list of k items, from the sums over each list
     of the items' unit vectors `total` (lists, d) and squared norms `norms` (lists,)."""
     # Sum over ordered pairs i != j of cos(i, j) = |sum_i e_i|^2 - sum_i |e_i|^2: O(K d), not K^2.
-    pair_sum = total.pow(2).sum(-1) - norms
+    pair_sum = torch.linalg.vector_norm(total, dim=-1).square() - norms
     if k < 2:
         return torch.zeros_like(pair_sum)
     return 1.0 - pair_sum / (k * (k - 1))
@@ -317,7 +322,12 @@ class RankingAccumulator:
     def __init__(self, metrics: Sequence[RankingMetric], ks: Sequence[int]) -> None:
         self.metrics = list(metrics)
         self.ks = sorted(set(ks))
-        self.sums: dict[tuple[str, int], torch.Tensor] = {}
+        # The per-user metrics by the users they average over, each scope summed as one stack.
+        self.scopes = {
+            scope: [m for m in self.metrics if isinstance(m, UserMetric) and m.over == scope]
+            for scope in ("targets", "all")
+        }
+        self.sums: dict[tuple[str, int], torch.Tensor] = {}  # (scope, k) -> (metrics,) sums
         self.counts: dict[str, torch.Tensor] = {}
         self.rec_counts: dict[int, torch.Tensor] = {}
 
@@ -326,15 +336,19 @@ class RankingAccumulator:
         return self.ks[-1]
 
     def add(self, chunk: RankedChunk) -> None:
-        users = {"targets": chunk.has_target, "all": torch.ones_like(chunk.has_target)}
-        for scope, mask in users.items():
-            self.counts[scope] = self.counts.get(scope, 0) + mask.sum()
+        has_target = chunk.has_target
+        self.counts["targets"] = self.counts.get("targets", 0) + has_target.sum()
+        ranked = torch.full((), len(has_target), device=has_target.device)
+        self.counts["all"] = self.counts.get("all", 0) + ranked
         for k in self.ks:
-            for metric in self.metrics:
-                if isinstance(metric, UserMetric):
-                    value = metric.per_user(chunk, k).masked_fill(~users[metric.over], 0.0).sum()
-                    key = (metric.name, k)
-                    self.sums[key] = self.sums.get(key, 0) + value
+            for scope, metrics in self.scopes.items():
+                if not metrics:
+                    continue
+                # Users without a target count as 0 where only users with one are averaged.
+                values = torch.stack([m.per_user(chunk, k) for m in metrics])
+                if scope == "targets":
+                    values = values.masked_fill(~has_target, 0.0)
+                self.sums[(scope, k)] = self.sums.get((scope, k), 0) + values.sum(dim=1)
             if any(isinstance(m, CatalogMetric) for m in self.metrics):
                 self.rec_counts[k] = self.rec_counts.get(k, 0) + chunk.rec_counts(k)
 
@@ -346,7 +360,8 @@ class RankingAccumulator:
                 key = f"{metric.label}@{k}"
                 if isinstance(metric, UserMetric):
                     count = self.counts[metric.over]
-                    values[key] = self.sums[(metric.name, k)] / torch.clamp(count, min=1)
+                    at = self.scopes[metric.over].index(metric)
+                    values[key] = self.sums[(metric.over, k)][at] / torch.clamp(count, min=1)
                 else:
                     values[key] = metric.from_counts(self.rec_counts[k])
         if not values:

@@ -20,9 +20,10 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Item ids (rows, k) of each row's k highest scores, best first, ties by lower id.
 
     One `topk` for k + 1 items. Without two equal scores among them, its order is the answer
-    (the usual case with float scores). Otherwise a row needs its ties resolved by id beyond
-    the cut only when its k-th and (k + 1)-th scores are equal; the few rows where that happens
-    are redone exactly, then every row's k items are ordered by (score, id).
+    (the usual case with float scores). Otherwise equal scores among the k kept are ordered by
+    id from the topk's own values (no second read of the scores), and a row needs its ties
+    resolved by id beyond the cut only when its k-th and (k + 1)-th scores are equal: the few
+    rows where that happens are redone exactly.
     """
     n_items = scores.shape[1]
     if k >= n_items:
@@ -34,19 +35,28 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     tied = values[:, 1:] == values[:, :-1]  # (rows, k): neighbours in score order
     if not bool(tied.any()):
         return indices[:, :k]
-    spill = torch.nonzero(tied[:, k - 1]).flatten()
     indices = indices[:, :k]
+    # Equal scores form one group, numbered down the descending scores; ids ascend within one.
+    first = torch.zeros_like(indices[:, :1])
+    group = torch.cat([first, (~tied[:, : k - 1]).long().cumsum(dim=1)], dim=1)
+    indices = indices.gather(1, (group * n_items + indices).argsort(dim=1))
+    spill = torch.nonzero(tied[:, k - 1]).flatten()
     if len(spill):
-        indices[spill] = _top_k_by_id(scores[spill], values[spill, k - 1 : k], k)
-    # Order the k kept items by (score desc, id asc): sort by id, then stable by score.
-    indices = indices.sort(dim=1).values
-    by_score = scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices
-    return indices.gather(1, by_score)
+        indices[spill] = _by_score_then_id(
+            scores[spill], _top_k_by_id(scores[spill], values[spill, k - 1 : k], k)
+        )
+    return indices
 
 
 def _check_finite(best: torch.Tensor) -> None:
     if bool(torch.isnan(best).any()):
         raise MarlrecError("a model produced NaN scores: cannot rank its items")
+
+
+def _by_score_then_id(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Each row's `ids` (ascending) ordered by score, descending; equal scores keep id order."""
+    by_score = scores.gather(1, ids).sort(dim=1, descending=True, stable=True).indices
+    return ids.gather(1, by_score)
 
 
 def _top_k_by_id(scores: torch.Tensor, kth: torch.Tensor, k: int) -> torch.Tensor:

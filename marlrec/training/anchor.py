@@ -33,7 +33,9 @@ class ImitationAnchor:
 
     def __init__(self, agent: Agent, env: Environment, run: TrainRun) -> None:
         self.agent, self.run = agent, run
-        self.source = logged_source(env, env.ctx.data.train_histories)
+        self.source = logged_source(
+            env, env.ctx.data.train_histories, run.trainer.imitation_cache_mb
+        )
         self.optimizer = imitation_optimizer(agent, run.trainer.imitation_lr)
         self.rng = np.random.default_rng([run.seed, ANCHOR_STREAM])
         self.steps = 0
@@ -52,7 +54,8 @@ class ImitationAnchor:
             loss.backward()
             self.optimizer.step()
             if self.steps % LOG_EVERY == 0:
-                self.run.writer.add_scalar("imitation_during_rl/loss", float(loss), self.steps)
+                loss_value = loss.detach().item()
+                self.run.writer.add_scalar("imitation_during_rl/loss", loss_value, self.steps)
                 self.run.writer.add_scalar("imitation_during_rl/accuracy", accuracy, self.steps)
             self.steps += 1
 

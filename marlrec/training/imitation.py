@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 IMITATION_STREAM = 7
 # Gradient steps between two TensorBoard points.
 LOG_EVERY = 50
+# Devices with torch's fused Adam kernel.
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
 def logged_pairs(
@@ -47,6 +49,8 @@ def logged_pairs(
 class LoggedSource(Protocol):
     """Draws of logged choices: `len` logged positions, and the choices at drawn ones."""
 
+    path: str  # how the choices are built, and why
+
     def __len__(self) -> int: ...
 
     def choices(self, drawn: np.ndarray, rng: np.random.Generator) -> LoggedChoices: ...
@@ -58,6 +62,7 @@ class EnvLog:
     def __init__(self, env: Environment, histories: list[np.ndarray]) -> None:
         self.env, self.histories = env, histories
         self.users, self.positions = logged_positions(histories)
+        self.path = f"retrieved at every step: env '{type(env).__name__}' builds its own"
 
     def __len__(self) -> int:
         return len(self.users)
@@ -67,12 +72,17 @@ class EnvLog:
         return self.env.logged_choices(*pairs, rng)
 
 
-def logged_source(env: Environment, histories: list[np.ndarray]) -> LoggedSource:
-    """The slate envs' packed log (the same choices, built faster); other envs' own method."""
+def logged_source(env: Environment, histories: list[np.ndarray], cache_mb: int) -> LoggedSource:
+    """The slate envs' packed log (the same choices, built faster, precomputed within
+    `cache_mb` megabytes when retrieval is fixed); other envs' own method. Logs which path."""
+    source: LoggedSource
     if type(env).logged_choices is SlateEnvironment.logged_choices:
         assert isinstance(env, SlateEnvironment)
-        return LoggedLog(env.core, histories)
-    return EnvLog(env, histories)
+        source = LoggedLog(env.core, histories, cache_mb)
+    else:
+        source = EnvLog(env, histories)
+    log.info("imitation data: %s", source.path)
+    return source
 
 
 def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, float]:
@@ -93,14 +103,22 @@ def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, fl
 
 
 def imitation_optimizer(agent: Agent, lr: float) -> torch.optim.Adam:
-    """Adam over every role's scoring network, each shared parameter once."""
-    parameters = {
-        id(p): p
-        for role in range(len(agent.spec.roles))
-        for p in agent.scoring_network(role).parameters()
-        if p.requires_grad
-    }
-    return torch.optim.Adam(list(parameters.values()), lr=lr)
+    """Adam over every role's scoring network, each shared parameter once.
+
+    Fused (one kernel per parameter) where torch has the kernel: the per-tensor Adam issues
+    about ten small operations per parameter tensor, which on small imitation batches cost
+    more than the networks' own forward and backward.
+    """
+    parameters = list(
+        {
+            id(p): p
+            for role in range(len(agent.spec.roles))
+            for p in agent.scoring_network(role).parameters()
+            if p.requires_grad
+        }.values()
+    )
+    fused = all(p.device.type in FUSED_ADAM_DEVICES and p.is_floating_point() for p in parameters)
+    return torch.optim.Adam(parameters, lr=lr, fused=fused and bool(parameters))
 
 
 def imitate(
@@ -115,7 +133,7 @@ def imitate(
     if t.imitation_steps == 0:
         return {}
     histories = env.ctx.data.train_histories
-    source = logged_source(env, histories)
+    source = logged_source(env, histories, t.imitation_cache_mb)
     if len(source) == 0:
         raise PluginError(
             "trainer.imitation_steps needs users with at least two training interactions; "
