@@ -372,10 +372,20 @@ def _random_part_sizes(counts: np.ndarray, ratios: Sequence[float]) -> tuple[np.
 
 def split_from_labels(interactions: Interactions, n_users: int, labels: np.ndarray) -> Split:
     """The split that per-interaction TRAIN / VALID / TEST labels describe."""
-    valid = interactions.subset(labels == VALID)
-    test = interactions.subset(labels == TEST)
+    return split_from_parts(
+        interactions.subset(labels == TRAIN),
+        interactions.subset(labels == VALID),
+        interactions.subset(labels == TEST),
+        n_users,
+    )
+
+
+def split_from_parts(
+    train: Interactions, valid: Interactions, test: Interactions, n_users: int
+) -> Split:
+    """The split of given training, validation and test interactions, each sorted by user."""
     return Split(
-        train=interactions.subset(labels == TRAIN),
+        train=train,
         valid_item=_first_item(valid, n_users),
         test_item=_first_item(test, n_users),
         valid=valid,

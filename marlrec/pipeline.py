@@ -161,6 +161,7 @@ def build(cfg: DictConfig) -> Pipeline:
             f"eval.ks asks for top-{max(run.eval.ks)} lists, "
             f"but the catalog has {data.n_items} items"
         )
+    data = run.eval.cold_start_data(data, seed)
     encoder = run.one("encoder").create(cache_dir=cache_dir(cfg), device=device)
     item_emb = encoder.encode(data.item_text).to(device)
     state = (
