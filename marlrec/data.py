@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -130,6 +131,29 @@ class RecData:
         """Training-split interaction counts per item."""
         return np.bincount(self.split.train.item, minlength=self.n_items).astype(np.float32)
 
+    def with_items(self, texts: list[str]) -> RecData:
+        """This data with new items (ids `n_items`, `n_items + 1`, ...) that nobody has consumed
+        yet: their attributes are missing (NaN, "" or 0), and so are their latent profiles."""
+        n = len(texts)
+        attributes = {
+            name: np.concatenate([values, _missing(values, n)])
+            for name, values in self.item_attributes.items()
+        }
+        truth = self.truth
+        if truth is not None:
+            truth = GroundTruth(
+                user_taste=truth.user_taste,
+                item_profile=np.concatenate([truth.item_profile, _missing(truth.item_profile, n)]),
+                item_quality=np.concatenate([truth.item_quality, _missing(truth.item_quality, n)]),
+            )
+        return dataclasses.replace(
+            self,
+            n_items=self.n_items + n,
+            item_text=[*self.item_text, *texts],
+            item_attributes=attributes,
+            truth=truth,
+        )
+
     def history_before(self, user: int, target: str) -> np.ndarray:
         """What a user had consumed before the `valid` or `test` items, in time order.
 
@@ -154,6 +178,17 @@ class RecData:
             value=np.concatenate([train.value, valid.value])[order],
         )
         return merged.histories(self.n_users)
+
+
+def _missing(values: np.ndarray, n: int) -> np.ndarray:
+    """n rows like `values`' marking a missing value: NaN, an empty text, else 0."""
+    if values.dtype.kind == "f":
+        fill: object = np.nan
+    elif values.dtype.kind in "OUS":
+        fill = ""
+    else:
+        fill = 0
+    return np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
 
 
 @dataclass(frozen=True)
