@@ -94,7 +94,8 @@ def recommend_command(args: list[str]) -> int:
 
     queries = {"user": None, "history": None, "text": None}
     options = _options(args, ("run_dir",), {"k": 10, **queries})
-    given = [key for key in queries if options[key] is not None]
+    named = {arg.split("=", 1)[0] for arg in args}
+    given = [key for key in queries if key in named]
     if len(given) != 1:
         raise MarlrecError(
             'missing user=..., history=[...] or text="..."'
@@ -104,7 +105,7 @@ def recommend_command(args: list[str]) -> int:
     k = _whole(options, "k", 1, MAX_K)
     user = _whole(options, "user", 0, MAX_ID) if given == ["user"] else None
     if user is None:
-        return recommend_query(options, k)
+        return recommend_query(options, given[0], k)
     pipeline = load_run(Path(str(options["run_dir"])))
     rows = recommend_for(pipeline, user, k)
     table = Table(title=f"top {len(rows)} for user {options['user']}")
@@ -116,12 +117,12 @@ def recommend_command(args: list[str]) -> int:
     return 0
 
 
-def recommend_query(options: dict, k: int) -> int:
+def recommend_query(options: dict, given: str, k: int) -> int:
     """Top-k for a history of item numbers or a text, ranked as the service ranks them."""
     from marlrec.serve.service import BadQuery, Query, Service
 
     history, text = options["history"], options["text"]
-    if history is not None and (
+    if given == "history" and (
         not isinstance(history, list)
         or not history
         or any(not isinstance(i, int) or isinstance(i, bool) for i in history)
@@ -129,7 +130,7 @@ def recommend_query(options: dict, k: int) -> int:
         raise MarlrecError(
             f"history must be a list of item numbers like [12,50,181], got {history!r}"
         )
-    if text is not None and not str(text).strip():
+    if given == "text" and (text is None or not str(text).strip()):
         raise MarlrecError("text is empty")
     run_dir = Path(str(options["run_dir"]))
     service = Service.from_run(run_dir, batching=False)
