@@ -31,6 +31,7 @@ from marlrec.app import compose_config
 from marlrec.evaluation.harness import baseline_actor, baseline_ranker, evaluate_policies
 from marlrec.io import atomic_write, write_json
 from marlrec.pipeline import build
+from marlrec.privacy import KEY_ENV
 
 # Agent configurations: name -> overrides on top of `experiment=ml100k`. The preset's own
 # configuration comes first; then what it is made of, taken apart.
@@ -153,6 +154,9 @@ def main() -> None:
     if not (args.data / "u.data").is_file():
         parser.error(f"{args.data} holds no MovieLens-100K (u.data is missing)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The preset pseudonymises users, whose order then follows the key: a fixed key keeps the
+    # figures reproducible from one invocation to the next (they are aggregates only).
+    os.environ.setdefault(KEY_ENV, "marlrec-ml100k-benchmark")
     seeds = [int(s) for s in args.seeds.split(",")]
     agents = [a for a in args.agents.split(";") if a]
     args.baselines = [b for b in args.baselines.split(",") if b]

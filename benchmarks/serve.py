@@ -72,7 +72,7 @@ def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"server on port {port} did not start")
 
 
-def load(base: str, clients: int, seconds: float, n_users: int) -> dict[str, Any]:
+def load(base: str, clients: int, seconds: float, users: tuple[int, int]) -> dict[str, Any]:
     """`clients` threads asking as fast as they are answered for `seconds`."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
@@ -82,7 +82,7 @@ def load(base: str, clients: int, seconds: float, n_users: int) -> dict[str, Any
         rng = np.random.default_rng(i)
         with httpx.Client(base_url=base, timeout=30) as http:
             while time.perf_counter() < stop:
-                params = {"user": int(rng.integers(n_users)), "k": K}
+                params = {"user": int(rng.integers(*users)), "k": K}
                 start = time.perf_counter()
                 try:
                     ok = http.get("/recommend", params=params).status_code == 200
@@ -109,11 +109,11 @@ def load(base: str, clients: int, seconds: float, n_users: int) -> dict[str, Any
     }
 
 
-def measure(base: str, seconds: float, n_users: int) -> dict[str, Any]:
-    load(base, 4, min(seconds, 3.0), n_users)  # warm-up
+def measure(base: str, seconds: float, users: tuple[int, int]) -> dict[str, Any]:
+    load(base, 4, min(seconds, 3.0), users)  # warm-up
     return {
-        "one_client": load(base, 1, seconds, n_users),
-        "32_clients": load(base, 32, seconds, n_users),
+        "one_client": load(base, 1, seconds, users),
+        "32_clients": load(base, 32, seconds, users),
     }
 
 
@@ -150,8 +150,8 @@ def run(run_dir: Path, seconds: float, options: list[str]) -> dict[str, Any]:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        n_users = known_users(base)
-        sample = httpx.get(f"{base}/recommend", params={"user": 0, "k": K}).content
+        users = known_users(base)
+        sample = httpx.get(f"{base}/recommend", params={"user": users[0], "k": K}).content
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as payload:
             payload.write(sample)
         trivial = start(
@@ -159,8 +159,8 @@ def run(run_dir: Path, seconds: float, options: list[str]) -> dict[str, Any]:
         )
         try:
             results = {
-                "marlrec": measure(base, seconds, n_users),
-                "trivial": measure(f"http://127.0.0.1:{trivial_port}", seconds, n_users),
+                "marlrec": measure(base, seconds, users),
+                "trivial": measure(f"http://127.0.0.1:{trivial_port}", seconds, users),
             }
         finally:
             trivial.terminate()
@@ -182,15 +182,17 @@ def run(run_dir: Path, seconds: float, options: list[str]) -> dict[str, Any]:
     }
 
 
-def known_users(base: str) -> int:
-    """The number of users the service knows: the first id it answers 404 for, by bisection."""
-    low, high = 0, 1
+def known_users(base: str) -> tuple[int, int]:
+    """The ids the service knows, [first, end): indices from 0, or a pseudonymised run's
+    outside ids from 1 (MovieLens); `end` is the first id it answers 404 for, by bisection."""
+    first = 0 if _known(base, 0) else 1
+    low, high = first, first + 1
     while _known(base, high):
         low, high = high, high * 2
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if _known(base, middle) else (low, middle)
-    return high
+    return first, high
 
 
 def _known(base: str, user: int) -> bool:

@@ -34,7 +34,7 @@ from marlrec.pipeline import configure
 from marlrec.registry import MarlrecError
 
 CONFIG_MODULE = "marlrec.conf"
-SETTINGS_GROUPS = ("trainer", "eval", "logger", "experiment")
+SETTINGS_GROUPS = ("trainer", "eval", "logger", "privacy", "experiment")
 log = logging.getLogger(__name__)
 # Hydra flags after which we leave the command line to Hydra alone.
 EXPERT_FLAGS = (

@@ -26,11 +26,13 @@ commands:
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
   recommend   top-k items with explanations, for a known user, a new user's history of item
               numbers or a text: marlrec recommend run_dir=... user=3 | history=[12,50,181] |
-              text="a quiet space drama" [k=10]
+              text="a quiet space drama" [k=10
+              expose_history=false]
   add-items   new items recommendable without retraining, encoded by the run's encoder:
               marlrec add-items run_dir=... file=new_items.csv (columns: id, title, any text)
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
-              marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true]
+              marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
+              expose_history=false]
   abtest      two runs in the same simulated sessions, each metric's difference with a 95%
               interval and p-value: marlrec abtest run_a=... run_b=... [users=1000 seed=0
               out=abtest force=false]
@@ -93,7 +95,7 @@ def recommend_command(args: list[str]) -> int:
     from marlrec.recommend import load_run, recommend_for
 
     queries = {"user": None, "history": None, "text": None}
-    options = _options(args, ("run_dir",), {"k": 10, **queries})
+    options = _options(args, ("run_dir",), {"k": 10, "expose_history": False, **queries})
     named = {arg.split("=", 1)[0] for arg in args}
     given = [key for key in queries if key in named]
     if len(given) != 1:
@@ -102,12 +104,14 @@ def recommend_command(args: list[str]) -> int:
             if not given
             else f"give one of user, history and text, not {' and '.join(given)}"
         )
-    k = _whole(options, "k", 1, MAX_K)
-    user = _whole(options, "user", 0, MAX_ID) if given == ["user"] else None
-    if user is None:
+    run_dir = Path(str(options["run_dir"]))
+    k, expose = _whole(options, "k", 1, MAX_K), _flag(options, "expose_history")
+    if given != ["user"]:
         return recommend_query(options, given[0], k)
-    pipeline = load_run(Path(str(options["run_dir"])))
-    rows = recommend_for(pipeline, user, k)
+    # A pseudonymised run knows its users by their outside ids, which may be any text.
+    user = options["user"] if _pseudonymised(run_dir) else _whole(options, "user", 0, MAX_ID)
+    pipeline = load_run(run_dir)
+    rows = recommend_for(pipeline, user, k, expose)
     table = Table(title=f"top {len(rows)} for user {options['user']}")
     for column in ("#", "item", "text", "why"):
         table.add_column(column)
@@ -184,16 +188,34 @@ def add_items_command(args: list[str]) -> int:
     return 0
 
 
+def _pseudonymised(run_dir: Path) -> bool:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return False
+    return bool(OmegaConf.select(OmegaConf.load(saved), "privacy.pseudonymise", default=False))
+
+
+def _flag(options: dict, key: str) -> bool:
+    if not isinstance(options[key], bool):
+        raise MarlrecError(f"{key} must be true or false, got {options[key]}")
+    return bool(options[key])
+
+
 def serve_command(args: list[str]) -> int:
     from marlrec.serve import serve
 
-    defaults = {"host": "127.0.0.1", "port": 8000, "workers": 1, "batching": True}
+    defaults = {
+        "host": "127.0.0.1",
+        "port": 8000,
+        "workers": 1,
+        "batching": True,
+        "expose_history": False,
+    }
     options = _options(args, ("run_dir",), defaults)
     port, workers = _whole(options, "port", 0, 65535), _whole(options, "workers", 1, 256)
-    if not isinstance(options["batching"], bool):
-        raise MarlrecError(f"batching must be true or false, got {options['batching']}")
+    batching, expose = _flag(options, "batching"), _flag(options, "expose_history")
     run_dir = Path(str(options["run_dir"]))
-    serve(run_dir, str(options["host"]), port, workers, options["batching"])
+    serve(run_dir, str(options["host"]), port, workers, batching, expose)
     return 0
 
 

@@ -24,14 +24,21 @@ from marlrec.plugin import COMPOSED_DEFAULT
 
 SCHEME = "marlrec-plugins"
 # Settings groups have one option each; their dataclasses load only when composed.
-SETTINGS_OPTIONS = {"trainer": "default", "eval": "default", "logger": "tensorboard"}
+SETTINGS_OPTIONS = {
+    "trainer": "default",
+    "eval": "default",
+    "logger": "tensorboard",
+    "privacy": "default",
+}
 
 
 def settings_class(group: str) -> type:
     from marlrec.evaluation.harness import EvalConfig
+    from marlrec.privacy import PrivacyConfig
     from marlrec.settings import LoggerConfig, TrainerConfig
 
-    return {"trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}[group]
+    classes = {"trainer": TrainerConfig, "eval": EvalConfig, "logger": LoggerConfig}
+    return {**classes, "privacy": PrivacyConfig}[group]
 
 
 def options(group: str) -> list[str]:

@@ -121,6 +121,9 @@ class RecData:
     split: Split
     item_attributes: dict[str, np.ndarray] = field(default_factory=dict)
     truth: GroundTruth | None = None
+    # Each user's id in the source (its raw id), or its pseudonym once pseudonymised
+    # (`marlrec.privacy`); None when the dataset has none but its indices.
+    user_ids: np.ndarray | None = None
 
     @cached_property
     def train_histories(self) -> list[np.ndarray]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from marlrec.baselines import Baseline
 from marlrec.data import RecData
 from marlrec.envs import EnvContext, Environment
 from marlrec.evaluation.harness import EvalConfig
+from marlrec.privacy import PrivacyConfig, build_privacy_config, load_key, pseudonymise
 from marlrec.registry import MarlrecError
 from marlrec.settings import LoggerConfig, TrainerConfig
 
@@ -44,6 +47,7 @@ class RunConfig:
     trainer: TrainerConfig
     eval: EvalConfig
     logger: LoggerConfig
+    privacy: PrivacyConfig
 
     def one(self, group: str) -> Chosen:
         (chosen,) = self.plugins[group]
@@ -62,6 +66,8 @@ class Pipeline:
     trainer: TrainerConfig
     eval: EvalConfig
     logger: LoggerConfig
+    privacy: PrivacyConfig
+    key: bytes | None = None  # the pseudonyms' secret, when pseudonymised
 
 
 def sections(cfg: DictConfig, group: str) -> list[dict[str, Any]]:
@@ -85,7 +91,15 @@ def configure(cfg: DictConfig) -> RunConfig:
     if not plugins["reward"]:
         raise MarlrecError("no reward selected: set reward=[click,...]")
     trainer, eval_cfg, logger = settings(cfg)
-    return RunConfig(plugins, trainer, eval_cfg, logger)
+    privacy = privacy_settings(cfg)
+    if privacy.dp.enabled and trainer.max_epochs > 0:
+        raise MarlrecError(
+            "privacy.dp.enabled=true trains by imitation only: set trainer.max_epochs=0 "
+            "(reinforcement learning replays users' sessions outside DP-SGD)"
+        )
+    if privacy.dp.enabled and importlib.util.find_spec("opacus") is None:
+        raise MarlrecError("privacy.dp.enabled=true needs Opacus: pip install 'marlrec[privacy]'")
+    return RunConfig(plugins, trainer, eval_cfg, logger, privacy)
 
 
 MAX_SEED = 2**32 - 1  # numpy's seeds stop here
@@ -129,6 +143,15 @@ def settings(cfg: DictConfig) -> tuple[TrainerConfig, EvalConfig, LoggerConfig]:
     )
 
 
+def privacy_settings(cfg: DictConfig) -> PrivacyConfig:
+    """The `privacy` section (all defaults in a config saved before it existed)."""
+    if "privacy" not in cfg:
+        return PrivacyConfig()
+    section = OmegaConf.to_container(cfg.privacy, resolve=True)
+    source = config_source.yaml_file("privacy", config_source.SETTINGS_OPTIONS["privacy"])
+    return build_privacy_config(section, source)  # type: ignore[arg-type]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,9 +182,15 @@ def _with_new_items(
     return data.with_items(texts), torch.cat([item_emb, embeddings.to(item_emb)])
 
 
-def build(cfg: DictConfig, new_items: tuple[list[str], torch.Tensor] | None = None) -> Pipeline:
+def build(
+    cfg: DictConfig,
+    create_key: bool = False,
+    new_items: tuple[list[str], torch.Tensor] | None = None,
+) -> Pipeline:
     """Instantiate every plugin the config names, in data-flow order.
 
+    With `privacy.pseudonymise`, users are pseudonymised before any plugin sees the data;
+    `create_key` makes the key file when there is no key yet (a new training run).
     `new_items` (texts, embeddings) join the catalog after it is encoded, as items nobody has
     consumed yet (a served run's added items): everything downstream sees the larger catalog.
     """
@@ -171,6 +200,8 @@ def build(cfg: DictConfig, new_items: tuple[list[str], torch.Tensor] | None = No
     device = resolve_device(str(cfg.device))
     fitted.use_cache_dir(cache_dir(cfg))
     data = run.one("data").create().load(seed=seed, cache_dir=cache_dir(cfg))
+    key = load_key(run.privacy, create=create_key) if run.privacy.pseudonymise else None
+    data = pseudonymise(data, key) if key is not None else dataclasses.replace(data, user_ids=None)
     if max(run.eval.ks) > data.n_items:
         raise MarlrecError(
             f"eval.ks asks for top-{max(run.eval.ks)} lists, "
@@ -196,5 +227,16 @@ def build(cfg: DictConfig, new_items: tuple[list[str], torch.Tensor] | None = No
         c.name: c.create(data=data, item_emb=item_emb, seed=seed) for c in run.plugins["baseline"]
     }
     return Pipeline(
-        cfg, device, data, item_emb, env, agent, baselines, run.trainer, run.eval, run.logger
+        cfg,
+        device,
+        data,
+        item_emb,
+        env,
+        agent,
+        baselines,
+        run.trainer,
+        run.eval,
+        run.logger,
+        run.privacy,
+        key,
     )

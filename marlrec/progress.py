@@ -9,6 +9,11 @@ from typing import Any
 from tqdm import tqdm
 
 
+def live() -> bool:
+    """Whether a bar may draw: stderr is a terminal."""
+    return sys.stderr.isatty()
+
+
 def progress_bar(*args: Any, disable: bool = False, **kwargs: Any) -> tqdm:
     """`tqdm(...)`, disabled unless stderr is a terminal."""
-    return tqdm(*args, disable=disable or not sys.stderr.isatty(), **kwargs)
+    return tqdm(*args, disable=disable or not live(), **kwargs)

@@ -24,6 +24,7 @@ from marlrec.encoders.tfidf import TfidfEncoder
 from marlrec.evaluation.rankers import agent_ranker
 from marlrec.io import atomic_path
 from marlrec.pipeline import Pipeline, build, cache_dir, configure
+from marlrec.privacy import user_index
 from marlrec.registry import MarlrecError
 
 ADDED_ITEMS = "added_items.pt"
@@ -48,7 +49,7 @@ def load_run(run_dir: Path) -> Pipeline:
     cfg = OmegaConf.load(config_file)
     assert isinstance(cfg, DictConfig)
     added = AddedItems.load(run_dir)
-    pipeline = build(cfg, (added.texts, added.embeddings) if added.ids else None)
+    pipeline = build(cfg, new_items=(added.texts, added.embeddings) if added.ids else None)
     if added.ids and pipeline.data.n_items != added.base_items + len(added.ids):
         raise MarlrecError(
             f"{run_dir / ADDED_ITEMS} extends a catalog of {added.base_items} items, "
@@ -164,16 +165,35 @@ def embed_texts(p: Pipeline, encoder: Encoder, texts: list[str]) -> torch.Tensor
     return encoder.encode(texts)
 
 
-def recommend_for(p: Pipeline, user: int, k: int) -> list[dict[str, Any]]:
-    """Top-k items for a known user from everything they consumed, each with why it is there."""
+def user_of(p: Pipeline, user: int | str) -> int:
+    """The index of a known user: in a pseudonymised run, whose raw id is `user` (mapped
+    through its keyed pseudonym); otherwise `user` is the index itself."""
+    if p.key is not None:
+        index = user_index(p.data, p.key, user)
+        if index < 0:
+            raise MarlrecError(f"unknown user {user!r}: no user of this run has that id")
+        return index
+    if not isinstance(user, int) or isinstance(user, bool):
+        raise MarlrecError(f"user must be a whole number (the user's index), got {user!r}")
     if not 0 <= user < p.data.n_users:
         raise MarlrecError(f"unknown user {user}: ids run from 0 to {p.data.n_users - 1}")
-    history = p.data.interactions.histories(p.data.n_users)[user]  # everything, held-out too
-    top = agent_ranker(p.env, p.agent)(np.array([user]), [history], k)[0].cpu()
-    return explain(p, history, top.numpy())
+    return user
 
 
-def explain(p: Pipeline, history: np.ndarray, items: np.ndarray) -> list[dict[str, Any]]:
+def recommend_for(
+    p: Pipeline, user: int | str, k: int, expose_history: bool = True
+) -> list[dict[str, Any]]:
+    """Top-k items for a known user from everything they consumed, each with why it is there
+    (naming the history item it is most like only with `expose_history`)."""
+    index = user_of(p, user)
+    history = p.data.interactions.histories(p.data.n_users)[index]  # everything, held-out too
+    top = agent_ranker(p.env, p.agent)(np.array([index]), [history], k)[0].cpu()
+    return explain(p, history, top.numpy(), expose_history)
+
+
+def explain(
+    p: Pipeline, history: np.ndarray, items: np.ndarray, expose_history: bool = True
+) -> list[dict[str, Any]]:
     """Who placed each item, and which item of the history it is most like."""
     roles, slate = p.env.spec.roles, getattr(p.env, "core", None)
     unit = torch.nn.functional.normalize(p.item_emb, dim=-1)
@@ -184,12 +204,15 @@ def explain(p: Pipeline, history: np.ndarray, items: np.ndarray) -> list[dict[st
             source = f"chosen by the '{roles[slate.turn_order[position]]}' agent"
         else:
             source = "ranked by the agents' scores after the slate"
-        nearest = int(similarity[position].argmax()) if len(history) else -1
-        because = (
-            f"like '{p.data.item_text[int(history[nearest])][:70]}' "
-            f"(cosine {float(similarity[position, nearest]):.2f})"
-            if nearest >= 0
-            else "no history yet"
-        )
+        if not len(history):
+            because = "no history yet"
+        elif not expose_history:
+            because = "history hidden (expose_history=true names the closest item)"
+        else:
+            nearest = int(similarity[position].argmax())
+            because = (
+                f"like '{p.data.item_text[int(history[nearest])][:70]}' "
+                f"(cosine {float(similarity[position, nearest]):.2f})"
+            )
         rows.append({"item": item, "text": p.data.item_text[item], "why": f"{source}; {because}"})
     return rows

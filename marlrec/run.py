@@ -25,7 +25,8 @@ from marlrec.agents import checkpoint_path
 from marlrec.evaluation.harness import agent_actor, baseline_actor, evaluate_policies, ranking_eval
 from marlrec.evaluation.rankers import Ranker, agent_ranker, baseline_ranker
 from marlrec.io import atomic_path, atomic_write, write_json
-from marlrec.pipeline import Pipeline, build
+from marlrec.pipeline import Pipeline, build, privacy_settings
+from marlrec.privacy import check_key_outside
 from marlrec.recommend import load_run, restore_best
 from marlrec.registry import MarlrecError
 from marlrec.report import (
@@ -134,6 +135,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     `run_dir` when there is one, to the same results as an uninterrupted run.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_key_outside(privacy_settings(cfg), run_dir)
     atomic_write(
         run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode())
     )
@@ -145,7 +147,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     register_job()
     fit_threads(int(cfg.trainer.threads))
     start = time.perf_counter()
-    pipeline = build(cfg)
+    pipeline = build(cfg, create_key=True)
     setup_seconds = time.perf_counter() - start
     threads = fit_threads(pipeline.trainer.threads)
     writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -185,6 +187,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "eval": results,
         "retrieval": retrieval_recall(pipeline),
         "scores_unseen_items": scores_unseen_items(pipeline),
+        "privacy": privacy_report(pipeline, summary),
     }
     write_json(run_dir / "metrics.json", metrics)
     if run.history:
@@ -201,6 +204,20 @@ def scores_unseen_items(pipeline: Pipeline) -> dict[str, bool]:
     agents through their retriever, each baseline by its own flag."""
     flags = {AGENT_ROW: pipeline.env.ctx.retriever.scores_unseen_items}
     return flags | {name: b.scores_unseen_items for name, b in pipeline.baselines.items()}
+
+
+def privacy_report(pipeline: Pipeline, summary: dict[str, Any]) -> dict[str, Any]:
+    """Whether ids were pseudonymised, and the (ε, δ) that DP-SGD spent, if it ran."""
+    dp = pipeline.privacy.dp
+    report: dict[str, Any] = {"pseudonymised": pipeline.privacy.pseudonymise}
+    if dp.enabled:
+        spent = {k.removeprefix("dp_"): v for k, v in summary.items() if k.startswith("dp_")}
+        report["dp"] = {
+            "target_epsilon": dp.epsilon,
+            **spent,
+            "covers": "the agents' scoring networks (imitation, user-level)",
+        }
+    return report
 
 
 def retrieval_recall(pipeline: Pipeline) -> dict[str, float]:
@@ -220,7 +237,11 @@ def imitation_summary(
     saved = run_dir / "checkpoints" / "imitation.json"
     if resuming:
         return json.loads(saved.read_text()) if saved.is_file() else {}
-    summary = imitate(pipeline.agent, pipeline.env, run)
+    if pipeline.privacy.dp.enabled:
+        from marlrec.training.dp import check_dp_supported
+
+        check_dp_supported(pipeline.agent)
+    summary = imitate(pipeline.agent, pipeline.env, run, pipeline.privacy.dp)
     write_json(saved, summary)
     return summary
 

@@ -89,9 +89,8 @@ def test_responses_do_not_list_the_history(client: TestClient, service: Service)
     assert not served & set(service.histories[2].tolist())
 
 
-def test_explanations_carry_role_score_rank_and_nearest_history(
-    client: TestClient, service: Service
-) -> None:
+def test_explanations_carry_role_score_rank_and_nearest_history(service: Service) -> None:
+    client = TestClient(create_app(Service(service.p, service.version, expose_history=True)))
     body = client.get("/explain", params={"user": 4, "k": 8}).json()
     roles = set(service.p.env.spec.roles)
     slate_size = len(service.p.env.core.turn_order)

@@ -14,7 +14,6 @@ from tests.conftest import cli_env
 
 TINY = [
     "experiment=quick",
-    "trainer.show_progress=false",
     "trainer.max_epochs=3",
     "trainer.epoch_num_env_steps=1500",
     "eval.sessions=200",
@@ -37,7 +36,9 @@ def marlrec(*args: str, cache: Path, cwd: Path) -> subprocess.CompletedProcess[s
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    marlrec("train", *TINY, f"hydra.run.dir={run_dir}", cache=offline_cache, cwd=run_dir)
+    result = marlrec("train", *TINY, f"hydra.run.dir={run_dir}", cache=offline_cache, cwd=run_dir)
+    # Bars are on (the default), but stderr is a pipe: no carriage-return redraws in the log.
+    assert "\r" not in result.stderr
     return run_dir
 
 

@@ -155,6 +155,7 @@ class AmazonReviewsDataset(FileDataset):
             name=self.name,
             interactions=interactions,
             n_users=len(user_ids),
+            user_ids=user_ids,
             item_text=_texts(item_ids, products, c.text_template),
             item_attributes={
                 "raw_id": item_ids,

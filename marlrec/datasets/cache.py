@@ -20,7 +20,7 @@ from marlrec.datasets.splitting import Parsed, SplitOptions
 from marlrec.io import write_npz
 
 # Bump when the cache layout or the parsing changes, so that stale entries are never read.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def cache_file(
@@ -59,6 +59,10 @@ def save_cache(path: Path, parsed: Parsed, labels: np.ndarray) -> None:
         "split_labels": labels,
     }
     arrays["text_blob"], arrays["text_offsets"] = _pack(parsed.item_text)
+    if parsed.user_ids is not None and parsed.user_ids.dtype.kind in "UO":
+        arrays["user_ids_blob"], arrays["user_ids_offsets"] = _pack(parsed.user_ids.tolist())
+    elif parsed.user_ids is not None:
+        arrays["user_ids"] = parsed.user_ids
     for key, value in parsed.item_attributes.items():
         if value.dtype.kind in "UO":
             arrays[f"sattr_{key}_blob"], arrays[f"sattr_{key}_offsets"] = _pack(value.tolist())
@@ -86,6 +90,11 @@ def load_cache(path: Path, where: str) -> RecData | None:
             user=arrays["user"], item=arrays["item"], time=arrays["time"], value=arrays["value"]
         )
         labels = arrays["split_labels"]
+        user_ids = arrays.get("user_ids")
+        if "user_ids_blob" in arrays:
+            user_ids = np.array(
+                _unpack(arrays["user_ids_blob"], arrays["user_ids_offsets"]), dtype=str
+            )
         if len(labels) != len(interactions):
             return None
         parsed = Parsed(
@@ -95,6 +104,7 @@ def load_cache(path: Path, where: str) -> RecData | None:
             item_text=_unpack(arrays["text_blob"], arrays["text_offsets"]),
             item_attributes=attributes,
             source=Source(path=Path(str(arrays["source"])), where=where),
+            user_ids=user_ids,
         )
         return parsed.with_split(labels)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):

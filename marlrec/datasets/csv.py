@@ -151,6 +151,7 @@ class CsvDataset(FileDataset):
             name=self.name,
             interactions=interactions,
             n_users=len(user_ids),
+            user_ids=user_ids,
             item_text=texts,
             item_attributes={"raw_id": item_ids},
             source=raw.table,

@@ -161,6 +161,7 @@ class MovieLensDataset(FileDataset):
             name=self.name,
             interactions=interactions,
             n_users=len(user_ids),
+            user_ids=user_ids,
             item_text=_describe(movies, rows, item_ids, self.config.text_template),
             item_attributes={
                 "raw_id": item_ids.astype(np.int64),

@@ -52,6 +52,7 @@ class Parsed:
     item_text: list[str]
     item_attributes: dict[str, np.ndarray]
     source: Source  # the interactions file, which messages about the result name
+    user_ids: np.ndarray | None = None  # each dense user's raw id
 
     def with_split(self, labels: np.ndarray) -> RecData:
         return RecData(
@@ -62,6 +63,7 @@ class Parsed:
             item_text=self.item_text,
             split=split_from_labels(self.interactions, self.n_users, labels),
             item_attributes=self.item_attributes,
+            user_ids=self.user_ids,
         )
 
 

@@ -35,10 +35,11 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
+from transformers.utils import logging as hf_logging
 
 from marlrec.encoders import Encoder
 from marlrec.io import write_npz
-from marlrec.progress import progress_bar
+from marlrec.progress import live, progress_bar
 from marlrec.registry import PluginError
 
 PROGRESS_MIN_TEXTS = 256
@@ -143,6 +144,8 @@ class HFEncoder(Encoder):
         """Tokenizer and model, loaded on first use, so a fully cached run never touches them."""
         if self._model is None:
             path = str(self.model_path)
+            if not live():  # transformers' own "Loading weights" bar would flood a log file
+                hf_logging.disable_progress_bar()
             try:
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
                 model = AutoModel.from_pretrained(

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from marlrec.agents import Agent
 from marlrec.data import RecData, fill_histories
@@ -48,6 +47,7 @@ from marlrec.evaluation.rankers import ScoreRanker as ScoreRanker
 from marlrec.evaluation.rankers import agent_ranker as agent_ranker
 from marlrec.evaluation.rankers import baseline_ranker as baseline_ranker
 from marlrec.evaluation.ranking import ChunkTargets, HeldOut, sample_negatives, top_k
+from marlrec.progress import progress_bar
 from marlrec.registry import MarlrecError, PluginError
 
 if TYPE_CHECKING:
@@ -473,7 +473,7 @@ def evaluate_policies(
     results: dict[str, dict[str, float]] = {}
     item_emb = env.ctx.item_emb
     session_metrics = cfg.session_metrics()
-    for name in tqdm(rankers, desc="evaluating", disable=not show_progress, leave=False):
+    for name in progress_bar(rankers, desc="evaluating", disable=not show_progress, leave=False):
         row: dict[str, float] = {}
         for split in splits:
             figures = ranking_eval(data, rankers[name], split, cfg, item_emb=item_emb, seed=seed)

@@ -29,10 +29,10 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from marlrec.data import RecData, fill_histories
 from marlrec.fitted import fingerprint, fitted
+from marlrec.progress import progress_bar
 from marlrec.registry import PluginError
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     stopper = EarlyStop(config.patience)
     history: list[dict[str, float]] = []
-    epochs = tqdm(range(1, config.epochs + 1), desc=where, disable=not config.show_progress)
+    epochs = progress_bar(range(1, config.epochs + 1), desc=where, disable=not config.show_progress)
     for epoch in epochs:
         loss = train_epoch(model, optimizer, windows, config, generator)
         row = {"epoch": float(epoch), "loss": loss}

@@ -18,13 +18,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
 from marlrec.serve import service as svc
 
-# How uvicorn's worker processes find the run and whether to batch.
+# How uvicorn's worker processes find the run, whether to batch and to show histories.
 RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
+EXPOSE_HISTORY_ENV = "MARLREC_SERVE_EXPOSE_HISTORY"
 
 
 class RecommendRequest(BaseModel):
@@ -33,7 +34,9 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user: StrictInt | None = Field(None, description="a known user's id")
+    user: StrictInt | StrictStr | None = Field(
+        None, description="a known user's id (their outside id when the run is pseudonymised)"
+    )
     history: list[StrictInt] | None = Field(None, description="item ids consumed, oldest first")
     text: str | None = Field(None, description="what the user is looking for, in words")
     k: StrictInt = Field(10, description="how many items, 1 to the catalog size")
@@ -131,7 +134,7 @@ def create_app(service: svc.Service) -> FastAPI:
 
     @app.get("/recommend")
     def get_recommend(
-        user: int | None = None,
+        user: str | None = None,
         history: Annotated[str | None, Query(description="comma-separated item ids")] = None,
         text: str | None = None,
         k: int = 10,
@@ -144,7 +147,7 @@ def create_app(service: svc.Service) -> FastAPI:
 
     @app.get("/explain")
     def explain(
-        user: int | None = None,
+        user: str | None = None,
         history: Annotated[str | None, Query(description="comma-separated item ids")] = None,
         text: str | None = None,
         k: int = 10,
@@ -239,4 +242,5 @@ def _add_metrics(app: FastAPI, metrics: Metrics) -> None:
 def from_environment() -> Any:
     """The app over the run named by MARLREC_SERVE_RUN_DIR: uvicorn's factory in each worker."""
     batching = os.environ.get(BATCHING_ENV, "1") == "1"
-    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV]), batching))
+    expose = os.environ.get(EXPOSE_HISTORY_ENV, "0") == "1"
+    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV]), batching, expose))

@@ -27,7 +27,7 @@ import torch
 from marlrec.agents import checkpoint_path
 from marlrec.encoders import Encoder
 from marlrec.pipeline import Pipeline
-from marlrec.recommend import add_items, embed_texts, load_run, text_encoder
+from marlrec.recommend import add_items, embed_texts, load_run, text_encoder, user_of
 from marlrec.registry import MarlrecError
 from marlrec.serve.batching import MicroBatcher
 from marlrec.serve.ranking import (
@@ -55,7 +55,7 @@ class Query:
     """Exactly one of user, history and text, and how many items."""
 
     k: int
-    user: int | None = None
+    user: int | str | None = None  # the index; in a pseudonymised run, the outside id
     history: tuple[int, ...] | None = None
     text: str | None = None
 
@@ -75,10 +75,12 @@ class Service:
         pipeline: Pipeline,
         version: str,
         batching: bool = True,
+        expose_history: bool = False,
         run_dir: Path | None = None,
     ) -> None:
         self.p = pipeline
         self.version = version
+        self.expose_history = expose_history
         self.n_items = pipeline.data.n_items
         self.n_users = pipeline.data.n_users
         self.histories = pipeline.data.interactions.histories(self.n_users)
@@ -88,8 +90,10 @@ class Service:
         self._adding = threading.Lock()  # one catalog change at a time
 
     @classmethod
-    def from_run(cls, run_dir: Path, batching: bool = True) -> Service:
-        return cls(load_run(run_dir), model_version(run_dir), batching, run_dir)
+    def from_run(
+        cls, run_dir: Path, batching: bool = True, expose_history: bool = False
+    ) -> Service:
+        return cls(load_run(run_dir), model_version(run_dir), batching, expose_history, run_dir)
 
     def add_items(self, rows: list[dict[str, str]]) -> list[int]:
         """Encode and store new items, then serve the run with them; their item numbers."""
@@ -108,7 +112,7 @@ class Service:
         self._check(query)
         if query.text is not None:
             return self._answer_text(query.text, query.k)
-        user = -1 if query.user is None else query.user
+        user = -1 if query.user is None else self._user(query.user)
         history = self.histories[user] if user >= 0 else np.asarray(query.history, np.int64)
         job = (history, query.k)
         rows = self._batcher.submit(job) if self._batcher else self._rank_many([job])[0]
@@ -120,7 +124,13 @@ class Service:
         slate = [row for row in answer.placements if row.stage == SLATE]
         terms = reward_contributions(self.p, answer.user, slate) if slate else []
         items = [row.item for row in answer.placements]
-        near = nearest_history(self.p, items, answer.history, NEAREST)
+        # A known user's history is theirs: named only when the service was asked to.
+        hidden = answer.user >= 0 and not self.expose_history
+        near = (
+            [[] for _ in items]
+            if hidden
+            else nearest_history(self.p, items, answer.history, NEAREST)
+        )
         text = self.p.data.item_text
         return [
             {
@@ -149,13 +159,28 @@ class Service:
             raise BadQuery("give exactly one of user, history and text")
         if not 1 <= q.k <= self.n_items:
             raise BadQuery(f"k must be between 1 and the catalog size {self.n_items}, got {q.k}")
-        if q.user is not None and not 0 <= q.user < self.n_users:
-            raise BadQuery(f"unknown user {q.user}: ids run from 0 to {self.n_users - 1}", 404)
         unknown = [i for i in q.history or () if not 0 <= i < self.n_items]
         if unknown:
             raise BadQuery(f"unknown item {unknown[0]}: ids run from 0 to {self.n_items - 1}")
         if q.text is not None and not q.text.strip():
             raise BadQuery("text is empty")
+
+    def _user(self, user: int | str) -> int:
+        """A known user's index: through the keyed pseudonym of `user` in a pseudonymised run,
+        else `user` is the index (an integer, or its digits)."""
+        if self.p.key is None:
+            if isinstance(user, str):
+                try:
+                    user = int(user.strip())
+                except ValueError:
+                    raise BadQuery(f"user must be an integer id, got {user!r}", 422) from None
+            if not 0 <= user < self.n_users:
+                raise BadQuery(f"unknown user {user}: ids run from 0 to {self.n_users - 1}", 404)
+            return user
+        try:
+            return user_of(self.p, user)
+        except MarlrecError as exc:
+            raise BadQuery(str(exc), 404) from None
 
     def _rank_many(self, jobs: list[tuple[np.ndarray, int]]) -> list[list[Placement]]:
         k = max(job[1] for job in jobs)

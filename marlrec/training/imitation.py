@@ -18,12 +18,13 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from marlrec.agents import Agent
 from marlrec.envs import Environment, LoggedChoices
 from marlrec.envs.logged import LoggedLog, logged_positions
 from marlrec.envs.slate import SlateEnvironment
+from marlrec.privacy import DPConfig
+from marlrec.progress import progress_bar
 from marlrec.registry import PluginError
 from marlrec.settings import TrainRun
 
@@ -102,12 +103,19 @@ def imitation_optimizer(agent: Agent, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(list(parameters.values()), lr=lr)
 
 
-def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
-    """`run.trainer.imitation_steps` steps of imitation; summary figures (empty when none)."""
+def imitate(
+    agent: Agent, env: Environment, run: TrainRun, dp: DPConfig | None = None
+) -> dict[str, float]:
+    """`run.trainer.imitation_steps` steps of imitation; summary figures (empty when none).
+
+    With `dp` enabled, the steps are DP-SGD over Poisson-sampled users (`marlrec.training.dp`)
+    and the summary holds the privacy spent under `dp_*`.
+    """
     t = run.trainer
     if t.imitation_steps == 0:
         return {}
-    source = logged_source(env, env.ctx.data.train_histories)
+    histories = env.ctx.data.train_histories
+    source = logged_source(env, histories)
     if len(source) == 0:
         raise PluginError(
             "trainer.imitation_steps needs users with at least two training interactions; "
@@ -115,24 +123,36 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
         )
     optimizer = imitation_optimizer(agent, t.imitation_lr)
     rng = np.random.default_rng([run.seed, IMITATION_STREAM])
-    started, retrieved, last = time.perf_counter(), 0, {}
-    steps = tqdm(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
+    private = None
+    if dp is not None and dp.enabled:
+        from marlrec.training.dp import DPImitation, UserSampler  # Opacus: the privacy extra
+
+        sampler = UserSampler.of(logged_positions(histories)[0], t.batch_size)
+        private = DPImitation(agent, optimizer, dp, sampler, t.imitation_steps, run.seed)
+    started, retrieved, drawn_total, last = time.perf_counter(), 0, 0, {}
+    steps = progress_bar(range(t.imitation_steps), desc="imitation", disable=not t.show_progress)
     for step in steps:
-        batch = source.choices(rng.integers(0, len(source), t.batch_size), rng)
+        drawn = private.sampler.draw(rng) if private else rng.integers(0, len(source), t.batch_size)
+        drawn_total += len(drawn)
+        batch = source.choices(drawn, rng)
         retrieved += len(batch.actions)
-        if len(batch.actions) == 0:
+        if private is not None:  # every step spends privacy, an empty batch's too
+            loss_value, accuracy = private.step(batch)
+            last = {"loss": loss_value, "accuracy": accuracy}
+        elif len(batch.actions) == 0:
             continue
-        loss, accuracy = imitation_loss(agent, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        last = {"loss": float(loss.detach()), "accuracy": accuracy}
+        else:
+            loss, accuracy = imitation_loss(agent, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            last = {"loss": float(loss.detach()), "accuracy": accuracy}
         if step % LOG_EVERY == 0 or step == t.imitation_steps - 1:
             run.writer.add_scalar("imitation/loss", last["loss"], step)
             run.writer.add_scalar("imitation/accuracy", accuracy, step)
             steps.set_postfix(loss=f"{last['loss']:.3f}", accuracy=f"{accuracy:.2f}")
     seconds = time.perf_counter() - started
-    share = retrieved / (t.imitation_steps * t.batch_size)
+    share = retrieved / max(1, drawn_total)
     log.info(
         "imitation: %d steps in %.1f s, logged item retrieved in %.0f%% of draws, last loss %s",
         t.imitation_steps,
@@ -144,4 +164,5 @@ def imitate(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
         "imitation_seconds": seconds,
         "imitation_retrieved": share,
         **{f"imitation_{k}": v for k, v in last.items()},
+        **({f"dp_{k}": v for k, v in private.spent().items()} if private else {}),
     }

@@ -38,6 +38,7 @@ from tianshou.utils.torch_utils import torch_train_mode
 from marlrec.agents import Agent, BufferFactory, TrainingHook
 from marlrec.envs import Environment
 from marlrec.io import atomic_write
+from marlrec.progress import live
 from marlrec.settings import TrainRun
 from marlrec.tianshou_compat import (
     TrainerCounters,
@@ -385,7 +386,7 @@ def _trainer_params(
         resume_from_log=resume,
         logger=logger,
         verbose=False,
-        show_progress=t.show_progress,
+        show_progress=t.show_progress and live(),
     )
     if off_policy:
         return OffPolicyTrainerParams(
