@@ -1,5 +1,5 @@
-"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `serve`, `compare`
-and `plugins`."""
+"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `add-items`, `serve`,
+`compare` and `plugins`."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ commands:
   train       train agents and evaluate them beside the baselines (a Hydra app:
               overrides such as agent=idqn trainer.max_epochs=3, -m for sweeps, --help)
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
-  recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10
+  recommend   top-k items with explanations, for a known user, a new user's history of item
+              numbers or a text: marlrec recommend run_dir=... user=3 | history=[12,50,181] |
+              text="a quiet space drama" [k=10
               expose_history=false]
+  add-items   new items recommendable without retraining, encoded by the run's encoder:
+              marlrec add-items run_dir=... file=new_items.csv (columns: id, title, any text)
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
               marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
               expose_history=false]
@@ -90,11 +94,22 @@ def evaluate_command(args: list[str]) -> int:
 def recommend_command(args: list[str]) -> int:
     from marlrec.recommend import load_run, recommend_for
 
-    options = _options(args, ("run_dir", "user"), {"k": 10, "expose_history": False})
+    queries = {"user": None, "history": None, "text": None}
+    options = _options(args, ("run_dir",), {"k": 10, "expose_history": False, **queries})
+    named = {arg.split("=", 1)[0] for arg in args}
+    given = [key for key in queries if key in named]
+    if len(given) != 1:
+        raise MarlrecError(
+            'missing user=..., history=[...] or text="..."'
+            if not given
+            else f"give one of user, history and text, not {' and '.join(given)}"
+        )
     run_dir = Path(str(options["run_dir"]))
+    k, expose = _whole(options, "k", 1, MAX_K), _flag(options, "expose_history")
+    if given != ["user"]:
+        return recommend_query(options, given[0], k)
     # A pseudonymised run knows its users by their outside ids, which may be any text.
     user = options["user"] if _pseudonymised(run_dir) else _whole(options, "user", 0, MAX_ID)
-    k, expose = _whole(options, "k", 1, MAX_K), _flag(options, "expose_history")
     pipeline = load_run(run_dir)
     rows = recommend_for(pipeline, user, k, expose)
     table = Table(title=f"top {len(rows)} for user {options['user']}")
@@ -103,6 +118,73 @@ def recommend_command(args: list[str]) -> int:
     for rank, row in enumerate(rows, 1):
         table.add_row(str(rank), str(row["item"]), row["text"], row["why"])
     Console(width=200).print(table)
+    return 0
+
+
+def recommend_query(options: dict, given: str, k: int) -> int:
+    """Top-k for a history of item numbers or a text, ranked as the service ranks them."""
+    from marlrec.serve.service import BadQuery, Query, Service
+
+    history, text = options["history"], options["text"]
+    if given == "history" and (
+        not isinstance(history, list)
+        or not history
+        or any(not isinstance(i, int) or isinstance(i, bool) for i in history)
+    ):
+        raise MarlrecError(
+            f"history must be a list of item numbers like [12,50,181], got {history!r}"
+        )
+    if given == "text" and (text is None or not str(text).strip()):
+        raise MarlrecError("text is empty")
+    run_dir = Path(str(options["run_dir"]))
+    service = Service.from_run(run_dir, batching=False)
+    query = Query(
+        k=k,
+        history=None if history is None else tuple(history),
+        text=None if text is None else str(text),
+    )
+    try:
+        rows = service.explain(service.answer(query))
+    except BadQuery as exc:
+        raise MarlrecError(str(exc)) from None
+    title = f"top {len(rows)} for " + (f"history {history}" if text is None else f"'{text}'")
+    table = Table(title=title)
+    for column in ("#", "item", "text", "why"):
+        table.add_column(column)
+    for rank, row in enumerate(rows, 1):
+        table.add_row(str(rank), str(row["item"]), row["text"], _why(row))
+    Console(width=200).print(table)
+    return 0
+
+
+def _why(row: dict) -> str:
+    """Who placed an explained item, with its score and rank there, and what it is like."""
+    placed = (
+        f"chosen by the '{row['placed_by']}' agent"
+        if row["stage"] == "slate"
+        else f"ranked by {row['placed_by']}"
+    )
+    why = f"{placed} (score {row['score']:.3f}, rank {row['rank']})"
+    near = row["nearest_history"]
+    if near:
+        why += f"; like '{near[0]['text'][:70]}' (cosine {near[0]['similarity']:.2f})"
+    return why
+
+
+def add_items_command(args: list[str]) -> int:
+    from marlrec.recommend import add_items, load_run, read_items_file
+
+    options = _options(args, ("run_dir", "file"), {})
+    run_dir, path = Path(str(options["run_dir"])), Path(str(options["file"]))
+    rows = read_items_file(path)  # a malformed file fails before the run is loaded
+    pipeline = load_run(run_dir)
+    numbers = add_items(run_dir, pipeline, rows, str(path))
+    table = Table(title=f"{len(numbers)} items added to {run_dir}")
+    for column in ("item", "id", "title"):
+        table.add_column(column)
+    for number, row in zip(numbers, rows, strict=True):
+        table.add_row(str(number), row["id"].strip(), row["title"].strip())
+    Console(width=160).print(table)
     return 0
 
 
@@ -250,6 +332,7 @@ COMMANDS = {
     "train": train_command,
     "evaluate": evaluate_command,
     "recommend": recommend_command,
+    "add-items": add_items_command,
     "serve": serve_command,
     "abtest": abtest_command,
     "compare": compare_command,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -133,6 +134,29 @@ class RecData:
         """Training-split interaction counts per item."""
         return np.bincount(self.split.train.item, minlength=self.n_items).astype(np.float32)
 
+    def with_items(self, texts: list[str]) -> RecData:
+        """This data with new items (ids `n_items`, `n_items + 1`, ...) that nobody has consumed
+        yet: their attributes are missing (NaN, "" or 0), and so are their latent profiles."""
+        n = len(texts)
+        attributes = {
+            name: np.concatenate([values, _missing(values, n)])
+            for name, values in self.item_attributes.items()
+        }
+        truth = self.truth
+        if truth is not None:
+            truth = GroundTruth(
+                user_taste=truth.user_taste,
+                item_profile=np.concatenate([truth.item_profile, _missing(truth.item_profile, n)]),
+                item_quality=np.concatenate([truth.item_quality, _missing(truth.item_quality, n)]),
+            )
+        return dataclasses.replace(
+            self,
+            n_items=self.n_items + n,
+            item_text=[*self.item_text, *texts],
+            item_attributes=attributes,
+            truth=truth,
+        )
+
     def history_before(self, user: int, target: str) -> np.ndarray:
         """What a user had consumed before the `valid` or `test` items, in time order.
 
@@ -157,6 +181,17 @@ class RecData:
             value=np.concatenate([train.value, valid.value])[order],
         )
         return merged.histories(self.n_users)
+
+
+def _missing(values: np.ndarray, n: int) -> np.ndarray:
+    """n rows like `values`' marking a missing value: NaN, an empty text, else 0."""
+    if values.dtype.kind == "f":
+        fill: object = np.nan
+    elif values.dtype.kind in "OUS":
+        fill = ""
+    else:
+        fill = 0
+    return np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
 
 
 @dataclass(frozen=True)
@@ -375,10 +410,20 @@ def _random_part_sizes(counts: np.ndarray, ratios: Sequence[float]) -> tuple[np.
 
 def split_from_labels(interactions: Interactions, n_users: int, labels: np.ndarray) -> Split:
     """The split that per-interaction TRAIN / VALID / TEST labels describe."""
-    valid = interactions.subset(labels == VALID)
-    test = interactions.subset(labels == TEST)
+    return split_from_parts(
+        interactions.subset(labels == TRAIN),
+        interactions.subset(labels == VALID),
+        interactions.subset(labels == TEST),
+        n_users,
+    )
+
+
+def split_from_parts(
+    train: Interactions, valid: Interactions, test: Interactions, n_users: int
+) -> Split:
+    """The split of given training, validation and test interactions, each sorted by user."""
     return Split(
-        train=interactions.subset(labels == TRAIN),
+        train=train,
         valid_item=_first_item(valid, n_users),
         test_item=_first_item(test, n_users),
         valid=valid,

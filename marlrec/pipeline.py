@@ -172,11 +172,28 @@ def cache_dir(cfg: DictConfig) -> Path:
     return Path(str(cfg.cache_dir)).expanduser()
 
 
-def build(cfg: DictConfig, create_key: bool = False) -> Pipeline:
+def _with_new_items(
+    data: RecData, item_emb: torch.Tensor, texts: list[str], embeddings: torch.Tensor
+) -> tuple[RecData, torch.Tensor]:
+    if embeddings.shape != (len(texts), item_emb.shape[1]):
+        raise MarlrecError(
+            f"{len(texts)} new items with embeddings of shape {tuple(embeddings.shape)}: the "
+            f"run's encoder gives {item_emb.shape[1]} numbers per item"
+        )
+    return data.with_items(texts), torch.cat([item_emb, embeddings.to(item_emb)])
+
+
+def build(
+    cfg: DictConfig,
+    create_key: bool = False,
+    new_items: tuple[list[str], torch.Tensor] | None = None,
+) -> Pipeline:
     """Instantiate every plugin the config names, in data-flow order.
 
     With `privacy.pseudonymise`, users are pseudonymised before any plugin sees the data;
     `create_key` makes the key file when there is no key yet (a new training run).
+    `new_items` (texts, embeddings) join the catalog after it is encoded, as items nobody has
+    consumed yet (a served run's added items): everything downstream sees the larger catalog.
     """
     run = configure(cfg)
     seed = int(cfg.seed)
@@ -191,8 +208,11 @@ def build(cfg: DictConfig, create_key: bool = False) -> Pipeline:
             f"eval.ks asks for top-{max(run.eval.ks)} lists, "
             f"but the catalog has {data.n_items} items"
         )
+    data = run.eval.cold_start_data(data, seed)
     encoder = run.one("encoder").create(cache_dir=cache_dir(cfg), device=device)
     item_emb = encoder.encode(data.item_text).to(device)
+    if new_items is not None:
+        data, item_emb = _with_new_items(data, item_emb, *new_items)
     state = (
         run.one("state")
         .create(item_dim=item_emb.shape[1], item_text=data.item_text, encoder=encoder)

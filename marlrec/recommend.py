@@ -1,19 +1,34 @@
-"""A finished run's trained policy: loaded from its run dir, recommending and explaining."""
+"""A finished run's trained policy: loaded from its run dir, recommending and explaining.
+
+Items added after training (`marlrec add-items`, `POST /items`) live in the run dir's
+`added_items.pt`: their ids, texts and embeddings by the run's encoder. Loading a run appends
+them to its catalog as items nobody has consumed yet; nothing is retrained.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from marlrec.agents import checkpoint_path
+from marlrec.datasets.text import join_sentences
+from marlrec.encoders import Encoder
+from marlrec.encoders.hf import HFEncoder
+from marlrec.encoders.tfidf import TfidfEncoder
 from marlrec.evaluation.rankers import agent_ranker
-from marlrec.pipeline import Pipeline, build
+from marlrec.io import atomic_path
+from marlrec.pipeline import Pipeline, build, cache_dir, configure
 from marlrec.privacy import user_index
 from marlrec.registry import MarlrecError
+
+ADDED_ITEMS = "added_items.pt"
+ENCODE_BATCH = 64  # texts per forward pass of a language model
 
 
 def restore_best(pipeline: Pipeline, run_dir: Path) -> None:
@@ -33,9 +48,121 @@ def load_run(run_dir: Path) -> Pipeline:
             raise MarlrecError(f"{run_dir} is not a finished marlrec run: {needed.name} is missing")
     cfg = OmegaConf.load(config_file)
     assert isinstance(cfg, DictConfig)
-    pipeline = build(cfg)
+    added = AddedItems.load(run_dir)
+    pipeline = build(cfg, new_items=(added.texts, added.embeddings) if added.ids else None)
+    if added.ids and pipeline.data.n_items != added.base_items + len(added.ids):
+        raise MarlrecError(
+            f"{run_dir / ADDED_ITEMS} extends a catalog of {added.base_items} items, "
+            f"but the run's data now has {pipeline.data.n_items - len(added.ids)}"
+        )
     restore_best(pipeline, run_dir)
     return pipeline
+
+
+@dataclass(frozen=True)
+class AddedItems:
+    """Items added to a trained run: item `base_items + i` is `ids[i]`, `texts[i]`."""
+
+    base_items: int
+    ids: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    embeddings: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> AddedItems:
+        path = run_dir / ADDED_ITEMS
+        if not path.is_file():
+            return cls(base_items=-1)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(saved["base_items"], saved["ids"], saved["texts"], saved["embeddings"])
+        except Exception as exc:  # a damaged file: name it, whatever torch raised
+            raise MarlrecError(f"{path} is not readable added items: {exc}") from None
+
+    def save(self, run_dir: Path) -> None:
+        """Written beside the run atomically: a reader sees the old file or the new one."""
+        state = {
+            "base_items": self.base_items,
+            "ids": self.ids,
+            "texts": self.texts,
+            "embeddings": self.embeddings,
+        }
+        with atomic_path(run_dir / ADDED_ITEMS) as tmp:
+            torch.save(state, tmp)
+
+
+def item_texts(
+    rows: list[dict[str, str]], where: str, taken: set[str]
+) -> tuple[list[str], list[str]]:
+    """The id and the text of each new item (its title, then its other fields, sentence by
+    sentence); a one-line error names the first row without an id or title, or with an id in
+    use."""
+    seen = set(taken)
+    ids, texts = [], []
+    for number, row in enumerate(rows, 1):
+        item_id, title = str(row.get("id", "")).strip(), str(row.get("title", "")).strip()
+        if not item_id:
+            raise MarlrecError(f"{where}, item {number}: the id is empty")
+        if not title:
+            raise MarlrecError(f"{where}, item {number} (id {item_id}): the title is empty")
+        if item_id in seen:
+            raise MarlrecError(f"{where}, item {number}: duplicate id {item_id!r}")
+        seen.add(item_id)
+        ids.append(item_id)
+        others = [str(v).strip() for k, v in row.items() if k not in ("id", "title")]
+        texts.append(join_sentences([title, *(v for v in others if v)]))
+    return ids, texts
+
+
+def read_items_file(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header naming `id`, `title` and any other text columns."""
+    if not path.is_file():
+        raise MarlrecError(f"file {path} does not exist")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise MarlrecError(f"{path} is not a readable CSV file: {reason}") from None
+    missing = [column for column in ("id", "title") if column not in table.columns]
+    if missing:
+        raise MarlrecError(
+            f"{path} has no '{missing[0]}' column; columns: id, title and any text fields"
+        )
+    if table.empty:
+        raise MarlrecError(f"{path} lists no items")
+    return [{str(k): str(v) for k, v in row.items()} for row in table.to_dict("records")]
+
+
+def add_items(run_dir: Path, p: Pipeline, rows: list[dict[str, str]], where: str) -> list[int]:
+    """Encode new items with the run's encoder and append them to the run's `added_items.pt`;
+    their item numbers. `p` is the run as loaded (with the items added before)."""
+    before = AddedItems.load(run_dir)
+    base = p.data.n_items - len(before.ids)
+    ids, texts = item_texts(rows, where, set(before.ids))
+    new = embed_texts(p, text_encoder(p), texts).float()
+    embeddings = torch.cat([before.embeddings.reshape(-1, new.shape[1]), new])
+    AddedItems(base, [*before.ids, *ids], [*before.texts, *texts], embeddings).save(run_dir)
+    return list(range(p.data.n_items, p.data.n_items + len(texts)))
+
+
+def text_encoder(p: Pipeline) -> Encoder:
+    """The run's encoder, as it encoded the catalog."""
+    encoder = configure(p.cfg).one("encoder").create(cache_dir=cache_dir(p.cfg), device=p.device)
+    assert isinstance(encoder, Encoder)
+    return encoder
+
+
+def embed_texts(p: Pipeline, encoder: Encoder, texts: list[str]) -> torch.Tensor:
+    """Texts embedded as the run's catalog was (len(texts), dim), without writing any cache:
+    TF-IDF counts document frequencies over the catalog with the texts, a language model
+    runs on the texts alone."""
+    if isinstance(encoder, TfidfEncoder):
+        return encoder.encode([*p.data.item_text, *texts])[-len(texts) :]
+    if isinstance(encoder, HFEncoder):
+        tokenizer, model = encoder.load()
+        batches = [texts[i : i + ENCODE_BATCH] for i in range(0, len(texts), ENCODE_BATCH)]
+        return torch.cat([torch.as_tensor(encoder.forward(tokenizer, model, b)) for b in batches])
+    return encoder.encode(texts)
 
 
 def user_of(p: Pipeline, user: int | str) -> int:

@@ -218,6 +218,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "history": run.history,
         "eval": results,
         "retrieval": retrieval_recall(pipeline),
+        "scores_unseen_items": scores_unseen_items(pipeline),
         "privacy": privacy_report(pipeline, summary),
     }
     write_json(run_dir / "metrics.json", metrics)
@@ -228,6 +229,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_interest_map(pipeline, run_dir / "interest_map.png", seed=int(cfg.seed))
     print_table(results, title=f"{cfg.agent.name} on {cfg.data.name} ({run_dir})")
     return metrics
+
+
+def scores_unseen_items(pipeline: Pipeline) -> dict[str, bool]:
+    """Per policy, whether it can rank items without training interactions (cold items): the
+    agents through their retriever, each baseline by its own flag."""
+    flags = {AGENT_ROW: pipeline.env.ctx.retriever.scores_unseen_items}
+    return flags | {name: b.scores_unseen_items for name, b in pipeline.baselines.items()}
 
 
 def privacy_report(pipeline: Pipeline, summary: dict[str, Any]) -> dict[str, Any]:

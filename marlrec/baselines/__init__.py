@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -15,6 +16,11 @@ from marlrec.plugin import Plugin
 
 class Baseline(Plugin):
     """Constructed as `Baseline(config, data=..., item_emb=..., seed=...)`; fits on train data."""
+
+    scores_unseen_items: ClassVar[bool] = False
+    """Whether items without any training interaction get scores that rank them among the
+    others (from their text, or by chance); models fitted on interactions alone give them
+    nothing to go on, which the cold-item protocol reports beside their figures."""
 
     def __init__(self, config: object, *, data: RecData, item_emb: torch.Tensor, seed: int) -> None:
         super().__init__(config)

@@ -23,6 +23,8 @@ from marlrec.registry import PluginError
 class ContentKNNBaseline(Baseline):
     """Ranks items by text-embedding similarity to what the user consumed."""
 
+    scores_unseen_items = True
+
     @dataclass(kw_only=True)
     class Config:
         aggregate: Literal["top_k_mean", "centroid"] = "top_k_mean"

@@ -11,6 +11,8 @@ from marlrec.baselines import Baseline
 class RandomBaseline(Baseline):
     """Uniformly random ranking, reproducible for the run's seed."""
 
+    scores_unseen_items = True  # by chance, as every other item
+
     def scores(self, users: np.ndarray) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         return torch.rand(len(users), self.data.n_items, generator=generator)

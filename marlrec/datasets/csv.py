@@ -39,7 +39,7 @@ from marlrec.datasets.files import (
 from marlrec.datasets.filters import Filters, RawInteractions, apply_filters, catalog_rows, densify
 from marlrec.datasets.splitting import Parsed
 from marlrec.datasets.tabular import FileDataset
-from marlrec.datasets.text import as_text, render, template_fields
+from marlrec.datasets.text import as_text, join_sentences, render, template_fields
 from marlrec.registry import PluginError
 
 
@@ -190,15 +190,7 @@ class CsvDataset(FileDataset):
         if c.text_template:
             return render(c.text_template, cells, len(items))
         rows = zip(*(cells[n] for n in text_cols), strict=True)
-        return [_join([v for v in row if v]) for row in rows]
-
-
-def _join(parts: list[str]) -> str:
-    """Cells joined by ". ", or by a space after a cell that already ends a sentence."""
-    text = parts[0] if parts else ""
-    for part in parts[1:]:
-        text += (" " if text.endswith((".", "!", "?")) else ". ") + part
-    return text
+        return [join_sentences([v for v in row if v]) for row in rows]
 
 
 def _same_id_type(raw: RawInteractions, ids: pd.Series) -> tuple[RawInteractions, pd.Series]:

@@ -38,3 +38,11 @@ _EMPTY_PARENS = re.compile(r"\s*\(\s*\)")
 def as_text(values: pd.Series) -> list[str]:
     """Text cells with missing ones as empty strings."""
     return values.fillna("").astype(str).str.strip().tolist()
+
+
+def join_sentences(parts: list[str]) -> str:
+    """Parts joined by ". ", or by a space after a part that already ends a sentence."""
+    text = parts[0] if parts else ""
+    for part in parts[1:]:
+        text += (" " if text.endswith((".", "!", "?")) else ". ") + part
+    return text

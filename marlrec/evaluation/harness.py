@@ -6,6 +6,8 @@ Ranking protocols (`eval.protocol`):
 - `sampled`: each held-out item is ranked among `num_negatives` items drawn uniformly (seeded)
   from those the user has not consumed; accuracy metrics only, keys
   `{split}/sampled/{metric}@{k}` so that a report can never pass them off as full ranking.
+- `cold_items`, `cold_users`: full ranking on a split reshaped for cold start (items without
+  any training interaction; users with a few): see `marlrec.evaluation.cold`.
 
 Held-out items come from `data.split` (several per user under temporal and random splits).
 The validation split is for model selection and early stopping; report the test split once.
@@ -25,6 +27,7 @@ from marlrec.data import RecData, fill_histories
 from marlrec.envs import Environment
 from marlrec.envs.batched import BatchedSlateEnv
 from marlrec.envs.session import session_users
+from marlrec.evaluation.cold import COLD_PROTOCOLS, cold_start_data
 from marlrec.evaluation.metrics import (
     METRICS,
     CatalogMetric,
@@ -50,7 +53,8 @@ from marlrec.registry import MarlrecError, PluginError
 if TYPE_CHECKING:
     from marlrec.baselines import Baseline
 
-RankingProtocol = Literal["full", "sampled"]
+RankingProtocol = Literal["full", "sampled", "cold_items", "cold_users"]
+PROTOCOLS: tuple[str, ...] = ("full", "sampled", *COLD_PROTOCOLS)
 SAMPLED_PREFIX = "sampled/"
 
 
@@ -63,7 +67,8 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [10])
     """Cut-offs K for the ranking metrics; the first is the one runs optimise and print."""
     protocol: RankingProtocol = "full"
-    """`full`: rank all items but the history; `sampled`: rank targets among sampled negatives."""
+    """`full`: rank all items but the history; `sampled`: rank targets among sampled negatives;
+    `cold_items` / `cold_users`: full ranking on a split reshaped for cold start."""
     num_negatives: int = 100
     """Negatives per user under the sampled protocol (seeded by the run's seed)."""
     sessions: int = 200
@@ -71,6 +76,14 @@ class EvalConfig:
     and each role's share of slots and clicks."""
     chunk_users: int = 1024
     """Users ranked per batch (bounds memory: chunk_users x n_items scores)."""
+    cold_item_share: float = 0.1
+    """Under `cold_items`: the share of items (drawn from the seed) whose every training
+    interaction is removed; they alone are the validation and test targets."""
+    cold_user_share: float = 0.2
+    """Under `cold_users`: the share of users (drawn from the seed) whose training history is
+    cut to its last `cold_user_history` interactions; they alone are evaluated."""
+    cold_user_history: int = 5
+    """Under `cold_users`: training interactions each cold user keeps (the most recent)."""
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.metrics if name not in METRICS]
@@ -82,11 +95,32 @@ class EvalConfig:
             raise PluginError(
                 f"eval.ks must be a non-empty list of positive cut-offs, got {self.ks}"
             )
-        if self.protocol not in ("full", "sampled"):
-            raise PluginError(f"eval.protocol must be 'full' or 'sampled', got {self.protocol!r}")
+        if self.protocol not in PROTOCOLS:
+            raise PluginError(
+                f"eval.protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}"
+            )
+        for key in ("cold_item_share", "cold_user_share"):
+            share = getattr(self, key)
+            if not 0.0 < share < 1.0:
+                raise PluginError(f"eval.{key} must be a fraction between 0 and 1, got {share}")
+        if self.cold_user_history < 1:
+            raise PluginError(
+                f"eval.cold_user_history must be at least 1, got {self.cold_user_history}"
+            )
         for key in ("num_negatives", "sessions", "chunk_users"):
             if getattr(self, key) < 1:
                 raise PluginError(f"eval.{key} must be at least 1, got {getattr(self, key)}")
+
+    def cold_start_data(self, data: RecData, seed: int) -> RecData:
+        """The data this protocol evaluates on: reshaped for the cold ones, else `data`."""
+        return cold_start_data(
+            data,
+            self.protocol,
+            item_share=self.cold_item_share,
+            user_share=self.cold_user_share,
+            user_history=self.cold_user_history,
+            seed=seed,
+        )
 
     def ranking_metrics(self) -> list[UserMetric | CatalogMetric]:
         """The selected ranking metrics; the sampled protocol keeps the accuracy ones only,
@@ -180,7 +214,7 @@ def ranking_eval(
     for start in range(0, len(users), cfg.chunk_users):
         chunk = users[start : start + cfg.chunk_users]
         histories = [data.history_before(int(u), split) for u in chunk]
-        if cfg.protocol == "full":
+        if cfg.protocol != "sampled":
             top = rank(chunk, histories, accumulator.max_k)
             targets = held_out.targets(chunk, data.n_items, top.device)
         else:

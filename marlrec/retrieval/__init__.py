@@ -20,6 +20,10 @@ class Retriever(Plugin):
     retriever gives them in [-1, 1] (the range of a cosine).
     """
 
+    scores_unseen_items: bool = False
+    """Whether items without any training interaction can reach the top M (through their
+    text); the agents rank only what retrieval offers them first."""
+
     def __init__(self, config: object, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config)
         self.data = data

@@ -19,6 +19,7 @@ from marlrec.retrieval.search import IndexConfig, ItemSearch
 class ContentRetriever(Retriever):
     Config = IndexConfig
     config: IndexConfig
+    scores_unseen_items = True
 
     def __init__(self, config: IndexConfig, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config, data=data, item_emb=item_emb)

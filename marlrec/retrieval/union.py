@@ -49,6 +49,7 @@ class UnionRetriever(Retriever):
     def __init__(self, config: Config, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config, data=data, item_emb=item_emb)
         self.members = [self._member(dict(section)) for section in config.members]
+        self.scores_unseen_items = any(m.scores_unseen_items for m in self.members)
 
     def _member(self, options: dict[str, Any]) -> Retriever:
         name = options.pop("name")

@@ -74,6 +74,32 @@ class Explanation(BaseModel):
     items: list[Explained]
 
 
+class NewItem(BaseModel):
+    """A new item: its id, its title and any other text fields (strings), e.g. `genres`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="the item's own id, unique among added items")
+    title: str = Field(description="the item's title, the start of its text")
+
+
+class NewItems(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[NewItem] = Field(min_length=1, description="the items to add")
+
+
+class AddedItem(BaseModel):
+    item: int = Field(description="the item number to recommend and query it by")
+    id: str
+    text: str = Field(description="the text its embedding was computed from")
+
+
+class Added(BaseModel):
+    model_version: str
+    items: list[AddedItem]
+
+
 class Health(BaseModel):
     status: str
     model_version: str
@@ -130,6 +156,17 @@ def create_app(service: svc.Service) -> FastAPI:
         rows = service.explain(service.answer(_query(query)))
         return Explanation(model_version=service.version, items=[Explained(**r) for r in rows])
 
+    @app.post("/items")
+    def post_items(request: NewItems) -> Added:
+        rows = [_text_fields(item) for item in request.items]
+        numbers = service.add_items(rows)
+        text = service.p.data.item_text
+        added = [
+            AddedItem(item=n, id=row["id"].strip(), text=text[n])
+            for n, row in zip(numbers, rows, strict=True)
+        ]
+        return Added(model_version=service.version, items=added)
+
     @app.get("/health")
     def health() -> Health:
         return Health(status="ok", model_version=service.version)
@@ -144,6 +181,14 @@ def create_app(service: svc.Service) -> FastAPI:
 def _query(request: RecommendRequest) -> svc.Query:
     history = tuple(request.history) if request.history is not None else None
     return svc.Query(k=request.k, user=request.user, history=history, text=request.text)
+
+
+def _text_fields(item: NewItem) -> dict[str, str]:
+    fields = item.model_dump()
+    wrong = [key for key, value in fields.items() if not isinstance(value, str)]
+    if wrong:
+        raise svc.BadQuery(f"items: field {wrong[0]!r} of item {item.id!r} must be text", 422)
+    return fields
 
 
 def _ids(history: str | None) -> list[int] | None:

@@ -8,11 +8,16 @@ The roles then fill the slate from those candidates as for any user. The pseudo-
 are the best matches, so they are not excluded from the answer as a real history would be:
 the candidates are ranked with an empty exclusion set. Its explanations list no nearest
 history items: it has no history.
+
+New items (`add_items`) are encoded by the run's encoder into the run dir's `added_items.pt`;
+the service then reloads the run with them and swaps it in whole, so a request is answered by
+the old catalog or the new one, never a mix. Other worker processes see them when restarted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +26,8 @@ import torch
 
 from marlrec.agents import checkpoint_path
 from marlrec.encoders import Encoder
-from marlrec.encoders.hf import HFEncoder
-from marlrec.encoders.tfidf import TfidfEncoder
-from marlrec.pipeline import Pipeline, cache_dir, configure
-from marlrec.recommend import load_run, user_of
+from marlrec.pipeline import Pipeline
+from marlrec.recommend import add_items, embed_texts, load_run, text_encoder, user_of
 from marlrec.registry import MarlrecError
 from marlrec.serve.batching import MicroBatcher
 from marlrec.serve.ranking import (
@@ -73,6 +76,7 @@ class Service:
         version: str,
         batching: bool = True,
         expose_history: bool = False,
+        run_dir: Path | None = None,
     ) -> None:
         self.p = pipeline
         self.version = version
@@ -80,14 +84,29 @@ class Service:
         self.n_items = pipeline.data.n_items
         self.n_users = pipeline.data.n_users
         self.histories = pipeline.data.interactions.histories(self.n_users)
+        self.run_dir = run_dir
         self._encoder: Encoder | None = None
         self._batcher = MicroBatcher(self._rank_many) if batching else None
+        self._adding = threading.Lock()  # one catalog change at a time
 
     @classmethod
     def from_run(
         cls, run_dir: Path, batching: bool = True, expose_history: bool = False
     ) -> Service:
-        return cls(load_run(run_dir), model_version(run_dir), batching, expose_history)
+        return cls(load_run(run_dir), model_version(run_dir), batching, expose_history, run_dir)
+
+    def add_items(self, rows: list[dict[str, str]]) -> list[int]:
+        """Encode and store new items, then serve the run with them; their item numbers."""
+        if self.run_dir is None:
+            raise BadQuery("this service has no run dir to add items to", 409)
+        with self._adding:
+            try:
+                numbers = add_items(self.run_dir, self.p, rows, "items")
+            except MarlrecError as exc:
+                raise BadQuery(str(exc), 409 if "duplicate id" in str(exc) else 422) from None
+            pipeline = load_run(self.run_dir)
+            self.p, self.n_items = pipeline, pipeline.data.n_items
+        return numbers
 
     def answer(self, query: Query) -> Answer:
         self._check(query)
@@ -169,26 +188,16 @@ class Service:
         return [row[: job[1]] for row, job in zip(rows, jobs, strict=True)]
 
     def _answer_text(self, text: str, k: int) -> Answer:
-        query = torch.nn.functional.normalize(self._embed(text).to(self.p.item_emb), dim=-1)
-        similarity = torch.nn.functional.normalize(self.p.item_emb, dim=-1) @ query
+        p = self.p  # one catalog throughout, even if items are added meanwhile
+        query = torch.nn.functional.normalize(self._embed(p, text).to(p.item_emb), dim=-1)
+        similarity = torch.nn.functional.normalize(p.item_emb, dim=-1) @ query
         pseudo = similarity.topk(TEXT_HISTORY).indices.cpu().numpy()
-        rows = rank_explained(self.p, [pseudo], k, retrieval=similarity[None], exclude=False)
+        rows = rank_explained(p, [pseudo], k, retrieval=similarity[None], exclude=False)
         return Answer(rows[0], np.empty(0, np.int64), -1)  # a text has no history to show
 
-    def _embed(self, text: str) -> torch.Tensor:
-        encoder = self._encoder = self._encoder or _build_encoder(self.p)
-        if isinstance(encoder, TfidfEncoder):  # document frequencies are the catalog's
-            return encoder.encode([*self.p.data.item_text, text])[-1]
-        if isinstance(encoder, HFEncoder):  # the model itself: no embedding cache written
-            tokenizer, model = encoder.load()
-            return torch.as_tensor(encoder.forward(tokenizer, model, [text])[0])
-        return encoder.encode([text])[0]
-
-
-def _build_encoder(p: Pipeline) -> Encoder:
-    encoder = configure(p.cfg).one("encoder").create(cache_dir=cache_dir(p.cfg), device=p.device)
-    assert isinstance(encoder, Encoder)
-    return encoder
+    def _embed(self, p: Pipeline, text: str) -> torch.Tensor:
+        encoder = self._encoder = self._encoder or text_encoder(p)
+        return embed_texts(p, encoder, [text])[0]
 
 
 def model_version(run_dir: Path) -> str:
