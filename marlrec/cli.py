@@ -1,5 +1,5 @@
-"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `serve`, `compare`
-and `plugins`."""
+"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `serve`, `export`,
+`compare` and `plugins`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ commands:
   evaluate    re-evaluate a saved run: marlrec evaluate run_dir=outputs/runs/...
   recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
-              marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true]
+              marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
+              model=fp32|int8|onnx]
+  export      the scoring networks quantised to int8 or as ONNX, with their speed-up and
+              top-10 overlap over fp32: marlrec export run_dir=... format=int8|onnx [force=false]
   abtest      two runs in the same simulated sessions, each metric's difference with a 95%
               interval and p-value: marlrec abtest run_a=... run_b=... [users=1000 seed=0
               out=abtest force=false]
@@ -102,15 +105,34 @@ def recommend_command(args: list[str]) -> int:
 
 
 def serve_command(args: list[str]) -> int:
+    from marlrec.export import MODELS
     from marlrec.serve import serve
 
-    defaults = {"host": "127.0.0.1", "port": 8000, "workers": 1, "batching": True}
+    defaults = {"host": "127.0.0.1", "port": 8000, "workers": 1, "batching": True, "model": "fp32"}
     options = _options(args, ("run_dir",), defaults)
     port, workers = _whole(options, "port", 0, 65535), _whole(options, "workers", 1, 256)
     if not isinstance(options["batching"], bool):
         raise MarlrecError(f"batching must be true or false, got {options['batching']}")
+    if options["model"] not in MODELS:
+        raise MarlrecError(f"unknown model '{options['model']}'; models: {', '.join(MODELS)}")
     run_dir = Path(str(options["run_dir"]))
-    serve(run_dir, str(options["host"]), port, workers, options["batching"])
+    serve(run_dir, str(options["host"]), port, workers, options["batching"], options["model"])
+    return 0
+
+
+def export_command(args: list[str]) -> int:
+    from marlrec.export import export_dir, export_run
+
+    options = _options(args, ("run_dir", "format"), {"force": False})
+    if not isinstance(options["force"], bool):
+        raise MarlrecError(f"force must be true or false, got {options['force']!r}")
+    run_dir, fmt = Path(str(options["run_dir"])), str(options["format"])
+    report = export_run(run_dir, fmt, options["force"])
+    print(
+        f"wrote {export_dir(run_dir, fmt)}: scoring {report['speedup']:.2f}x fp32's speed "
+        f"({report['threads']} threads), top-10 overlap with fp32 {report['top10_overlap']:.3f} "
+        f"over {report['validation_users']} validation users"
+    )
     return 0
 
 
@@ -228,6 +250,7 @@ COMMANDS = {
     "evaluate": evaluate_command,
     "recommend": recommend_command,
     "serve": serve_command,
+    "export": export_command,
     "abtest": abtest_command,
     "compare": compare_command,
     "plugins": plugins_command,

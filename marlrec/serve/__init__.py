@@ -28,22 +28,33 @@ def check_port(host: str, port: int) -> None:
             raise MarlrecError(f"port {port} on {host} {why}") from None
 
 
-def serve(run_dir: Path, host: str, port: int, workers: int, batching: bool = True) -> None:
+def serve(
+    run_dir: Path,
+    host: str,
+    port: int,
+    workers: int,
+    batching: bool = True,
+    model: str = "fp32",
+) -> None:
     """Load the run in each of `workers` processes and serve it until interrupted; with
-    `batching`, concurrent requests are ranked together (see `marlrec.serve.batching`)."""
+    `batching`, concurrent requests are ranked together (see `marlrec.serve.batching`);
+    `model` names the scoring networks: fp32 or an export (`marlrec export`)."""
     import uvicorn
 
-    from marlrec.serve.app import BATCHING_ENV, RUN_DIR_ENV, create_app
+    from marlrec.serve.app import BATCHING_ENV, MODEL_ENV, RUN_DIR_ENV, create_app
     from marlrec.serve.service import Service
 
     if workers < 1:
         raise MarlrecError(f"workers must be at least 1, got {workers}")
     check_port(host, port)
     # Loaded here even with several workers, so that a broken run fails before they start.
-    app = create_app(Service.from_run(run_dir, batching))
+    app = create_app(Service.from_run(run_dir, batching, model))
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     os.environ[BATCHING_ENV] = "1" if batching else "0"
-    print(f"marlrec: serving {run_dir} on http://{host}:{port} (docs at /docs)", flush=True)
+    os.environ[MODEL_ENV] = model
+    print(
+        f"marlrec: serving {run_dir} ({model}) on http://{host}:{port} (docs at /docs)", flush=True
+    )
     uvicorn.run(
         app if workers == 1 else "marlrec.serve.app:from_environment",
         factory=workers > 1,

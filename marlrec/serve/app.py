@@ -25,6 +25,7 @@ from marlrec.serve import service as svc
 
 # How uvicorn's worker processes find the run and whether to batch.
 RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
+MODEL_ENV = "MARLREC_SERVE_MODEL"  # fp32 or an export's format
 
 
 class RecommendRequest(BaseModel):
@@ -194,4 +195,5 @@ def _add_metrics(app: FastAPI, metrics: Metrics) -> None:
 def from_environment() -> Any:
     """The app over the run named by MARLREC_SERVE_RUN_DIR: uvicorn's factory in each worker."""
     batching = os.environ.get(BATCHING_ENV, "1") == "1"
-    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV]), batching))
+    model = os.environ.get(MODEL_ENV, "fp32")
+    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV]), batching, model))

@@ -23,6 +23,8 @@ from marlrec.agents import checkpoint_path
 from marlrec.encoders import Encoder
 from marlrec.encoders.hf import HFEncoder
 from marlrec.encoders.tfidf import TfidfEncoder
+from marlrec.envs import CandidateScorer
+from marlrec.export import check_export, load_scorer
 from marlrec.pipeline import Pipeline, cache_dir, configure
 from marlrec.recommend import load_run
 from marlrec.serve.batching import MicroBatcher
@@ -66,9 +68,16 @@ class Answer:
 class Service:
     """The run's pipeline, loaded once, with its model version and a micro-batcher."""
 
-    def __init__(self, pipeline: Pipeline, version: str, batching: bool = True) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        version: str,
+        batching: bool = True,
+        scorer: CandidateScorer | None = None,
+    ) -> None:
         self.p = pipeline
         self.version = version
+        self.scorer = scorer or pipeline.agent.candidate_scores  # an export's, when served
         self.n_items = pipeline.data.n_items
         self.n_users = pipeline.data.n_users
         self.histories = pipeline.data.interactions.histories(self.n_users)
@@ -76,8 +85,14 @@ class Service:
         self._batcher = MicroBatcher(self._rank_many) if batching else None
 
     @classmethod
-    def from_run(cls, run_dir: Path, batching: bool = True) -> Service:
-        return cls(load_run(run_dir), model_version(run_dir), batching)
+    def from_run(cls, run_dir: Path, batching: bool = True, model: str = "fp32") -> Service:
+        """`model`: fp32 (the checkpoint's networks) or an export of them (`marlrec export`),
+        which the version names."""
+        if model != "fp32":
+            check_export(run_dir, model)  # before minutes of loading
+        pipeline = load_run(run_dir)
+        version = model_version(run_dir) + ("" if model == "fp32" else f"-{model}")
+        return cls(pipeline, version, batching, load_scorer(run_dir, model, pipeline))
 
     def answer(self, query: Query) -> Answer:
         self._check(query)
@@ -134,14 +149,16 @@ class Service:
 
     def _rank_many(self, jobs: list[tuple[np.ndarray, int]]) -> list[list[Placement]]:
         k = max(job[1] for job in jobs)
-        rows = rank_explained(self.p, [job[0] for job in jobs], k)
+        rows = rank_explained(self.p, [job[0] for job in jobs], k, scorer=self.scorer)
         return [row[: job[1]] for row, job in zip(rows, jobs, strict=True)]
 
     def _answer_text(self, text: str, k: int) -> Answer:
         query = torch.nn.functional.normalize(self._embed(text).to(self.p.item_emb), dim=-1)
         similarity = torch.nn.functional.normalize(self.p.item_emb, dim=-1) @ query
         pseudo = similarity.topk(TEXT_HISTORY).indices.cpu().numpy()
-        rows = rank_explained(self.p, [pseudo], k, retrieval=similarity[None], exclude=False)
+        rows = rank_explained(
+            self.p, [pseudo], k, retrieval=similarity[None], exclude=False, scorer=self.scorer
+        )
         return Answer(rows[0], np.empty(0, np.int64), -1)  # a text has no history to show
 
     def _embed(self, text: str) -> torch.Tensor:
