@@ -27,9 +27,10 @@ commands:
   recommend   top-k items with explanations: marlrec recommend run_dir=... user=3 [k=10]
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
               marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
-              model=fp32|int8|onnx]
+              model=fp32|int8|onnx|onnx-int8]
   export      the scoring networks quantised to int8 or as ONNX, with their speed-up and
-              top-10 overlap over fp32: marlrec export run_dir=... format=int8|onnx [force=false]
+              top-10 overlap over fp32: marlrec export run_dir=... format=int8|onnx|onnx-int8
+              [force=false]
   abtest      two runs in the same simulated sessions, each metric's difference with a 95%
               interval and p-value: marlrec abtest run_a=... run_b=... [users=1000 seed=0
               out=abtest force=false]

@@ -4,6 +4,8 @@
   quantised on the fly), run by torch.
 - `onnx`: each network traced to ONNX (the batch axis dynamic; the candidate count is part of
   the run's observation layout) and run by ONNX Runtime.
+- `onnx-int8`: the ONNX networks with ONNX Runtime's own dynamic int8 quantisation of their
+  matrix products.
 
 An export lands in `run_dir/export/<format>/` with `export.json`: the scoring speed-up over
 fp32 (the networks over the observations that ranking the validation users produces, both timed
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import shutil
 import statistics
 import tempfile
@@ -37,7 +40,7 @@ from marlrec.pipeline import Pipeline
 from marlrec.recommend import load_run
 from marlrec.registry import MarlrecError
 
-FORMATS = ("int8", "onnx")
+FORMATS = ("int8", "onnx", "onnx-int8")
 MODELS = ("fp32", *FORMATS)  # what `marlrec serve model=...` accepts
 K = 10  # the overlap's cut-off
 CHUNK = 256  # validation users ranked together, as evaluation does
@@ -65,7 +68,7 @@ def export_run(run_dir: Path, fmt: str, force: bool = False, repeats: int = REPE
     target = export_dir(run_dir, fmt)
     if target.exists() and not force:  # checked before the run is loaded
         raise MarlrecError(f"{target} exists; pass force=true to replace it")
-    if fmt == "onnx":
+    if fmt != "int8":
         _onnxruntime()  # missing, a one-line error before the run is loaded
     pipeline = load_run(run_dir)
     roles, nets = scoring_networks(pipeline)
@@ -76,7 +79,7 @@ def export_run(run_dir: Path, fmt: str, force: bool = False, repeats: int = REPE
         if fmt == "int8":
             _save_int8(staging, roles, nets)
         else:
-            _save_onnx(staging, roles, nets, pipeline)
+            _save_onnx(staging, roles, nets, pipeline, quantise=fmt == "onnx-int8")
         scorer = _load(staging, fmt, pipeline)
         report = {
             "format": fmt,
@@ -172,21 +175,41 @@ def _save_int8(folder: Path, roles: list[int], nets: list[nn.Module]) -> None:
     torch.save({"roles": roles, "nets": states}, folder / INT8_FILE)
 
 
-def _save_onnx(folder: Path, roles: list[int], nets: list[nn.Module], p: Pipeline) -> None:
+def _save_onnx(
+    folder: Path, roles: list[int], nets: list[nn.Module], p: Pipeline, quantise: bool
+) -> None:
     example = _example_observation(p)
     for index, net in enumerate(nets):
         module = _Scores(copy.deepcopy(net)).cpu().eval()
+        path = folder / f"role_net_{index}.onnx"
+        traced = path.with_suffix(".fp32.onnx") if quantise else path
         with _quiet_deprecations(), torch.no_grad():
             torch.onnx.export(
                 module,
                 (example,),
-                str(folder / f"role_net_{index}.onnx"),
+                str(traced),
                 dynamo=False,
                 input_names=["obs"],
                 output_names=["scores"],
                 dynamic_axes={"obs": {0: "batch"}, "scores": {0: "batch"}},
             )
+        if quantise:
+            _quantise_onnx(traced, path)
+            traced.unlink()
     (folder / "roles.json").write_text(json.dumps(roles) + "\n")
+
+
+def _quantise_onnx(source: Path, target: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantisation (weights int8, activations per batch)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logger = logging.getLogger()  # it advises pre-processing on the root logger: not needed
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+    finally:
+        logger.setLevel(level)
 
 
 def _example_observation(p: Pipeline) -> torch.Tensor:

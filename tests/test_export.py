@@ -69,9 +69,10 @@ def test_onnx_scores_are_fp32_scores(run_dir: Path, observations: list) -> None:
     assert report["top10_overlap"] == 1.0
 
 
-def test_int8_scores_keep_the_candidates_order(run_dir: Path, observations: list) -> None:
+@pytest.mark.parametrize("fmt", ["int8", "onnx-int8"])
+def test_int8_scores_keep_the_candidates_order(run_dir: Path, observations: list, fmt: str) -> None:
     p = load_run(run_dir)
-    int8 = load_scorer(run_dir, "int8", p)
+    int8 = load_scorer(run_dir, fmt, p)
     for obs, role in observations:
         expected, got = p.agent.candidate_scores(obs, role), int8(obs, role)
         assert not torch.equal(got, expected)  # quantised for real
@@ -81,7 +82,7 @@ def test_int8_scores_keep_the_candidates_order(run_dir: Path, observations: list
         pairs = zip(top_expected.tolist(), top_got.tolist(), strict=True)
         shared = [len(set(a) & set(b)) for a, b in pairs]
         assert np.mean(shared) >= 4.0
-    report = json.loads((export_dir(run_dir, "int8") / "export.json").read_text())
+    report = json.loads((export_dir(run_dir, fmt) / "export.json").read_text())
     assert report["top10_overlap"] >= 0.9
 
 
@@ -127,12 +128,12 @@ def test_bad_exports_are_one_line_errors(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     line = error_line(capsys, "export", f"run_dir={run_dir}", "format=fp16")
-    assert line == "marlrec: unknown format 'fp16'; formats: int8, onnx"
+    assert line == "marlrec: unknown format 'fp16'; formats: int8, onnx, onnx-int8"
     shutil.copy(run_dir / "config.yaml", tmp_path)  # a run that saved no checkpoint
     line = error_line(capsys, "export", f"run_dir={tmp_path}", "format=onnx")
     assert line == f"marlrec: {tmp_path} is not a finished marlrec run: last.pt is missing"
     line = error_line(capsys, "serve", f"run_dir={run_dir}", "model=fp16")
-    assert line == "marlrec: unknown model 'fp16'; models: fp32, int8, onnx"
+    assert line == "marlrec: unknown model 'fp16'; models: fp32, int8, onnx, onnx-int8"
 
 
 def test_serving_a_missing_or_stale_export_is_refused(run_dir: Path, tmp_path: Path) -> None:
