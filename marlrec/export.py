@@ -9,8 +9,9 @@
 
 An export lands in `run_dir/export/<format>/` with `export.json`: the scoring speed-up over
 fp32 (the networks over the observations that ranking the validation users produces, both timed
-in this process on the same threads, median of several repeats) and the top-10 overlap with fp32
-on the validation users (the full agent ranking, the exported scorer swapped in).
+in this process on the same threads, call by call in turn, median of several repeats) and the
+top-10 overlap with fp32 on the validation users (the full agent ranking, the exported scorer
+swapped in).
 """
 
 from __future__ import annotations
@@ -324,17 +325,19 @@ def _time(
     calls: list[tuple[torch.Tensor, int]],
     repeats: int,
 ) -> tuple[float, float]:
-    """Median seconds of each scorer over every recorded call, alternating the two so that
-    both see the same machine load; one untimed warm-up pass each."""
-    seconds: dict[int, list[float]] = {0: [], 1: []}
+    """Median seconds of each scorer over every recorded call. The two alternate call by call,
+    so that both see the same machine load; one untimed warm-up pass first."""
+    totals: list[list[float]] = []
     for repeat in range(repeats + 1):
-        for which, score in enumerate((reference, scorer)):
-            start = time.perf_counter()
-            for obs, role in calls:
+        spent = [0.0, 0.0]
+        for obs, role in calls:
+            for which, score in enumerate((reference, scorer)):
+                start = time.perf_counter()
                 score(obs, role)
-            if repeat:  # the first pass warms caches and allocators
-                seconds[which].append(time.perf_counter() - start)
-    return statistics.median(seconds[0]), statistics.median(seconds[1])
+                spent[which] += time.perf_counter() - start
+        if repeat:  # the first pass warms caches and allocators
+            totals.append(spent)
+    return statistics.median(t[0] for t in totals), statistics.median(t[1] for t in totals)
 
 
 def _size(folder: Path) -> int:
