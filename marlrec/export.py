@@ -74,16 +74,12 @@ def export_run(run_dir: Path, fmt: str, force: bool = False, repeats: int = REPE
     if fmt != "int8":
         _onnxruntime()  # missing, a one-line error before the run is loaded
     pipeline = load_run(run_dir)
-    roles, nets = scoring_networks(pipeline)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{fmt}.", suffix=".tmp"))
     staging.chmod(0o755)  # as a plain directory would be, not mkdtemp's 0700
     try:
-        if fmt == "int8":
-            _save_int8(staging, roles, nets)
-        else:
-            _save_onnx(staging, roles, nets, pipeline, quantise=fmt == "onnx-int8")
-        scorer = _load(staging, fmt, pipeline)
+        write_networks(staging, fmt, pipeline)
+        scorer = load_networks(staging, fmt, pipeline)
         report = {
             "format": fmt,
             "checkpoint": checkpoint_digest(run_dir),
@@ -101,6 +97,15 @@ def export_run(run_dir: Path, fmt: str, force: bool = False, repeats: int = REPE
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def write_networks(folder: Path, fmt: str, p: Pipeline) -> None:
+    """The scoring networks of `p` as `fmt`, written into `folder`."""
+    roles, nets = scoring_networks(p)
+    if fmt == "int8":
+        _save_int8(folder, roles, nets)
+    else:
+        _save_onnx(folder, roles, nets, p, quantise=fmt == "onnx-int8")
 
 
 def scoring_networks(p: Pipeline) -> tuple[list[int], list[nn.Module]]:
@@ -250,7 +255,7 @@ def load_scorer(run_dir: Path, model: str, p: Pipeline) -> CandidateScorer:
     if model == "fp32":
         return p.agent.candidate_scores
     check_export(run_dir, model)
-    return _load(export_dir(run_dir, model), model, p)
+    return load_networks(export_dir(run_dir, model), model, p)
 
 
 def check_export(run_dir: Path, model: str) -> None:
@@ -270,7 +275,8 @@ def check_export(run_dir: Path, model: str) -> None:
         )
 
 
-def _load(folder: Path, fmt: str, p: Pipeline) -> CandidateScorer:
+def load_networks(folder: Path, fmt: str, p: Pipeline) -> CandidateScorer:
+    """The scorer over the networks `write_networks` wrote into `folder`."""
     _, nets = scoring_networks(p)
     if fmt == "int8":
         with _quiet_deprecations():

@@ -11,13 +11,24 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from marlrec.app import compose_config
 from marlrec.cli import main
 from marlrec.evaluation.rankers import AgentRanker, slate_core
-from marlrec.export import FORMATS, export_dir, export_run, load_scorer
+from marlrec.export import (
+    FORMATS,
+    export_dir,
+    export_run,
+    load_networks,
+    load_scorer,
+    measure,
+    write_networks,
+)
+from marlrec.pipeline import build
 from marlrec.recommend import load_run
 from marlrec.registry import MarlrecError
 from marlrec.serve.app import create_app
 from marlrec.serve.service import Service, model_version
+from tests.conftest import SMALL
 from tests.test_serve import TINIEST
 from tests.test_train_e2e import marlrec
 
@@ -67,6 +78,16 @@ def test_onnx_scores_are_fp32_scores(run_dir: Path, observations: list) -> None:
         assert torch.allclose(onnx(obs, role), expected, rtol=1e-4, atol=1e-4)
     report = json.loads((export_dir(run_dir, "onnx") / "export.json").read_text())
     assert report["top10_overlap"] == 1.0 and report["max_abs_difference"] < 1e-3
+
+
+def test_a_trainable_state_model_exports_to_onnx(tmp_path: Path) -> None:
+    """A GRU state recomputed inside the networks, traced on a batch of 2, scores batches of
+    every validation chunk as fp32 does."""
+    p = build(compose_config([*SMALL, "state=gru"]))
+    assert p.agent.scoring_network(0).state_model is not None
+    write_networks(tmp_path, "onnx", p)
+    report = measure(p, load_networks(tmp_path, "onnx", p), repeats=1)
+    assert report["max_abs_difference"] < 1e-3 and report["top10_overlap"] == 1.0
 
 
 @pytest.mark.parametrize("fmt", ["int8", "onnx-int8"])
