@@ -1,5 +1,5 @@
 """The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `add-items`, `serve`,
-`compare` and `plugins`."""
+`export`, `abtest`, `compare` and `plugins`."""
 
 from __future__ import annotations
 
@@ -32,7 +32,10 @@ commands:
               marlrec add-items run_dir=... file=new_items.csv (columns: id, title, any text)
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
               marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
-              expose_history=false]
+              expose_history=false model=fp32|int8|onnx|onnx-int8]
+  export      the scoring networks quantised to int8 or as ONNX, with their speed-up and
+              top-10 overlap over fp32: marlrec export run_dir=... format=int8|onnx|onnx-int8
+              [force=false]
   abtest      two runs in the same simulated sessions, each metric's difference with a 95%
               interval and p-value: marlrec abtest run_a=... run_b=... [users=1000 seed=0
               out=abtest force=false]
@@ -202,6 +205,7 @@ def _flag(options: dict, key: str) -> bool:
 
 
 def serve_command(args: list[str]) -> int:
+    from marlrec.export import MODELS
     from marlrec.serve import serve
 
     defaults = {
@@ -210,12 +214,29 @@ def serve_command(args: list[str]) -> int:
         "workers": 1,
         "batching": True,
         "expose_history": False,
+        "model": "fp32",
     }
     options = _options(args, ("run_dir",), defaults)
     port, workers = _whole(options, "port", 0, 65535), _whole(options, "workers", 1, 256)
     batching, expose = _flag(options, "batching"), _flag(options, "expose_history")
+    if options["model"] not in MODELS:
+        raise MarlrecError(f"unknown model '{options['model']}'; models: {', '.join(MODELS)}")
     run_dir = Path(str(options["run_dir"]))
-    serve(run_dir, str(options["host"]), port, workers, batching, expose)
+    serve(run_dir, str(options["host"]), port, workers, batching, expose, str(options["model"]))
+    return 0
+
+
+def export_command(args: list[str]) -> int:
+    from marlrec.export import export_dir, export_run
+
+    options = _options(args, ("run_dir", "format"), {"force": False})
+    run_dir, fmt = Path(str(options["run_dir"])), str(options["format"])
+    report = export_run(run_dir, fmt, _flag(options, "force"))
+    print(
+        f"wrote {export_dir(run_dir, fmt)}: scoring {report['speedup']:.2f}x fp32's speed "
+        f"({report['threads']} threads), top-10 overlap with fp32 {report['top10_overlap']:.3f} "
+        f"over {report['validation_users']} validation users"
+    )
     return 0
 
 
@@ -334,6 +355,7 @@ COMMANDS = {
     "recommend": recommend_command,
     "add-items": add_items_command,
     "serve": serve_command,
+    "export": export_command,
     "abtest": abtest_command,
     "compare": compare_command,
     "plugins": plugins_command,

@@ -35,24 +35,35 @@ def serve(
     workers: int,
     batching: bool = True,
     expose_history: bool = False,
+    model: str = "fp32",
 ) -> None:
     """Load the run in each of `workers` processes and serve it until interrupted; with
     `batching`, concurrent requests are ranked together (see `marlrec.serve.batching`); with
-    `expose_history`, a user's explanations name the items of their history they are like."""
+    `expose_history`, a user's explanations name the items of their history they are like;
+    `model` names the scoring networks: fp32 or an export (`marlrec export`)."""
     import uvicorn
 
-    from marlrec.serve.app import BATCHING_ENV, EXPOSE_HISTORY_ENV, RUN_DIR_ENV, create_app
+    from marlrec.serve.app import (
+        BATCHING_ENV,
+        EXPOSE_HISTORY_ENV,
+        MODEL_ENV,
+        RUN_DIR_ENV,
+        create_app,
+    )
     from marlrec.serve.service import Service
 
     if workers < 1:
         raise MarlrecError(f"workers must be at least 1, got {workers}")
     check_port(host, port)
     # Loaded here even with several workers, so that a broken run fails before they start.
-    app = create_app(Service.from_run(run_dir, batching, expose_history))
+    app = create_app(Service.from_run(run_dir, batching, expose_history, model))
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     os.environ[BATCHING_ENV] = "1" if batching else "0"
     os.environ[EXPOSE_HISTORY_ENV] = "1" if expose_history else "0"
-    print(f"marlrec: serving {run_dir} on http://{host}:{port} (docs at /docs)", flush=True)
+    os.environ[MODEL_ENV] = model
+    print(
+        f"marlrec: serving {run_dir} ({model}) on http://{host}:{port} (docs at /docs)", flush=True
+    )
     uvicorn.run(
         app if workers == 1 else "marlrec.serve.app:from_environment",
         factory=workers > 1,

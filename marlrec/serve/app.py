@@ -26,6 +26,7 @@ from marlrec.serve import service as svc
 # How uvicorn's worker processes find the run, whether to batch and to show histories.
 RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
 EXPOSE_HISTORY_ENV = "MARLREC_SERVE_EXPOSE_HISTORY"
+MODEL_ENV = "MARLREC_SERVE_MODEL"  # fp32 or an export's format
 
 
 class RecommendRequest(BaseModel):
@@ -243,4 +244,6 @@ def from_environment() -> Any:
     """The app over the run named by MARLREC_SERVE_RUN_DIR: uvicorn's factory in each worker."""
     batching = os.environ.get(BATCHING_ENV, "1") == "1"
     expose = os.environ.get(EXPOSE_HISTORY_ENV, "0") == "1"
-    return create_app(svc.Service.from_run(Path(os.environ[RUN_DIR_ENV]), batching, expose))
+    model = os.environ.get(MODEL_ENV, "fp32")
+    run_dir = Path(os.environ[RUN_DIR_ENV])
+    return create_app(svc.Service.from_run(run_dir, batching, expose, model))

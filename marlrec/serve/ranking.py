@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from marlrec.envs import CandidateScorer
 from marlrec.envs.core import SlateCore
 from marlrec.evaluation.rankers import AgentRanker, slate_core
 from marlrec.pipeline import Pipeline
@@ -39,15 +40,17 @@ def rank_explained(
     k: int,
     retrieval: torch.Tensor | None = None,
     exclude: bool = True,
+    scorer: CandidateScorer | None = None,
 ) -> list[list[Placement]]:
     """Top-k placements per history, never an item in it, as evaluation ranks them
     (`AgentRanker`).
 
     `retrieval` (B, n_items) replaces the retriever's scores (a text query's similarities);
-    with `exclude=False` the history's items may be recommended too.
+    with `exclude=False` the history's items may be recommended too. `scorer` replaces the
+    agent's own (an exported one, `marlrec.export`).
     """
     core = slate_core(p.env)
-    ranked = AgentRanker(core, p.agent.candidate_scores).rank(
+    ranked = AgentRanker(core, scorer or p.agent.candidate_scores).rank(
         histories, retrieval, exclude, explain=True
     )
     assert ranked.retrieval is not None

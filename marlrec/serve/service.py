@@ -26,6 +26,8 @@ import torch
 
 from marlrec.agents import checkpoint_path
 from marlrec.encoders import Encoder
+from marlrec.envs import CandidateScorer
+from marlrec.export import check_export, load_scorer
 from marlrec.pipeline import Pipeline
 from marlrec.recommend import add_items, embed_texts, load_run, text_encoder, user_of
 from marlrec.registry import MarlrecError
@@ -77,10 +79,12 @@ class Service:
         batching: bool = True,
         expose_history: bool = False,
         run_dir: Path | None = None,
+        scorer: CandidateScorer | None = None,
     ) -> None:
         self.p = pipeline
         self.version = version
         self.expose_history = expose_history
+        self.exported_scorer = scorer  # an export's networks, when one is served
         self.n_items = pipeline.data.n_items
         self.n_users = pipeline.data.n_users
         self.histories = pipeline.data.interactions.histories(self.n_users)
@@ -91,14 +95,31 @@ class Service:
 
     @classmethod
     def from_run(
-        cls, run_dir: Path, batching: bool = True, expose_history: bool = False
+        cls,
+        run_dir: Path,
+        batching: bool = True,
+        expose_history: bool = False,
+        model: str = "fp32",
     ) -> Service:
-        return cls(load_run(run_dir), model_version(run_dir), batching, expose_history, run_dir)
+        """`model`: fp32 (the checkpoint's networks) or an export of them (`marlrec export`),
+        which the version names."""
+        if model != "fp32":
+            check_export(run_dir, model)  # before minutes of loading
+        pipeline = load_run(run_dir)
+        version = model_version(run_dir) + ("" if model == "fp32" else f"-{model}")
+        scorer = load_scorer(run_dir, model, pipeline) if model != "fp32" else None
+        return cls(pipeline, version, batching, expose_history, run_dir, scorer)
+
+    @property
+    def scorer(self) -> CandidateScorer:
+        return self.exported_scorer or self.p.agent.candidate_scores
 
     def add_items(self, rows: list[dict[str, str]]) -> list[int]:
         """Encode and store new items, then serve the run with them; their item numbers."""
         if self.run_dir is None:
             raise BadQuery("this service has no run dir to add items to", 409)
+        if self.exported_scorer is not None:  # an export holds the catalog it was made with
+            raise BadQuery("items cannot be added while an export is served: serve fp32", 409)
         with self._adding:
             try:
                 numbers = add_items(self.run_dir, self.p, rows, "items")
@@ -184,7 +205,7 @@ class Service:
 
     def _rank_many(self, jobs: list[tuple[np.ndarray, int]]) -> list[list[Placement]]:
         k = max(job[1] for job in jobs)
-        rows = rank_explained(self.p, [job[0] for job in jobs], k)
+        rows = rank_explained(self.p, [job[0] for job in jobs], k, scorer=self.scorer)
         return [row[: job[1]] for row, job in zip(rows, jobs, strict=True)]
 
     def _answer_text(self, text: str, k: int) -> Answer:
@@ -192,7 +213,9 @@ class Service:
         query = torch.nn.functional.normalize(self._embed(p, text).to(p.item_emb), dim=-1)
         similarity = torch.nn.functional.normalize(p.item_emb, dim=-1) @ query
         pseudo = similarity.topk(TEXT_HISTORY).indices.cpu().numpy()
-        rows = rank_explained(p, [pseudo], k, retrieval=similarity[None], exclude=False)
+        rows = rank_explained(
+            p, [pseudo], k, retrieval=similarity[None], exclude=False, scorer=self.scorer
+        )
         return Answer(rows[0], np.empty(0, np.int64), -1)  # a text has no history to show
 
     def _embed(self, p: Pipeline, text: str) -> torch.Tensor:

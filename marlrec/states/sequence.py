@@ -83,7 +83,7 @@ class SequenceState(StateModel):
         if window.shape[1] > 0:
             outputs = self.sequence_features(window)
             last = (lengths - 1).clamp(min=0)
-            picked = outputs[torch.arange(len(last), device=last.device), last]
+            picked = outputs[torch.arange(last.shape[0], device=last.device), last]
             # An empty history has no last item: its learned term is the output bias alone.
             features = picked.masked_fill((lengths == 0).unsqueeze(1), 0.0)
         return masked_mean(window, lengths) + self.output(features)
