@@ -35,6 +35,16 @@ PROTOCOLS = {
     "cold_items": "ml100k_cold_items",
     "cold_users": "ml100k_cold_users",
 }
+# The standard protocol at the cold presets' budget and retriever (one epoch of 1,536 env steps
+# over EASE candidates), not the larger `ml100k` preset, so the three rows differ in split only.
+SAME_BUDGET = {
+    "standard": [
+        "retrieval=ease",
+        "trainer.max_epochs=1",
+        "trainer.epoch_num_env_steps=1536",
+        "trainer.imitation_steps_per_update=0",
+    ]
+}
 BASELINES = ["pop", "content_knn"]
 AGENTS = "agents (mappo, frozen encoder)"
 COLUMNS = {"NDCG@10": "test/NDCG@10", "HR@10": "test/HR@10"}
@@ -48,6 +58,7 @@ def overrides(args: argparse.Namespace, protocol: str, seed: int) -> list[str]:
         f"data.path={args.data.resolve()}",
         f"seed={seed}",
         RANKING_ONLY,
+        *SAME_BUDGET.get(protocol, []),
     ]
 
 

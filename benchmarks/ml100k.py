@@ -42,10 +42,11 @@ AGENTS: dict[str, list[str]] = {
     "single agent (env=single, ppo)": ["env=single", "agent=ppo"],
     "relevance role alone": ["env.roles=[relevance]", "env.slots_per_role=4"],
     "diversity role alone": ["env.roles=[diversity]", "env.slots_per_role=4"],
+    "over EASE candidates (the earlier preset)": ["retrieval=ease"],
     "ippo": ["agent=ippo"],
     "idqn": ["agent=idqn"],
 }
-BASELINES = ["random", "pop", "itemknn", "ease", "bpr", "sasrec"]
+BASELINES = ["random", "pop", "itemknn", "ease", "bpr", "sasrec", "sasrec_bce"]
 COLUMNS = {
     "HR@10": "test/HR@10",
     "NDCG@10": "test/NDCG@10",
@@ -154,8 +155,8 @@ def main() -> None:
     if not (args.data / "u.data").is_file():
         parser.error(f"{args.data} holds no MovieLens-100K (u.data is missing)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # The preset pseudonymises users, whose order then follows the key: a fixed key keeps the
-    # figures reproducible from one invocation to the next (they are aggregates only).
+    # The preset pseudonymises users: a fixed key lets it run without a key file of the user's
+    # (the figures, aggregates only, do not depend on the key).
     os.environ.setdefault(KEY_ENV, "marlrec-ml100k-benchmark")
     seeds = [int(s) for s in args.seeds.split(",")]
     agents = [a for a in args.agents.split(";") if a]

@@ -17,13 +17,15 @@ from marlrec.training.loop import VALID_METRIC
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Test return and validation NDCG@10 against env steps, as a PNG (no pyplot state)."""
+    """Test return and validation NDCG@10 against env steps and, in a second panel, each
+    role's losses at the end of each epoch, as a PNG (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4))
+    losses = sorted({k for r in history for k in r if k.startswith("loss/")})
+    figure = Figure(figsize=(7, 7 if losses else 4))
     FigureCanvasAgg(figure)
-    ret_axis = figure.add_subplot()
+    ret_axis = figure.add_subplot(2 if losses else 1, 1, 1)
     tested = [r for r in history if "test_return" in r]
     ret_axis.plot([r["env_step"] for r in tested], [r["test_return"] for r in tested], "C0-o")
     ret_axis.set_xlabel("env steps")
@@ -32,6 +34,14 @@ def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
     ndcg_axis = ret_axis.twinx()
     ndcg_axis.plot([r["env_step"] for r in validated], [r[VALID_METRIC] for r in validated], "C1-s")
     ndcg_axis.set_ylabel(VALID_METRIC, color="C1")
+    if losses:
+        loss_axis = figure.add_subplot(2, 1, 2, sharex=ret_axis)
+        for key in losses:
+            points = [(r["env_step"], r[key]) for r in history if key in r]
+            loss_axis.plot(*zip(*points, strict=True), "-o", label=key.removeprefix("loss/"))
+        loss_axis.set_xlabel("env steps")
+        loss_axis.set_ylabel("loss (last update of the epoch)")
+        loss_axis.legend(fontsize="small")
     figure.suptitle("learning curve")
     figure.tight_layout()
     with atomic_path(path) as tmp:

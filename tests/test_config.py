@@ -180,6 +180,8 @@ def test_ml100k_preset_composes_the_benchmarks_strongest_configuration() -> None
     config = compose_config(["experiment=ml100k", "data.path=somewhere"])
     configure(config)
     assert (config.data.name, config.simulator.name) == ("movielens", "replay")
-    assert (config.agent.name, config.retrieval.name) == ("mappo", "ease")
-    assert list(config.baseline) == ["random", "pop", "itemknn", "ease"]
+    assert (config.agent.name, config.retrieval.name) == ("mappo", "sasrec")
+    assert list(config.baseline) == ["random", "pop", "itemknn", "ease", "sasrec"]
+    assert config.trainer.max_epochs * config.trainer.epoch_num_env_steps >= 50_000
+    assert config.trainer.imitation_steps_per_update > 0
     assert compose_config(["experiment=ml100k", "retrieval=content"]).retrieval.name == "content"

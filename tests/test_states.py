@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -280,8 +281,8 @@ def test_gru_state_trains_with_the_agents(tmp_path: Path, monkeypatch: pytest.Mo
     initial: dict[str, torch.Tensor] = {}
     build = marlrec.run.build
 
-    def build_and_record(cfg: DictConfig) -> Pipeline:
-        pipeline = build(cfg)
+    def build_and_record(cfg: DictConfig, **options: Any) -> Pipeline:
+        pipeline = build(cfg, **options)
         initial.update(
             {k: v.detach().clone() for k, v in pipeline.env.ctx.state.state_dict().items()}
         )

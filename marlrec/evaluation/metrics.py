@@ -177,7 +177,8 @@ RankingMetric = UserMetric | CatalogMetric
 
 
 def _hit_count(c: RankedChunk, k: int) -> torch.Tensor:
-    return c.cumulative_hits[:, k - 1]
+    # A list shorter than k (a catalog smaller than k) holds all its hits in its last place.
+    return c.cumulative_hits[:, min(k, c.cumulative_hits.shape[1]) - 1]
 
 
 def _hr(c: RankedChunk, k: int) -> torch.Tensor:

@@ -153,6 +153,7 @@ class TrainingLoop:
             record["test_return"] = float(test.returns_stat.mean)
         if self._validates(epoch):
             record[VALID_METRIC] = self._validate(epoch, env_step)
+        record.update(role_losses(stats))
         self.reward_terms.log(env_step, force=True)
         now = time.perf_counter()
         self.progress.train_seconds += now - self._clock
@@ -415,3 +416,12 @@ def fit(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
         make_buffer=plan.make_buffer,
         anchor=ImitationAnchor(agent, env, run) if run.trainer.imitation_steps_per_update else None,
     )
+
+
+def role_losses(stats: EpochStats) -> dict[str, float]:
+    """The epoch's last update's losses, `loss/<role>/<name>` (one role's own under multi-agent
+    algorithms, `loss/<name>` for a single agent)."""
+    if stats.training_stat is None:
+        return {}
+    losses = stats.training_stat.get_loss_stats_dict()
+    return {f"loss/{k}": float(v) for k, v in losses.items() if isinstance(v, int | float)}
