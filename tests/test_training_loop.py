@@ -214,7 +214,21 @@ def test_subprocess_env_copies_train_exactly_as_in_process_ones(
     subproc = fit_history(
         small_pipeline, tmp_path / "subproc", tiny_trainer(max_epochs=1, vector_env="subproc")
     )
-    assert dummy == subproc and dummy[0]["env_step"] == 32
+    assert same_history(dummy, subproc) and dummy[0]["env_step"] == 32
+
+
+def same_history(a: list[dict], b: list[dict]) -> bool:
+    """Equal records; losses to float32 rounding (the workers change how many threads the
+    learner's matrix products use, hence their summation order)."""
+    exact = [{k: v for k, v in r.items() if not k.startswith("loss/")} for r in (*a, *b)]
+    losses = [{k: v for k, v in r.items() if k.startswith("loss/")} for r in (*a, *b)]
+    n = len(a)
+    pairs = zip(losses[:n], losses[n:], strict=False)
+    return (
+        len(a) == len(b)
+        and exact[:n] == exact[n:]
+        and all(x == pytest.approx(y, rel=1e-5) for x, y in pairs)
+    )
 
 
 @pytest.fixture
@@ -232,7 +246,7 @@ def test_ray_env_copies_train_exactly_as_in_process_ones(
     on_ray = fit_history(
         small_pipeline, tmp_path / "ray", tiny_trainer(max_epochs=1, vector_env="ray")
     )
-    assert dummy == on_ray
+    assert same_history(dummy, on_ray)
 
 
 # --- validation, early stopping and logs --------------------------------------------------------
