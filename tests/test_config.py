@@ -36,6 +36,9 @@ BUILD_OVERRIDES = {
     ("agent", "ppo"): ["env=single"],
     ("reward", "revenue"): ["reward.revenue.attribute=topic"],
     ("baseline", "sasrec"): ["baseline.sasrec.epochs=1"],
+    ("baseline", "sasrec_bce"): ["baseline.sasrec_bce.epochs=1"],
+    ("retrieval", "sasrec"): ["retrieval.epochs=1"],
+    ("retrieval", "union"): ["retrieval.members=[{name:ease},{name:sasrec,epochs:1}]"],
 }
 
 
