@@ -48,3 +48,15 @@ def cli_env(cache: Path) -> dict[str, str]:
 def small_pipeline(offline_cache: Path) -> Pipeline:
     """Every default plugin, built for real on a small synthetic catalog."""
     return build(compose_config(SMALL))
+
+
+@pytest.fixture(scope="session")
+def tiniest_run(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -> Path:
+    """One tiny trained run (tests.test_serve.TINIEST) for the serving, export and add-items
+    tests; a test that changes a run copies it first."""
+    from tests.test_serve import TINIEST
+    from tests.test_train_e2e import marlrec
+
+    run = tmp_path_factory.mktemp("tiniest-run")
+    marlrec("train", *TINIEST, f"hydra.run.dir={run}", cache=offline_cache, cwd=run)
+    return run

@@ -15,8 +15,6 @@ from marlrec.recommend import ADDED_ITEMS, AddedItems, add_items, load_run, read
 from marlrec.registry import MarlrecError
 from marlrec.serve.app import create_app
 from marlrec.serve.service import Query, Service
-from tests.test_serve import TINIEST
-from tests.test_train_e2e import marlrec
 
 NEW_ITEMS = (
     "id,title,genres\n"
@@ -26,9 +24,9 @@ NEW_ITEMS = (
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -> Path:
-    run = tmp_path_factory.mktemp("add-items-run")
-    marlrec("train", *TINIEST, f"hydra.run.dir={run}", cache=offline_cache, cwd=run)
+def trained(tmp_path_factory: pytest.TempPathFactory, tiniest_run: Path) -> Path:
+    run = tmp_path_factory.mktemp("add-items") / "run"
+    shutil.copytree(tiniest_run, run)  # items are added to this copy
     return run
 
 

@@ -29,16 +29,14 @@ from marlrec.registry import MarlrecError
 from marlrec.serve.app import create_app
 from marlrec.serve.service import Service, model_version
 from tests.conftest import SMALL
-from tests.test_serve import TINIEST
-from tests.test_train_e2e import marlrec
 
 pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -> Path:
-    run = tmp_path_factory.mktemp("export-run")
-    marlrec("train", *TINIEST, f"hydra.run.dir={run}", cache=offline_cache, cwd=run)
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiniest_run: Path) -> Path:
+    run = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(tiniest_run, run)  # exports are written into this copy
     for fmt in FORMATS:
         export_run(run, fmt, repeats=2)
     return run

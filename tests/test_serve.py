@@ -17,7 +17,6 @@ from marlrec.serve.app import create_app
 from marlrec.serve.batching import MicroBatcher
 from marlrec.serve.service import Query, Service
 from tests.conftest import cli_env
-from tests.test_train_e2e import marlrec
 
 TINIEST = [
     "experiment=quick",
@@ -34,10 +33,8 @@ TINIEST = [
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -> Path:
-    run = tmp_path_factory.mktemp("serve-run")
-    marlrec("train", *TINIEST, f"hydra.run.dir={run}", cache=offline_cache, cwd=run)
-    return run
+def run_dir(tiniest_run: Path) -> Path:
+    return tiniest_run
 
 
 @pytest.fixture(scope="module")
