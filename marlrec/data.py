@@ -126,6 +126,12 @@ class RecData:
     user_ids: np.ndarray | None = None
 
     @cached_property
+    def user_index_of_id(self) -> dict[str, int]:
+        """Each user id's index, built once: serving looks users up by id per request."""
+        ids = [] if self.user_ids is None else self.user_ids.tolist()
+        return {str(user_id): index for index, user_id in enumerate(ids)}
+
+    @cached_property
     def train_histories(self) -> list[np.ndarray]:
         return self.split.train.histories(self.n_users)
 

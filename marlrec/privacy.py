@@ -203,5 +203,4 @@ def _relabel(part: Interactions, new_of_old: np.ndarray) -> Interactions:
 def user_index(data: RecData, key: bytes, user_id: object) -> int:
     """The index of the user whose raw id is `user_id`, through its pseudonym; -1 if none."""
     assert data.user_ids is not None
-    found = np.flatnonzero(data.user_ids == pseudonym(key, user_id))
-    return int(found[0]) if len(found) else -1
+    return data.user_index_of_id.get(pseudonym(key, user_id), -1)
