@@ -1,5 +1,5 @@
-"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `add-items`, `serve`,
-`export`, `abtest`, `compare` and `plugins`."""
+"""The `marlrec` command: `train` (a Hydra app), `evaluate`, `recommend`, `add-items`, `update`,
+`serve`, `export`, `abtest`, `compare` and `plugins`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ commands:
               expose_history=false]
   add-items   new items recommendable without retraining, encoded by the run's encoder:
               marlrec add-items run_dir=... file=new_items.csv (columns: id, title, any text)
+  update      a new version of a run that has learnt from new interactions (new users and
+              items allowed), served from then on, the earlier ones kept:
+              marlrec update run_dir=... log=new.csv (columns: user, item, timestamp, rating)
+              [items=new_items.csv steps=N replay=0.5 lr=... force=false]
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
               marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
               expose_history=false model=fp32|int8|onnx|onnx-int8]
@@ -188,6 +192,31 @@ def add_items_command(args: list[str]) -> int:
     for number, row in zip(numbers, rows, strict=True):
         table.add_row(str(number), row["id"].strip(), row["title"].strip())
     Console(width=160).print(table)
+    return 0
+
+
+def update_command(args: list[str]) -> int:
+    from marlrec.update import UpdateOptions, update_run
+
+    defaults = {"items": None, "steps": None, "replay": 0.5, "lr": None, "force": False}
+    options = _options(args, ("run_dir", "log"), defaults)
+    steps = None if options["steps"] is None else _whole(options, "steps", 0, 10**7)
+    replay, lr = options["replay"], options["lr"]
+    if isinstance(replay, bool) or not isinstance(replay, int | float):
+        raise MarlrecError(f"replay must be a number from 0 to below 1, got {replay!r}")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0):
+        raise MarlrecError(f"lr must be a positive number, got {lr!r}")
+    chosen = UpdateOptions(steps, float(replay), lr and float(lr), _flag(options, "force"))
+    items = None if options["items"] is None else Path(str(options["items"]))
+    run_dir = Path(str(options["run_dir"]))
+    report = update_run(run_dir, Path(str(options["log"])), items, chosen)
+    print(
+        f"wrote version {report['version']} of {run_dir} (now served): "
+        f"{report['interactions']} interactions, {report['new_users']} new users, "
+        f"{report['new_items']} new items; {report['steps']} steps, valid NDCG@10 "
+        f"{report['valid_ndcg10_before']:.4f} -> {report['valid_ndcg10_after']:.4f}, "
+        f"{report['seconds']:.1f} s"
+    )
     return 0
 
 
@@ -354,6 +383,7 @@ COMMANDS = {
     "evaluate": evaluate_command,
     "recommend": recommend_command,
     "add-items": add_items_command,
+    "update": update_command,
     "serve": serve_command,
     "export": export_command,
     "abtest": abtest_command,

@@ -163,6 +163,34 @@ class RecData:
             truth=truth,
         )
 
+    def with_interactions(
+        self, added: Interactions, new_user_ids: np.ndarray | None, n_new_users: int
+    ) -> RecData:
+        """This data with `added` interactions (users from `n_users` on are the `n_new_users`
+        new ones, with ids `new_user_ids` when users have ids), not yet split again: the
+        caller splits the merged interactions. A new user's latent taste is unknown: zero."""
+        n_users = self.n_users + n_new_users
+        user = np.concatenate([self.interactions.user, added.user])
+        time = np.concatenate([self.interactions.time, added.time])
+        order = np.lexsort((time, user))  # stable: earlier rows first among equal times
+        merged = Interactions(
+            user=user[order],
+            item=np.concatenate([self.interactions.item, added.item])[order],
+            time=time[order],
+            value=np.concatenate([self.interactions.value, added.value])[order],
+        )
+        ids = self.user_ids
+        if ids is not None:
+            assert new_user_ids is not None and len(new_user_ids) == n_new_users
+            ids = np.concatenate([ids.astype(str), new_user_ids.astype(str)])
+        truth = self.truth
+        if truth is not None:
+            taste = np.zeros((n_new_users, truth.user_taste.shape[1]), truth.user_taste.dtype)
+            truth = dataclasses.replace(truth, user_taste=np.concatenate([truth.user_taste, taste]))
+        return dataclasses.replace(
+            self, n_users=n_users, interactions=merged, user_ids=ids, truth=truth
+        )
+
     def history_before(self, user: int, target: str) -> np.ndarray:
         """What a user had consumed before the `valid` or `test` items, in time order.
 

@@ -41,6 +41,7 @@ from marlrec.evaluation.rankers import AgentRanker, slate_core
 from marlrec.pipeline import Pipeline
 from marlrec.recommend import load_run
 from marlrec.registry import MarlrecError
+from marlrec.versions import current_dir
 
 FORMATS = ("int8", "onnx", "onnx-int8")
 MODELS = ("fp32", *FORMATS)  # what `marlrec serve model=...` accepts
@@ -52,15 +53,17 @@ ONNX_TOLERANCE = 1e-3  # the largest score difference an unquantised ONNX export
 
 
 def export_dir(run_dir: Path, fmt: str) -> Path:
-    return run_dir / "export" / fmt
+    """Beside the checkpoint it is made from: the served version's (`marlrec.versions`)."""
+    return current_dir(run_dir) / "export" / fmt
 
 
 def checkpoint_digest(run_dir: Path) -> str:
     """SHA-1 (12 hex digits) of the checkpoint a run serves (`best`, else `last`), which
     `marlrec serve` also reports as its model version."""
-    path = checkpoint_path(run_dir, "best")
+    folder = current_dir(run_dir)
+    path = checkpoint_path(folder, "best")
     if not path.is_file():
-        path = checkpoint_path(run_dir)
+        path = checkpoint_path(folder)
     return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
 
 

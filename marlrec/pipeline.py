@@ -16,12 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from marlrec import config_source, fitted, registry
 from marlrec.agents import Agent
 from marlrec.baselines import Baseline
-from marlrec.data import RecData
+from marlrec.data import RecData, split_from_labels
+from marlrec.datasets.splitting import SplitOptions
 from marlrec.envs import EnvContext, Environment
 from marlrec.evaluation.harness import EvalConfig
 from marlrec.privacy import PrivacyConfig, build_privacy_config, load_key, pseudonymise
 from marlrec.registry import MarlrecError
 from marlrec.settings import LoggerConfig, TrainerConfig
+from marlrec.versions import AddedInteractions
 
 GROUPS = tuple(registry.KINDS)  # data-flow order
 LIST_GROUPS = tuple(group for group, kind in registry.KINDS.items() if kind.many)
@@ -183,10 +185,32 @@ def _with_new_items(
     return data.with_items(texts), torch.cat([item_emb, embeddings.to(item_emb)])
 
 
+def _with_interactions(
+    data: RecData, added: AddedInteractions, data_config: Any, seed: int
+) -> RecData:
+    """`data` with the interactions updates added, split again as the dataset splits: the
+    held-out items stay each user's latest (leave-one-out) or the latest share (temporal)."""
+    if data.n_users != added.base_users or int(added.interactions.item.max(initial=-1)) >= (
+        data.n_items
+    ):
+        raise MarlrecError(
+            f"the added interactions extend {added.base_users} users, but the run's data now "
+            f"has {data.n_users} users and {data.n_items} items"
+        )
+    ids = added.new_user_ids if data.user_ids is not None else None
+    merged = data.with_interactions(added.interactions, ids, added.n_new_users)
+    split = SplitOptions.of(data_config, seed) if hasattr(data_config, "split") else SplitOptions()
+    labels = split.labels(merged.interactions, merged.n_users)
+    return dataclasses.replace(
+        merged, split=split_from_labels(merged.interactions, merged.n_users, labels)
+    )
+
+
 def build(
     cfg: DictConfig,
     create_key: bool = False,
     new_items: tuple[list[str], torch.Tensor] | None = None,
+    new_interactions: AddedInteractions | None = None,
 ) -> Pipeline:
     """Instantiate every plugin the config names, in data-flow order.
 
@@ -194,6 +218,7 @@ def build(
     `create_key` makes the key file when there is no key yet (a new training run).
     `new_items` (texts, embeddings) join the catalog after it is encoded, as items nobody has
     consumed yet (a served run's added items): everything downstream sees the larger catalog.
+    `new_interactions` (`marlrec update`) join the data after them, which is split again.
     """
     run = configure(cfg)
     seed = int(cfg.seed)
@@ -213,6 +238,8 @@ def build(
     item_emb = encoder.encode(data.item_text).to(device)
     if new_items is not None:
         data, item_emb = _with_new_items(data, item_emb, *new_items)
+    if new_interactions is not None:
+        data = _with_interactions(data, new_interactions, run.one("data").config, seed)
     state = (
         run.one("state")
         .create(item_dim=item_emb.shape[1], item_text=data.item_text, encoder=encoder)

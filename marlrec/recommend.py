@@ -1,7 +1,8 @@
 """A finished run's trained policy: loaded from its run dir, recommending and explaining.
 
-Items added after training (`marlrec add-items`, `POST /items`) live in the run dir's
-`added_items.pt`: their ids, texts and embeddings by the run's encoder. Loading a run appends
+Items added after training (`marlrec add-items`, `POST /items`) live in the served version's
+`added_items.pt` (the run dir itself until `marlrec update` writes a version, see
+`marlrec.versions`): their ids, texts and embeddings by the run's encoder. Loading a run appends
 them to its catalog as items nobody has consumed yet; nothing is retrained.
 """
 
@@ -26,6 +27,7 @@ from marlrec.io import atomic_path
 from marlrec.pipeline import Pipeline, build, cache_dir, configure
 from marlrec.privacy import user_index
 from marlrec.registry import MarlrecError
+from marlrec.versions import AddedInteractions, current_dir
 
 ADDED_ITEMS = "added_items.pt"
 ENCODE_BATCH = 64  # texts per forward pass of a language model
@@ -41,21 +43,32 @@ def restore_best(pipeline: Pipeline, run_dir: Path) -> None:
 
 
 def load_run(run_dir: Path) -> Pipeline:
-    """Rebuild a saved run's pipeline and restore its trained agent."""
-    config_file = run_dir / "config.yaml"
-    for needed in (config_file, checkpoint_path(run_dir)):
+    """Rebuild a saved run's pipeline, at the version it serves, and restore its agent."""
+    folder = current_dir(run_dir)
+    for needed in (run_dir / "config.yaml", checkpoint_path(folder)):
         if not needed.is_file():
             raise MarlrecError(f"{run_dir} is not a finished marlrec run: {needed.name} is missing")
-    cfg = OmegaConf.load(config_file)
+    pipeline = build_version(run_dir, folder)
+    restore_best(pipeline, folder)
+    return pipeline
+
+
+def build_version(run_dir: Path, folder: Path) -> Pipeline:
+    """The run's pipeline with the items and interactions that `folder` (a version of the
+    run) adds to its dataset, its agent untrained."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
     assert isinstance(cfg, DictConfig)
-    added = AddedItems.load(run_dir)
-    pipeline = build(cfg, new_items=(added.texts, added.embeddings) if added.ids else None)
+    added = AddedItems.load(folder)
+    pipeline = build(
+        cfg,
+        new_items=(added.texts, added.embeddings) if added.ids else None,
+        new_interactions=AddedInteractions.load(folder),
+    )
     if added.ids and pipeline.data.n_items != added.base_items + len(added.ids):
         raise MarlrecError(
-            f"{run_dir / ADDED_ITEMS} extends a catalog of {added.base_items} items, "
+            f"{folder / ADDED_ITEMS} extends a catalog of {added.base_items} items, "
             f"but the run's data now has {pipeline.data.n_items - len(added.ids)}"
         )
-    restore_best(pipeline, run_dir)
     return pipeline
 
 
@@ -134,14 +147,16 @@ def read_items_file(path: Path) -> list[dict[str, str]]:
 
 
 def add_items(run_dir: Path, p: Pipeline, rows: list[dict[str, str]], where: str) -> list[int]:
-    """Encode new items with the run's encoder and append them to the run's `added_items.pt`;
-    their item numbers. `p` is the run as loaded (with the items added before)."""
-    before = AddedItems.load(run_dir)
+    """Encode new items with the run's encoder and append them to the `added_items.pt` of the
+    version it serves; their item numbers. `p` is the run as loaded (with the items added
+    before)."""
+    folder = current_dir(run_dir)
+    before = AddedItems.load(folder)
     base = p.data.n_items - len(before.ids)
     ids, texts = item_texts(rows, where, set(before.ids))
     new = embed_texts(p, text_encoder(p), texts).float()
     embeddings = torch.cat([before.embeddings.reshape(-1, new.shape[1]), new])
-    AddedItems(base, [*before.ids, *ids], [*before.texts, *texts], embeddings).save(run_dir)
+    AddedItems(base, [*before.ids, *ids], [*before.texts, *texts], embeddings).save(folder)
     return list(range(p.data.n_items, p.data.n_items + len(texts)))
 
 
