@@ -36,7 +36,8 @@ commands:
               [items=new_items.csv steps=N replay=0.5 lr=... force=false]
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
               marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
-              expose_history=false model=fp32|int8|onnx|onnx-int8]
+              expose_history=false model=fp32|int8|onnx|onnx-int8 reload_every=1
+              (seconds between looks for a new version, 0: never)]
   export      the scoring networks quantised to int8 or as ONNX, with their speed-up and
               top-10 overlap over fp32: marlrec export run_dir=... format=int8|onnx|onnx-int8
               [force=false]
@@ -198,7 +199,13 @@ def add_items_command(args: list[str]) -> int:
 def update_command(args: list[str]) -> int:
     from marlrec.update import UpdateOptions, update_run
 
-    defaults = {"items": None, "steps": None, "replay": 0.5, "lr": None, "force": False}
+    defaults: dict[str, object] = {
+        "items": None,
+        "steps": None,
+        "replay": 0.5,
+        "lr": None,
+        "force": False,
+    }
     options = _options(args, ("run_dir", "log"), defaults)
     steps = None if options["steps"] is None else _whole(options, "steps", 0, 10**7)
     replay, lr = options["replay"], options["lr"]
@@ -244,14 +251,23 @@ def serve_command(args: list[str]) -> int:
         "batching": True,
         "expose_history": False,
         "model": "fp32",
+        "reload_every": 1.0,
     }
     options = _options(args, ("run_dir",), defaults)
     port, workers = _whole(options, "port", 0, 65535), _whole(options, "workers", 1, 256)
     batching, expose = _flag(options, "batching"), _flag(options, "expose_history")
     if options["model"] not in MODELS:
         raise MarlrecError(f"unknown model '{options['model']}'; models: {', '.join(MODELS)}")
+    reload_every = options["reload_every"]
+    if (
+        isinstance(reload_every, bool)
+        or not isinstance(reload_every, int | float)
+        or not (0 <= reload_every <= 86400)
+    ):
+        raise MarlrecError(f"reload_every must be seconds from 0 to 86400, got {reload_every!r}")
     run_dir = Path(str(options["run_dir"]))
-    serve(run_dir, str(options["host"]), port, workers, batching, expose, str(options["model"]))
+    model = str(options["model"])
+    serve(run_dir, str(options["host"]), port, workers, batching, expose, model, reload_every)
     return 0
 
 

@@ -141,12 +141,16 @@ def read_log(path: Path) -> Log:
 
 
 def _numbers(column: pd.Series, path: Path, lines: np.ndarray, name: str) -> np.ndarray:
-    numbers = pd.to_numeric(column.str.strip(), errors="coerce").to_numpy(np.float64)
-    bad = np.flatnonzero(~np.isfinite(numbers))
-    if len(bad):
-        raise MarlrecError(
-            f"{path}, line {lines[bad[0]]}: {name} {column.iloc[bad[0]]!r} is not a number"
-        )
+    """The column as float64, parsed exactly (as Python parses them: a time written with
+    `repr` reads back equal); one line for the first text that is not a finite number."""
+    numbers = np.empty(len(column), np.float64)
+    for row, text in enumerate(column):
+        try:
+            numbers[row] = float(text)
+        except ValueError:
+            numbers[row] = np.nan
+        if not np.isfinite(numbers[row]):
+            raise MarlrecError(f"{path}, line {lines[row]}: {name} {text!r} is not a number")
     return numbers
 
 

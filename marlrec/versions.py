@@ -121,8 +121,8 @@ class AddedInteractions:
         part = self.interactions
         write_npz(
             folder / ADDED_INTERACTIONS,
-            base_users=np.int64(self.base_users),
-            n_new_users=np.int64(self.n_new_users),
+            base_users=np.array(self.base_users, np.int64),
+            n_new_users=np.array(self.n_new_users, np.int64),
             new_user_ids=self.new_user_ids.astype(str),
             user=part.user.astype(np.int64),
             item=part.item.astype(np.int64),

@@ -36,17 +36,21 @@ def serve(
     batching: bool = True,
     expose_history: bool = False,
     model: str = "fp32",
+    reload_every: float = 1.0,
 ) -> None:
     """Load the run in each of `workers` processes and serve it until interrupted; with
     `batching`, concurrent requests are ranked together (see `marlrec.serve.batching`); with
     `expose_history`, a user's explanations name the items of their history they are like;
-    `model` names the scoring networks: fp32 or an export (`marlrec export`)."""
+    `model` names the scoring networks: fp32 or an export (`marlrec export`). Every
+    `reload_every` seconds (0: never) each worker looks for a new version of the run
+    (`marlrec update`) and switches to it."""
     import uvicorn
 
     from marlrec.serve.app import (
         BATCHING_ENV,
         EXPOSE_HISTORY_ENV,
         MODEL_ENV,
+        RELOAD_ENV,
         RUN_DIR_ENV,
         create_app,
     )
@@ -56,11 +60,15 @@ def serve(
         raise MarlrecError(f"workers must be at least 1, got {workers}")
     check_port(host, port)
     # Loaded here even with several workers, so that a broken run fails before they start.
-    app = create_app(Service.from_run(run_dir, batching, expose_history, model))
+    service = Service.from_run(run_dir, batching, expose_history, model)
+    if reload_every > 0 and workers == 1:  # with more, each worker watches on its own
+        service.watch(reload_every)
+    app = create_app(service)
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     os.environ[BATCHING_ENV] = "1" if batching else "0"
     os.environ[EXPOSE_HISTORY_ENV] = "1" if expose_history else "0"
     os.environ[MODEL_ENV] = model
+    os.environ[RELOAD_ENV] = str(reload_every)
     print(
         f"marlrec: serving {run_dir} ({model}) on http://{host}:{port} (docs at /docs)", flush=True
     )

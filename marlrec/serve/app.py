@@ -27,6 +27,7 @@ from marlrec.serve import service as svc
 RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
 EXPOSE_HISTORY_ENV = "MARLREC_SERVE_EXPOSE_HISTORY"
 MODEL_ENV = "MARLREC_SERVE_MODEL"  # fp32 or an export's format
+RELOAD_ENV = "MARLREC_SERVE_RELOAD_EVERY"  # seconds between looks for a new version, 0: never
 
 
 class RecommendRequest(BaseModel):
@@ -246,4 +247,8 @@ def from_environment() -> Any:
     expose = os.environ.get(EXPOSE_HISTORY_ENV, "0") == "1"
     model = os.environ.get(MODEL_ENV, "fp32")
     run_dir = Path(os.environ[RUN_DIR_ENV])
-    return create_app(svc.Service.from_run(run_dir, batching, expose, model))
+    service = svc.Service.from_run(run_dir, batching, expose, model)
+    reload_every = float(os.environ.get(RELOAD_ENV, "0"))
+    if reload_every > 0:
+        service.watch(reload_every)
+    return create_app(service)

@@ -12,12 +12,19 @@ history items: it has no history.
 New items (`add_items`) are encoded by the run's encoder into the run dir's `added_items.pt`;
 the service then reloads the run with them and swaps it in whole, so a request is answered by
 the old catalog or the new one, never a mix. Other worker processes see them when restarted.
+
+A new version of the run (`marlrec update`) is switched to while serving: `watch` polls the
+run's version pointer (one `stat` a second), loads the new version fully in the background while
+the old one answers, then swaps it in. Each worker process watches on its own. A version only
+adds users and items, so a request begun on the old version is answered consistently.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +46,9 @@ from marlrec.serve.ranking import (
     rank_explained,
     reward_contributions,
 )
+from marlrec.versions import current_version, pointer_stamp, version_dir
+
+log = logging.getLogger(__name__)
 
 TEXT_HISTORY = 5  # items most like a text that stand in for its history
 NEAREST = 3  # history items shown beside each explained item
@@ -80,18 +90,27 @@ class Service:
         expose_history: bool = False,
         run_dir: Path | None = None,
         scorer: CandidateScorer | None = None,
+        model: str = "fp32",
     ) -> None:
-        self.p = pipeline
-        self.version = version
         self.expose_history = expose_history
-        self.exported_scorer = scorer  # an export's networks, when one is served
-        self.n_items = pipeline.data.n_items
-        self.n_users = pipeline.data.n_users
-        self.histories = pipeline.data.interactions.histories(self.n_users)
+        self.model = model  # fp32, or the export format served
+        self._install(pipeline, version, scorer)
         self.run_dir = run_dir
         self._encoder: Encoder | None = None
         self._batcher = MicroBatcher(self._rank_many) if batching else None
         self._adding = threading.Lock()  # one catalog change at a time
+        self._watching = threading.Event()
+
+    def _install(self, pipeline: Pipeline, version: str, scorer: CandidateScorer | None) -> None:
+        """Serve `pipeline` from now on. The pipeline goes first and the sizes that admit
+        requests last: a request checked against the new sizes is ranked by the new pipeline,
+        and one checked against the old ones is valid in both (versions only append)."""
+        self.exported_scorer = scorer  # an export's networks, when one is served
+        self.p = pipeline
+        self.histories = pipeline.data.interactions.histories(pipeline.data.n_users)
+        self.n_users = pipeline.data.n_users
+        self.n_items = pipeline.data.n_items
+        self.version = version
 
     @classmethod
     def from_run(
@@ -108,7 +127,54 @@ class Service:
         pipeline = load_run(run_dir)
         version = model_version(run_dir) + ("" if model == "fp32" else f"-{model}")
         scorer = load_scorer(run_dir, model, pipeline) if model != "fp32" else None
-        return cls(pipeline, version, batching, expose_history, run_dir, scorer)
+        return cls(pipeline, version, batching, expose_history, run_dir, scorer, model)
+
+    def reload(self) -> bool:
+        """Switch to the run's current version if it is not the one served; whether it did."""
+        if self.run_dir is None:
+            return False
+        with self._adding:
+            version = model_version(self.run_dir) + (
+                "" if self.model == "fp32" else f"-{self.model}"
+            )
+            if version == self.version:
+                return False
+            if self.model != "fp32":
+                check_export(self.run_dir, self.model)  # the new version's export, or none
+            pipeline = load_run(self.run_dir)
+            scorer = (
+                load_scorer(self.run_dir, self.model, pipeline) if self.model != "fp32" else None
+            )
+            self._install(pipeline, version, scorer)
+        log.info("serving version %s of %s", version, self.run_dir)
+        return True
+
+    def watch(self, every_seconds: float) -> None:
+        """Poll the run's version pointer in a background thread and switch to a new version
+        when one lands; a version that fails to load is logged and the old one kept."""
+        if self.run_dir is None or self._watching.is_set():
+            return
+        self._watching.set()
+        run_dir = self.run_dir
+        seen = pointer_stamp(run_dir)
+
+        def poll() -> None:
+            nonlocal seen
+            while self._watching.is_set():
+                time.sleep(every_seconds)
+                stamp = pointer_stamp(run_dir)
+                if stamp == seen:
+                    continue
+                seen = stamp
+                try:
+                    self.reload()
+                except Exception as exc:  # keep serving what works; say why once
+                    log.warning("version of %s not switched to: %s", run_dir, exc)
+
+        threading.Thread(target=poll, name="marlrec-version-watch", daemon=True).start()
+
+    def stop_watching(self) -> None:
+        self._watching.clear()
 
     @property
     def scorer(self) -> CandidateScorer:
@@ -224,8 +290,12 @@ class Service:
 
 
 def model_version(run_dir: Path) -> str:
-    """The first 12 hex digits of the served checkpoint's SHA-1 (`best`, else `last`)."""
-    path = checkpoint_path(run_dir, "best")
+    """The first 12 hex digits of the served checkpoint's SHA-1 (`best`, else `last`), after
+    `v<n>-` for version n of the run (`marlrec update`)."""
+    version = current_version(run_dir)
+    folder = version_dir(run_dir, version)
+    path = checkpoint_path(folder, "best")
     if not path.is_file():
-        path = checkpoint_path(run_dir)
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+        path = checkpoint_path(folder)
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+    return digest if version == 0 else f"v{version}-{digest}"
