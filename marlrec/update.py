@@ -14,7 +14,7 @@ leave-one-out still holds out each user's latest); the new version starts from t
 one's agent and imitates for a bounded number of steps, each batch drawing half its logged
 choices among the positions the served version never trained on (the new interactions and
 those it held out) and half among the rest (replay, against forgetting); its validation
-NDCG@10 is measured every fifth of the steps, from the start, and the best is kept, so a
+NDCG@10 is measured before the first step, half way and at the end, and the best is kept, so a
 version never serves a policy that validates worse than its parent did on the new split.
 The version is written under `versions/<n>/` and served from then on (`marlrec.versions`).
 """
@@ -70,7 +70,7 @@ UPDATE_JSON = "update.json"
 UPDATE_STREAM = 11  # the update's draws, apart from the run's other random streams
 PASSES = 2  # default budget: each fresh logged choice drawn about this many times
 MIN_STEPS = 20
-VALIDATIONS = 5  # validations over the steps, beside the one before the first
+VALIDATIONS = 2  # validations over the steps (half way, at the end), beside one before
 
 
 @dataclass(frozen=True)
@@ -289,6 +289,7 @@ def update_run(
     started = time.perf_counter()
     parent = current_version(run_dir)
     served = load_run(run_dir)
+    loaded = time.perf_counter()
     if served.eval.protocol not in ("full", "sampled"):
         raise MarlrecError(
             f"eval.protocol={served.eval.protocol} reshapes the dataset for cold-start "
@@ -301,8 +302,10 @@ def update_run(
     try:
         _write_additions(run_dir, parent, served, before, resolved, staging)
         updated = build_version(run_dir, staging)
+        built = time.perf_counter()
         updated.agent.load_state_dict(served.agent.state_dict())
         tuned = fine_tune(updated, served.data, options)
+        tuned_at = time.perf_counter()
         save_checkpoint(updated, checkpoint_path(staging), None)  # the last step's policy
         updated.agent.load_state_dict(tuned.pop("best_state"))
         save_checkpoint(updated, checkpoint_path(staging, "best"), None)
@@ -317,6 +320,9 @@ def update_run(
             "new_items": len(resolved.new_item_ids),
             **tuned,
             "seconds": time.perf_counter() - started,
+            "seconds_loading_served": loaded - started,
+            "seconds_building_new": built - loaded,
+            "seconds_fine_tuning": tuned_at - built,
         }
         write_json(staging / UPDATE_JSON, report)
         publish(run_dir, staging, version)
@@ -394,12 +400,26 @@ def fine_tune(p: Pipeline, before: RecData, options: UpdateOptions) -> dict[str,
     )
     if not len(fresh_at):
         steps = 0  # nothing new to imitate: the version serves its parent's policy
-    validate = validation(p)
+    check = validation(p)
+    validating = 0.0
+
+    def validate() -> float:
+        nonlocal validating
+        started = time.perf_counter()
+        score = check()
+        validating += time.perf_counter() - started
+        return score
+
     best, best_step = validate(), 0
     figures: dict[str, Any] = {"valid_ndcg10_before": best, "fresh_choices": len(fresh_at)}
     best_state = copy.deepcopy(p.agent.state_dict())
     if steps:
-        source = logged_source(p.env, p.data.train_histories, p.trainer.imitation_cache_mb)
+        started = time.perf_counter()
+        # Precomputing every logged position pays only when the steps draw about as many.
+        draws = steps * p.trainer.batch_size
+        cache_mb = p.trainer.imitation_cache_mb if draws >= len(fresh) else 0
+        source = logged_source(p.env, p.data.train_histories, cache_mb)
+        figures["seconds_logged_source"] = time.perf_counter() - started
         optimizer = imitation_optimizer(p.agent, options.lr or p.trainer.imitation_lr)
         rng = np.random.default_rng([int(p.cfg.seed), UPDATE_STREAM])
         batch = p.trainer.batch_size
@@ -427,5 +447,6 @@ def fine_tune(p: Pipeline, before: RecData, options: UpdateOptions) -> dict[str,
         "lr": options.lr or p.trainer.imitation_lr,
         "valid_ndcg10_after": best,
         "best_step": best_step,
+        "seconds_validating": validating,
         "best_state": best_state,
     }
