@@ -255,7 +255,8 @@ def _items(
     catalog = {str(r): i for i, r in enumerate(raw[:base].tolist())} if raw is not None else None
     numbers = {**{item: base + i for i, item in enumerate(added.ids)}}
     for i, item in enumerate(new_ids):
-        if item in (catalog or {}):
+        numbered = catalog is None and item.isdigit() and int(item) < base
+        if item in (catalog or {}) or numbered:
             raise MarlrecError(f"{items_where}: item id {item!r} is already in the run's catalog")
         numbers[item] = n_items + i
     result = np.empty(len(entries.items), np.int64)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from marlrec import cli, update, versions
 from marlrec.agents import checkpoint_path
+from marlrec.export import check_export, export_dir
 from marlrec.pipeline import Pipeline
 from marlrec.recommend import AddedItems, load_run
 from marlrec.registry import MarlrecError
@@ -79,6 +80,10 @@ def test_update_writes_a_new_served_version_and_keeps_the_old(
     assert p.data.interactions.histories(p.data.n_users)[n_users].tolist() == [n_items, 5, 9]
     assert len(p.data.interactions) == len(loaded.data.interactions) + 6
     assert model_version(run).startswith("v1-")
+    # Exports belong to the version whose checkpoint they are made from.
+    assert export_dir(run, "int8") == run / "versions" / "1" / "export" / "int8"
+    with pytest.raises(MarlrecError, match="has no int8 export"):
+        check_export(run, "int8")
     # The new user is known from now on; a second update builds on the first.
     assert cli.main(["recommend", f"run_dir={run}", f"user={n_users}", "k=3"]) == 0
     later = float(p.data.interactions.time.max()) + 1
