@@ -3,6 +3,7 @@ kept, switched to by a running service without a failed request."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -15,6 +16,7 @@ from marlrec import cli, update, versions
 from marlrec.agents import checkpoint_path
 from marlrec.export import check_export, export_dir
 from marlrec.pipeline import Pipeline
+from marlrec.privacy import pseudonym, pseudonymise, user_index
 from marlrec.recommend import AddedItems, load_run
 from marlrec.registry import MarlrecError
 from marlrec.serve.app import create_app
@@ -171,6 +173,18 @@ def test_unknown_items_users_and_repeated_interactions_are_refused(
     entries = read_log(write(tmp_path, f"user,item,timestamp\n{user},{item},{at!r}\n1,3,5\n"))
     kept = resolve(loaded, AddedItems(-1), entries, ([], "items.csv"), "log", True)
     assert kept.skipped == 1 and kept.interactions.item.tolist() == [3]
+
+
+def test_a_pseudonymised_run_knows_log_users_by_their_outside_ids(
+    loaded: Pipeline, tmp_path: Path
+) -> None:
+    key = b"update-test-key"
+    p = dataclasses.replace(loaded, key=key, data=pseudonymise(loaded.data, key))
+    entries = read_log(write(tmp_path, "user,item,timestamp\n3,5,1e9\nnewbie,5,1e9\n"))
+    resolved = resolve(p, AddedItems(-1), entries, ([], "items.csv"), "log", False)
+    n = p.data.n_users
+    assert sorted(resolved.interactions.user.tolist()) == [user_index(p.data, key, 3), n]
+    assert resolved.new_user_ids == [pseudonym(key, "newbie")]  # never the outside id itself
 
 
 def test_an_interrupted_update_leaves_the_run_as_it_was(
