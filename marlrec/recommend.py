@@ -27,7 +27,7 @@ from marlrec.io import atomic_path
 from marlrec.pipeline import Pipeline, build, cache_dir, configure
 from marlrec.privacy import user_index
 from marlrec.registry import MarlrecError
-from marlrec.versions import AddedInteractions, current_dir
+from marlrec.versions import AddedInteractions, current_dir, version_dir
 
 ADDED_ITEMS = "added_items.pt"
 ENCODE_BATCH = 64  # texts per forward pass of a language model
@@ -42,9 +42,10 @@ def restore_best(pipeline: Pipeline, run_dir: Path) -> None:
     pipeline.agent.load_state_dict(state["agent"])
 
 
-def load_run(run_dir: Path) -> Pipeline:
-    """Rebuild a saved run's pipeline, at the version it serves, and restore its agent."""
-    folder = current_dir(run_dir)
+def load_run(run_dir: Path, version: int | None = None) -> Pipeline:
+    """Rebuild a saved run's pipeline, at `version` (None: the one it serves), and restore
+    its agent."""
+    folder = current_dir(run_dir) if version is None else version_dir(run_dir, version)
     for needed in (run_dir / "config.yaml", checkpoint_path(folder)):
         if not needed.is_file():
             raise MarlrecError(f"{run_dir} is not a finished marlrec run: {needed.name} is missing")

@@ -124,8 +124,9 @@ class Service:
         which the version names."""
         if model != "fp32":
             check_export(run_dir, model)  # before minutes of loading
-        pipeline = load_run(run_dir)
-        version = model_version(run_dir) + ("" if model == "fp32" else f"-{model}")
+        number = current_version(run_dir)  # read once: the label matches the load
+        pipeline = load_run(run_dir, number)
+        version = model_version(run_dir, number) + ("" if model == "fp32" else f"-{model}")
         scorer = load_scorer(run_dir, model, pipeline) if model != "fp32" else None
         return cls(pipeline, version, batching, expose_history, run_dir, scorer, model)
 
@@ -134,14 +135,15 @@ class Service:
         if self.run_dir is None:
             return False
         with self._adding:
-            version = model_version(self.run_dir) + (
+            number = current_version(self.run_dir)  # read once: the label matches the load
+            version = model_version(self.run_dir, number) + (
                 "" if self.model == "fp32" else f"-{self.model}"
             )
             if version == self.version:
                 return False
             if self.model != "fp32":
                 check_export(self.run_dir, self.model)  # the new version's export, or none
-            pipeline = load_run(self.run_dir)
+            pipeline = load_run(self.run_dir, number)
             scorer = (
                 load_scorer(self.run_dir, self.model, pipeline) if self.model != "fp32" else None
             )
@@ -191,8 +193,7 @@ class Service:
                 numbers = add_items(self.run_dir, self.p, rows, "items")
             except MarlrecError as exc:
                 raise BadQuery(str(exc), 409 if "duplicate id" in str(exc) else 422) from None
-            pipeline = load_run(self.run_dir)
-            self.p, self.n_items = pipeline, pipeline.data.n_items
+            self._install(load_run(self.run_dir), self.version, None)
         return numbers
 
     def answer(self, query: Query) -> Answer:
@@ -289,10 +290,10 @@ class Service:
         return embed_texts(p, encoder, [text])[0]
 
 
-def model_version(run_dir: Path) -> str:
+def model_version(run_dir: Path, version: int | None = None) -> str:
     """The first 12 hex digits of the served checkpoint's SHA-1 (`best`, else `last`), after
-    `v<n>-` for version n of the run (`marlrec update`)."""
-    version = current_version(run_dir)
+    `v<n>-` for version n of the run (`marlrec update`; None: the current version)."""
+    version = current_version(run_dir) if version is None else version
     folder = version_dir(run_dir, version)
     path = checkpoint_path(folder, "best")
     if not path.is_file():
