@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -82,6 +83,8 @@ def test_update_writes_a_new_served_version_and_keeps_the_old(
     assert p.data.interactions.histories(p.data.n_users)[n_users].tolist() == [n_items, 5, 9]
     assert len(p.data.interactions) == len(loaded.data.interactions) + 6
     assert model_version(run).startswith("v1-")
+    # A simulated user still answers: the new item's unknown truth is not averaged in.
+    assert np.isfinite(p.env.ctx.simulator.click_probability(3, np.array([0, 1]))).all()
     # Exports belong to the version whose checkpoint they are made from.
     assert export_dir(run, "int8") == run / "versions" / "1" / "export" / "int8"
     with pytest.raises(MarlrecError, match="has no int8 export"):

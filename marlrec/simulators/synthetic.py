@@ -46,6 +46,7 @@ class SyntheticSimulator(Simulator):
         users = rng.integers(0, data.n_users, 100_000)
         items = rng.integers(0, data.n_items, 100_000)
         sample = self.truth.affinity(users, items)
+        sample = sample[np.isfinite(sample)]  # items added after training have no true profile
         self._mean, self._std = float(sample.mean()), float(sample.std()) or 1.0
 
     def click_probability(self, user: int, slate: np.ndarray) -> np.ndarray:
