@@ -188,11 +188,10 @@ def _with_new_items(
 def _with_interactions(
     data: RecData, added: AddedInteractions, data_config: Any, seed: int
 ) -> RecData:
-    """`data` with the interactions updates added, split again as the dataset splits: the
+    """`data` with the interactions that updates added, split again as the dataset splits: the
     held-out items stay each user's latest (leave-one-out) or the latest share (temporal)."""
-    if data.n_users != added.base_users or int(added.interactions.item.max(initial=-1)) >= (
-        data.n_items
-    ):
+    top_item = int(added.interactions.item.max(initial=-1))
+    if data.n_users != added.base_users or top_item >= data.n_items:
         raise MarlrecError(
             f"the added interactions extend {added.base_users} users, but the run's data now "
             f"has {data.n_users} users and {data.n_items} items"
