@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from marlrec.agents import checkpoint_path
-from marlrec.agents.marl import MASKED_LOGIT
+from marlrec.agents.marl import MASKED_LOGIT, CandidateActor, CandidateQNet
+from marlrec.agents.precomputed import PrecomputedScores
 from marlrec.envs import CandidateScorer
 from marlrec.evaluation.rankers import AgentRanker, slate_core
 from marlrec.pipeline import Pipeline
@@ -184,11 +185,19 @@ def _quiet_deprecations() -> Iterator[None]:
         yield
 
 
+def serving_module(net: nn.Module) -> nn.Module:
+    """`net` as obs -> scores on the CPU, its per-item part precomputed over the catalog where
+    the network is one of marlrec's candidate scorers (`PrecomputedScores`)."""
+    if isinstance(net, CandidateActor | CandidateQNet):
+        return PrecomputedScores(net)
+    return _Scores(copy.deepcopy(net)).cpu().eval()
+
+
 def _quantised(net: nn.Module) -> nn.Module:
-    """A copy of `net` with every Linear dynamically quantised to int8, scoring only."""
+    """`serving_module(net)` with every Linear dynamically quantised to int8."""
     with _quiet_deprecations():
         q = torch.ao.quantization.quantize_dynamic(
-            _Scores(copy.deepcopy(net)).cpu().eval(), {nn.Linear}, dtype=torch.qint8
+            serving_module(net), {nn.Linear}, dtype=torch.qint8
         )
     return q
 
@@ -203,7 +212,7 @@ def _save_onnx(
 ) -> None:
     example = _example_observation(p)
     for index, net in enumerate(nets):
-        module = _Scores(copy.deepcopy(net)).cpu().eval()
+        module = serving_module(net)
         path = folder / f"role_net_{index}.onnx"
         traced = path.with_suffix(".fp32.onnx") if quantise else path
         with _quiet_deprecations(), torch.no_grad():

@@ -2,6 +2,7 @@
 
 GET|POST /recommend   top-k by user id, by a history of item ids or by text
 GET /explain          the same, each item with its role, score, rank, reward terms, neighbours
+                      (and a language model's sentence with explain.writer=hf)
 GET /health           status and model version
 GET /metrics          Prometheus text: requests, errors and latency per route
 GET /docs             the OpenAPI documentation
@@ -15,6 +16,7 @@ import socket
 from pathlib import Path
 
 from marlrec.registry import MarlrecError
+from marlrec.serve.writer import WriterOptions
 
 
 def check_port(host: str, port: int) -> None:
@@ -36,11 +38,13 @@ def serve(
     batching: bool = True,
     expose_history: bool = False,
     model: str = "fp32",
+    writer: WriterOptions | None = None,
 ) -> None:
     """Load the run in each of `workers` processes and serve it until interrupted; with
     `batching`, concurrent requests are ranked together (see `marlrec.serve.batching`); with
     `expose_history`, a user's explanations name the items of their history they are like;
-    `model` names the scoring networks: fp32 or an export (`marlrec export`)."""
+    `model` names the scoring networks: fp32 or an export (`marlrec export`); `writer`, the
+    language model writing each explained item's sentence (none by default)."""
     import uvicorn
 
     from marlrec.serve.app import (
@@ -48,7 +52,9 @@ def serve(
         EXPOSE_HISTORY_ENV,
         MODEL_ENV,
         RUN_DIR_ENV,
+        WRITER_ENV,
         create_app,
+        writer_environment,
     )
     from marlrec.serve.service import Service
 
@@ -56,11 +62,13 @@ def serve(
         raise MarlrecError(f"workers must be at least 1, got {workers}")
     check_port(host, port)
     # Loaded here even with several workers, so that a broken run fails before they start.
-    app = create_app(Service.from_run(run_dir, batching, expose_history, model))
+    writer = writer or WriterOptions()
+    app = create_app(Service.from_run(run_dir, batching, expose_history, model, writer))
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     os.environ[BATCHING_ENV] = "1" if batching else "0"
     os.environ[EXPOSE_HISTORY_ENV] = "1" if expose_history else "0"
     os.environ[MODEL_ENV] = model
+    os.environ[WRITER_ENV] = writer_environment(writer)
     print(
         f"marlrec: serving {run_dir} ({model}) on http://{host}:{port} (docs at /docs)", flush=True
     )

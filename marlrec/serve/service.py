@@ -39,6 +39,7 @@ from marlrec.serve.ranking import (
     rank_explained,
     reward_contributions,
 )
+from marlrec.serve.writer import SentenceWriter, WriterOptions, load_writer
 
 TEXT_HISTORY = 5  # items most like a text that stand in for its history
 NEAREST = 3  # history items shown beside each explained item
@@ -80,8 +81,10 @@ class Service:
         expose_history: bool = False,
         run_dir: Path | None = None,
         scorer: CandidateScorer | None = None,
+        writer: SentenceWriter | None = None,
     ) -> None:
         self.p = pipeline
+        self.writer = writer  # writes each explained item's `sentence`, when one is set
         self.version = version
         self.expose_history = expose_history
         self.exported_scorer = scorer  # an export's networks, when one is served
@@ -100,15 +103,18 @@ class Service:
         batching: bool = True,
         expose_history: bool = False,
         model: str = "fp32",
+        writer: WriterOptions | None = None,
     ) -> Service:
         """`model`: fp32 (the checkpoint's networks) or an export of them (`marlrec export`),
-        which the version names."""
+        which the version names; `writer`: the language model that writes explanations'
+        sentences (`explain.writer=hf`), loaded once here."""
         if model != "fp32":
             check_export(run_dir, model)  # before minutes of loading
+        sentences = load_writer(writer or WriterOptions())  # a bad model fails first, too
         pipeline = load_run(run_dir)
         version = model_version(run_dir) + ("" if model == "fp32" else f"-{model}")
         scorer = load_scorer(run_dir, model, pipeline) if model != "fp32" else None
-        return cls(pipeline, version, batching, expose_history, run_dir, scorer)
+        return cls(pipeline, version, batching, expose_history, run_dir, scorer, sentences)
 
     @property
     def scorer(self) -> CandidateScorer:
@@ -141,7 +147,7 @@ class Service:
 
     def explain(self, answer: Answer) -> list[dict]:
         """Each served item with who placed it, its score and rank there, the reward terms it
-        moves and the history items most like it."""
+        moves and the history items most like it; with a writer, a `sentence` saying so."""
         slate = [row for row in answer.placements if row.stage == SLATE]
         terms = reward_contributions(self.p, answer.user, slate) if slate else []
         items = [row.item for row in answer.placements]
@@ -153,7 +159,7 @@ class Service:
             else nearest_history(self.p, items, answer.history, NEAREST)
         )
         text = self.p.data.item_text
-        return [
+        rows = [
             {
                 **self.item_row(row),
                 "stage": row.stage,
@@ -165,6 +171,10 @@ class Service:
             }
             for i, row in enumerate(answer.placements)
         ]
+        if self.writer is not None:
+            for row, sentence in zip(rows, self.writer.write(rows), strict=True):
+                row["sentence"] = sentence
+        return rows
 
     def item_row(self, row: Placement) -> dict:
         return {
