@@ -1,5 +1,10 @@
 """`marlrec export`: the agents' scoring networks made smaller and faster for CPU serving.
 
+Every format first rewrites marlrec's candidate scorers (actors and Q-networks) with their
+per-item part computed once over the catalog (`marlrec.agents.precomputed`): scoring then
+gathers small precomputed vectors per candidate instead of projecting its 384-d embedding.
+Other networks (a plugin's) are exported as they are. The fp32 checkpoint is the reference.
+
 - `int8`: dynamic int8 quantisation of every `nn.Linear` (weights stored as int8, activations
   quantised on the fly), run by torch.
 - `onnx`: each network traced to ONNX (the batch axis dynamic; the candidate count is part of

@@ -31,9 +31,10 @@ from torch import nn
 
 from marlrec.agents.marl import CandidateActor, CandidateQNet
 
-# The largest catalog whose item-by-item cosine table (n_items^2 floats) is precomputed; beyond
-# it each observation's candidates are compared through their unit embeddings, as in training.
-SIMILARITY_TABLE_MAX = 4096
+# The largest catalog whose item-by-item cosine table (n_items^2 floats, 16 MB at most, part of
+# each ONNX file) is precomputed; beyond it each observation's candidates are compared through
+# their unit embeddings, as in training.
+SIMILARITY_TABLE_MAX = 2048
 
 HeadNetwork = CandidateActor | CandidateQNet  # the networks whose candidate layer it rewrites
 

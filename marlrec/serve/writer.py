@@ -10,8 +10,11 @@ nothing. Generation is deterministic (greedy), so the same explanation gets the 
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +78,9 @@ class SentenceWriter:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+            with _quiet_hub():
+                self.tokenizer = AutoTokenizer.from_pretrained(model)
+                self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         except (OSError, ValueError, KeyError) as exc:  # missing, offline, or not a causal LM
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MarlrecError(f"explain.model '{model}' cannot be loaded: {first}") from None
@@ -110,6 +114,20 @@ class SentenceWriter:
         return [first_sentence(text) for text in texts]
 
 
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """The hub client's retry warnings off while a model loads: a failure is one line."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def prompt(row: dict[str, Any]) -> str:
     """The structured explanation of one item, in words, ending where the sentence starts."""
     title = row["text"].split(". Genres:")[0]
@@ -126,7 +144,7 @@ def prompt(row: dict[str, Any]) -> str:
         liked = ", ".join(
             f"{n['text'].split('. Genres:')[0]} ({n['similarity']:.2f})" for n in near
         )
-        lines.append(f"The user watched similar items: {liked}.")
+        lines.append(f"Similar items in the user's history: {liked}.")
     lines.append("In one sentence, why the user may like it:")
     return "\n".join(lines)
 
