@@ -67,4 +67,5 @@ def test_precomputed_scores_equal_the_networks(
     # The network it was made from is untouched, and the copy holds no catalog table in its
     # state dict (tables are recomputed from the network and the catalog).
     assert isinstance(net.item_proj, torch.nn.Linear)
-    assert not any(k in fast.state_dict() for k in ("items", "similarity", "scalar_cand"))
+    tables = ("items", "items_own", "similarity", "scalar_cand")
+    assert not any(k in fast.state_dict() for k in tables)

@@ -11,7 +11,7 @@ linear in what depends on the item, so with `We`, `Ws` the embedding and scalar 
     W1 @ cand = T1[id] + scalars @ (W1 @ Ws).T           T1 = T @ W1.T          (n_items, hidden)
     to_slate = max over the chosen c of S[id, c]         S  = unit(E) @ unit(E).T
 
-`PrecomputedScores` holds `[T, T1]` and (for catalogs up to `SIMILARITY_TABLE_MAX` items) `S`.
+`PrecomputedScores` holds `T`, `T1` and (for catalogs up to `SIMILARITY_TABLE_MAX` items) `S`.
 Per candidate it gathers 2 x hidden numbers and runs one matrix product, `[W2, W3]` over
 `[T[id] * user, T[id] * slate]`; the scalar features and `to_slate` enter through what one
 unit of each adds to the layer's output, computed once per observation. The network's head
@@ -46,7 +46,8 @@ class PrecomputedScores(nn.Module):
     and the catalog, so a saved copy holds the weights only.
     """
 
-    items: torch.Tensor  # (n_items, 2 * hidden): [T, T1]
+    items: torch.Tensor  # (n_items, hidden): T
+    items_own: torch.Tensor  # (n_items, hidden): T1
     scalar_cand: torch.Tensor  # (2, hidden)
     scalar_own: torch.Tensor  # (2, hidden)
     to_slate_weight: torch.Tensor  # (1, 1, hidden)
@@ -63,7 +64,9 @@ class PrecomputedScores(nn.Module):
             w_emb, w_scalar = net.item_proj.weight[:, :d], net.item_proj.weight[:, d:]
             w_cand = candidate.weight[:, :hidden]
             table = emb @ w_emb.T + net.item_proj.bias  # T
-            self.register_buffer("items", torch.cat([table, table @ w_cand.T], -1), False)
+            # Two tables, not one to slice: ONNX Runtime copies slices.
+            self.register_buffer("items", table, False)
+            self.register_buffer("items_own", table @ w_cand.T, False)
             # What one unit of each scalar feature adds to cand and to W1 @ cand.
             self.register_buffer("scalar_cand", w_scalar.T.clone(), False)
             self.register_buffer("scalar_own", (w_cand @ w_scalar).T.clone(), False)
@@ -75,7 +78,6 @@ class PrecomputedScores(nn.Module):
             self.cross.weight.copy_(candidate.weight[:, hidden : 3 * hidden])
             similarity = unit @ unit.T if len(emb) <= SIMILARITY_TABLE_MAX else None
             self.register_buffer("similarity", similarity, False)
-        self.hidden = hidden
         # The rest of the network, without the two layers the tables replace.
         net.item_proj = nn.Identity()  # type: ignore[assignment]
         setattr(net, net.CANDIDATE_LAYER, nn.Identity())
@@ -83,18 +85,18 @@ class PrecomputedScores(nn.Module):
         self.requires_grad_(False).eval()  # scoring only: traced and quantised as constants
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        net, h = self.net, self.hidden
+        net = self.net
         parts = net.layout.split(obs)
         ids, chosen = parts["candidates"], parts["chosen"]
         scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)  # (B, M, 2)
-        gathered = F.embedding(ids, self.items)  # (B, M, 2h): T[id], T1[id]
+        gathered = F.embedding(ids, self.items)  # (B, M, h): T[id]
         user = net.state_proj(self._user_state(parts))
         if net.role_embedding is not None:
             user = user + net.role_embedding(parts["role"].argmax(dim=-1))
         # The mean chosen cand, its table part and its scalar part summed apart.
         count = chosen.sum(1, keepdim=True).clamp(min=1)
         chosen_scalars = (chosen[..., None] * scalars).sum(1) @ self.scalar_cand
-        slate = (torch.bmm(chosen[:, None], gathered[..., :h])[:, 0] + chosen_scalars) / count
+        slate = (torch.bmm(chosen[:, None], gathered)[:, 0] + chosen_scalars) / count
         context = torch.cat([user, slate, parts["role"], parts["progress"]], dim=-1)
         # cand = T[id] + scalars @ scalar_cand, so the candidate layer's output is
         # T1[id] + cross([T[id] * user, T[id] * slate]) + [scalars, to_slate] @ per_row, where
@@ -105,9 +107,11 @@ class PrecomputedScores(nn.Module):
         to_slate_row = torch.zeros_like(user)[:, None] + self.to_slate_weight
         per_row = torch.cat([self.cross(units) + self.scalar_own, to_slate_row], 1)
         extra = torch.cat([scalars, self._to_slate(ids, chosen)[..., None]], -1)  # (B, M, 3)
-        crossed = (gathered[..., None, :h] * scaled).flatten(2)  # (B, M, 2h)
+        crossed = (gathered[..., None, :] * scaled).flatten(2)  # (B, M, 2h)
         # In place: each pass over (B, M, hidden) numbers counts at this size.
-        candidate_hidden = self.cross(crossed).add_(gathered[..., h:]).baddbmm_(extra, per_row)
+        candidate_hidden = (
+            self.cross(crossed).add_(F.embedding(ids, self.items_own)).baddbmm_(extra, per_row)
+        )
         return net.head(context, chosen, scalars, candidate_hidden)
 
     def _to_slate(self, ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
