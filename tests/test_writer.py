@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from marlrec.cli import main
@@ -37,9 +38,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fast.save_pretrained(folder)
     config = GPT2Config(
         vocab_size=len(fast), n_positions=512, n_embd=16, n_layer=1, n_head=2,
-        bos_token_id=2, eos_token_id=2, pad_token_id=1,
+        bos_token_id=2, eos_token_id=2, pad_token_id=1, tie_word_embeddings=False,
     )  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # special tokens (decoded as nothing) score 0: words win somewhere
+        model.lm_head.weight[:3] = 0.0
+    model.save_pretrained(folder)
     return folder
 
 
