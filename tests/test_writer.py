@@ -124,3 +124,13 @@ def _query(user: int) -> object:
     from marlrec.serve.service import Query
 
     return Query(k=3, user=user)
+
+
+def test_worker_processes_get_the_same_writer_options(tiny_model: Path) -> None:
+    import json
+
+    from marlrec.serve.app import writer_environment
+
+    options = WriterOptions("hf", str(tiny_model), max_new_tokens=12)
+    assert WriterOptions(**json.loads(writer_environment(options))) == options
+    assert WriterOptions(**json.loads(writer_environment(WriterOptions()))).writer == "none"
