@@ -145,9 +145,12 @@ class TorchScorer:
     def __init__(self, roles: list[int], nets: list[nn.Module]) -> None:
         self.roles, self.nets = roles, nets
 
-    @torch.no_grad()
     def __call__(self, obs: torch.Tensor, role: int) -> torch.Tensor:
-        return self.nets[self.roles[role]](obs.cpu()).to(obs.device)
+        # Inference mode skips autograd's bookkeeping on every op (about a tenth of the time
+        # here); the scores are cloned out of it so that callers may change them in place.
+        with torch.inference_mode():
+            scores = self.nets[self.roles[role]](obs.cpu())
+        return scores.clone().to(obs.device)
 
 
 class OnnxScorer:
