@@ -8,7 +8,7 @@ import inspect
 import sys
 from dataclasses import astuple
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 
 from marlrec import registry
 from marlrec.registry import MarlrecError
+
+if TYPE_CHECKING:
+    from marlrec.serve.writer import WriterOptions
 
 USAGE = """usage: marlrec <command> [key=value ...]
 
@@ -27,7 +30,7 @@ commands:
   recommend   top-k items with explanations, for a known user, a new user's history of item
               numbers or a text: marlrec recommend run_dir=... user=3 | history=[12,50,181] |
               text="a quiet space drama" [k=10
-              expose_history=false]
+              expose_history=false explain.writer=none|hf explain.model=...]
   add-items   new items recommendable without retraining, encoded by the run's encoder:
               marlrec add-items run_dir=... file=new_items.csv (columns: id, title, any text)
   update      a new version of a run that has learnt from new interactions (new users and
@@ -37,7 +40,8 @@ commands:
   serve       a JSON HTTP API over a run (FastAPI, docs at /docs):
               marlrec serve run_dir=... [host=127.0.0.1 port=8000 workers=1 batching=true
               expose_history=false model=fp32|int8|onnx|onnx-int8 reload_every=1
-              (seconds between looks for a new version, 0: never)]
+              (seconds between looks for a new version, 0: never)
+              explain.writer=none|hf explain.model=...]
   export      the scoring networks quantised to int8 or as ONNX, with their speed-up and
               top-10 overlap over fp32: marlrec export run_dir=... format=int8|onnx|onnx-int8
               [force=false]
@@ -101,9 +105,11 @@ def evaluate_command(args: list[str]) -> int:
 
 def recommend_command(args: list[str]) -> int:
     from marlrec.recommend import load_run, recommend_for
+    from marlrec.serve.writer import WriterOptions
 
     queries = {"user": None, "history": None, "text": None}
-    options = _options(args, ("run_dir",), {"k": 10, "expose_history": False, **queries})
+    defaults: dict[str, object] = {"k": 10, "expose_history": False, "explain": None, **queries}
+    options = _options(args, ("run_dir",), defaults)
     named = {arg.split("=", 1)[0] for arg in args}
     given = [key for key in queries if key in named]
     if len(given) != 1:
@@ -114,10 +120,13 @@ def recommend_command(args: list[str]) -> int:
         )
     run_dir = Path(str(options["run_dir"]))
     k, expose = _whole(options, "k", 1, MAX_K), _flag(options, "expose_history")
-    if given != ["user"]:
-        return recommend_query(options, given[0], k)
+    writer = WriterOptions.from_options(options["explain"])
     # A pseudonymised run knows its users by their outside ids, which may be any text.
-    user = options["user"] if _pseudonymised(run_dir) else _whole(options, "user", 0, MAX_ID)
+    if given == ["user"] and not _pseudonymised(run_dir):
+        _whole(options, "user", 0, MAX_ID)
+    if given != ["user"] or writer.writer != "none":
+        return recommend_query(options, given[0], k, writer)
+    user = options["user"]
     pipeline = load_run(run_dir)
     rows = recommend_for(pipeline, user, k, expose)
     table = Table(title=f"top {len(rows)} for user {options['user']}")
@@ -129,8 +138,9 @@ def recommend_command(args: list[str]) -> int:
     return 0
 
 
-def recommend_query(options: dict, given: str, k: int) -> int:
-    """Top-k for a history of item numbers or a text, ranked as the service ranks them."""
+def recommend_query(options: dict, given: str, k: int, writer: WriterOptions) -> int:
+    """Top-k for a history of item numbers, a text, or (with a sentence writer) a user,
+    ranked and explained as the service does."""
     from marlrec.serve.service import BadQuery, Query, Service
 
     history, text = options["history"], options["text"]
@@ -145,9 +155,11 @@ def recommend_query(options: dict, given: str, k: int) -> int:
     if given == "text" and (text is None or not str(text).strip()):
         raise MarlrecError("text is empty")
     run_dir = Path(str(options["run_dir"]))
-    service = Service.from_run(run_dir, batching=False)
+    expose = _flag(options, "expose_history")
+    service = Service.from_run(run_dir, batching=False, expose_history=expose, writer=writer)
     query = Query(
         k=k,
+        user=None if given != "user" else options["user"],
         history=None if history is None else tuple(history),
         text=None if text is None else str(text),
     )
@@ -155,12 +167,14 @@ def recommend_query(options: dict, given: str, k: int) -> int:
         rows = service.explain(service.answer(query))
     except BadQuery as exc:
         raise MarlrecError(str(exc)) from None
-    title = f"top {len(rows)} for " + (f"history {history}" if text is None else f"'{text}'")
-    table = Table(title=title)
-    for column in ("#", "item", "text", "why"):
+    asked = {"user": f"user {options['user']}", "history": f"history {history}"}
+    table = Table(title=f"top {len(rows)} for " + asked.get(given, f"'{text}'"))
+    sentences = writer.writer != "none"
+    for column in ("#", "item", "text", "why", *(["sentence"] if sentences else [])):
         table.add_column(column)
     for rank, row in enumerate(rows, 1):
-        table.add_row(str(rank), str(row["item"]), row["text"], _why(row))
+        cells = [str(rank), str(row["item"]), row["text"], _why(row)]
+        table.add_row(*cells, *([row["sentence"]] if sentences else []))
     Console(width=200).print(table)
     return 0
 
@@ -243,6 +257,7 @@ def _flag(options: dict, key: str) -> bool:
 def serve_command(args: list[str]) -> int:
     from marlrec.export import MODELS
     from marlrec.serve import serve
+    from marlrec.serve.writer import WriterOptions
 
     defaults = {
         "host": "127.0.0.1",
@@ -252,6 +267,7 @@ def serve_command(args: list[str]) -> int:
         "expose_history": False,
         "model": "fp32",
         "reload_every": 1.0,
+        "explain": None,
     }
     options = _options(args, ("run_dir",), defaults)
     port, workers = _whole(options, "port", 0, 65535), _whole(options, "workers", 1, 256)
@@ -265,9 +281,11 @@ def serve_command(args: list[str]) -> int:
         or not (0 <= reload_every <= 86400)
     ):
         raise MarlrecError(f"reload_every must be seconds from 0 to 86400, got {reload_every!r}")
+    writer = WriterOptions.from_options(options["explain"])
     run_dir = Path(str(options["run_dir"]))
     model = str(options["model"])
-    serve(run_dir, str(options["host"]), port, workers, batching, expose, model, reload_every)
+    host = str(options["host"])
+    serve(run_dir, host, port, workers, batching, expose, model, reload_every, writer)
     return 0
 
 

@@ -322,18 +322,32 @@ class CandidateQNet(CandidateEncoder):
         self.advantage_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
         self.to(device)
 
+    CANDIDATE_LAYER = "advantage_candidate"  # the head's layer over `per_candidate`
+
     def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
         f = self.features(obs)
-        hidden = (
-            self.advantage_candidate(f.per_candidate) + self.advantage_context(f.context)[:, None]
+        scores = self.head(
+            f.context, f.parts["chosen"], f.scalars, self.advantage_candidate(f.per_candidate)
         )
+        return scores, state
+
+    def head(
+        self,
+        context: torch.Tensor,
+        chosen: torch.Tensor,
+        scalars: torch.Tensor,
+        candidate_hidden: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Q-values from the context and each candidate's `advantage_candidate` output."""
+        hidden = candidate_hidden + self.advantage_context(context)[:, None]
         advantage = self.advantage_out(hidden).squeeze(-1)
-        available = 1.0 - f.parts["chosen"]
+        available = 1.0 - chosen
         if self.direct is not None:
-            scalars = DIRECT_GAIN * standardised(f.scalars, available > 0)
-            advantage = advantage + self.direct(scalars).squeeze(-1)
+            scaled = DIRECT_GAIN * standardised(scalars, available > 0)
+            advantage = advantage + self.direct(scaled).squeeze(-1)
         mean = (advantage * available).sum(1, keepdim=True) / available.sum(1, keepdim=True)
-        return self.value(f.context) + advantage - mean, state
+        return self.value(context) + advantage - mean
 
 
 def attach_inputs(obs: Batch, encoder: CandidateEncoder) -> Batch:
@@ -392,16 +406,30 @@ class CandidateActor(CandidateEncoder):
             self.score_out[1].bias.zero_()
         self.to(device)
 
+    CANDIDATE_LAYER = "score_candidate"  # the head's layer over `per_candidate`
+
     def forward(self, obs: Any, state: Any = None, info: Any = None) -> tuple[torch.Tensor, Any]:
         _, mask = observation_and_mask(obs)
         f = self.features(self.read(obs))
-        hidden = self.score_candidate(f.per_candidate) + self.score_context(f.context)[:, None]
-        available = f.parts["chosen"] == 0
+        candidate_hidden = self.score_candidate(f.per_candidate)
+        return self.head(f.context, f.parts["chosen"], f.scalars, candidate_hidden, mask), state
+
+    def head(
+        self,
+        context: torch.Tensor,
+        chosen: torch.Tensor,
+        scalars: torch.Tensor,
+        candidate_hidden: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits from the context and each candidate's `score_candidate` output."""
+        hidden = candidate_hidden + self.score_context(context)[:, None]
+        available = chosen == 0
         if mask is not None:
             available = available & mask.to(self.device)
-        direct = self.direct(DIRECT_GAIN * standardised(f.scalars, available))
+        direct = self.direct(DIRECT_GAIN * standardised(scalars, available))
         logits = (self.score_out(hidden) + direct).squeeze(-1)
-        return logits.masked_fill(~available, MASKED_LOGIT), state
+        return logits.masked_fill(~available, MASKED_LOGIT)
 
 
 def standardised(values: torch.Tensor, available: torch.Tensor) -> torch.Tensor:

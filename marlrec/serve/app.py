@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -22,12 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException
 
 from marlrec.serve import service as svc
+from marlrec.serve.writer import WriterOptions
 
 # How uvicorn's worker processes find the run, whether to batch and to show histories.
 RUN_DIR_ENV, BATCHING_ENV = "MARLREC_SERVE_RUN_DIR", "MARLREC_SERVE_BATCHING"
 EXPOSE_HISTORY_ENV = "MARLREC_SERVE_EXPOSE_HISTORY"
 MODEL_ENV = "MARLREC_SERVE_MODEL"  # fp32 or an export's format
 RELOAD_ENV = "MARLREC_SERVE_RELOAD_EVERY"  # seconds between looks for a new version, 0: never
+WRITER_ENV = "MARLREC_SERVE_EXPLAIN"  # the explain.* options, as JSON
 
 
 class RecommendRequest(BaseModel):
@@ -64,6 +68,9 @@ class Explained(Item):
         description="weighted change of each reward term if the user clicked it (slate only)"
     )
     nearest_history: list[Neighbour]
+    sentence: str | None = Field(
+        None, description="one sentence on the above by a language model (explain.writer=hf)"
+    )
 
 
 class Recommendation(BaseModel):
@@ -147,7 +154,8 @@ def create_app(service: svc.Service) -> FastAPI:
     def post_recommend(query: RecommendRequest) -> Recommendation:
         return recommend(query)
 
-    @app.get("/explain")
+    # `sentence` is left out, not null, when no writer is set.
+    @app.get("/explain", response_model_exclude_none=True)
     def explain(
         user: str | None = None,
         history: Annotated[str | None, Query(description="comma-separated item ids")] = None,
@@ -246,9 +254,15 @@ def from_environment() -> Any:
     batching = os.environ.get(BATCHING_ENV, "1") == "1"
     expose = os.environ.get(EXPOSE_HISTORY_ENV, "0") == "1"
     model = os.environ.get(MODEL_ENV, "fp32")
+    writer = WriterOptions(**json.loads(os.environ.get(WRITER_ENV, "{}")))
     run_dir = Path(os.environ[RUN_DIR_ENV])
-    service = svc.Service.from_run(run_dir, batching, expose, model)
+    service = svc.Service.from_run(run_dir, batching, expose, model, writer)
     reload_every = float(os.environ.get(RELOAD_ENV, "0"))
     if reload_every > 0:
         service.watch(reload_every)
     return create_app(service)
+
+
+def writer_environment(writer: WriterOptions) -> str:
+    """`writer` as `WRITER_ENV` holds it for uvicorn's worker processes."""
+    return json.dumps(dataclasses.asdict(writer))

@@ -46,6 +46,7 @@ from marlrec.serve.ranking import (
     rank_explained,
     reward_contributions,
 )
+from marlrec.serve.writer import SentenceWriter, WriterOptions, load_writer
 from marlrec.versions import current_version, pointer_stamp, version_dir
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class Service:
         run_dir: Path | None = None,
         scorer: CandidateScorer | None = None,
         model: str = "fp32",
+        writer: SentenceWriter | None = None,
     ) -> None:
+        self.writer = writer  # writes each explained item's `sentence`, when one is set
         self.expose_history = expose_history
         self.model = model  # fp32, or the export format served
         self._install(pipeline, version, scorer)
@@ -119,16 +122,19 @@ class Service:
         batching: bool = True,
         expose_history: bool = False,
         model: str = "fp32",
+        writer: WriterOptions | None = None,
     ) -> Service:
         """`model`: fp32 (the checkpoint's networks) or an export of them (`marlrec export`),
-        which the version names."""
+        which the version names; `writer`: the language model that writes explanations'
+        sentences (`explain.writer=hf`), loaded once here."""
         if model != "fp32":
             check_export(run_dir, model)  # before minutes of loading
+        sentences = load_writer(writer or WriterOptions())  # a bad model fails first, too
         number = current_version(run_dir)  # read once: the label matches the load
         pipeline = load_run(run_dir, number)
         version = model_version(run_dir, number) + ("" if model == "fp32" else f"-{model}")
         scorer = load_scorer(run_dir, model, pipeline) if model != "fp32" else None
-        return cls(pipeline, version, batching, expose_history, run_dir, scorer, model)
+        return cls(pipeline, version, batching, expose_history, run_dir, scorer, model, sentences)
 
     def reload(self) -> bool:
         """Switch to the run's current version if it is not the one served; whether it did."""
@@ -208,7 +214,7 @@ class Service:
 
     def explain(self, answer: Answer) -> list[dict]:
         """Each served item with who placed it, its score and rank there, the reward terms it
-        moves and the history items most like it."""
+        moves and the history items most like it; with a writer, a `sentence` saying so."""
         slate = [row for row in answer.placements if row.stage == SLATE]
         terms = reward_contributions(self.p, answer.user, slate) if slate else []
         items = [row.item for row in answer.placements]
@@ -220,7 +226,7 @@ class Service:
             else nearest_history(self.p, items, answer.history, NEAREST)
         )
         text = self.p.data.item_text
-        return [
+        rows = [
             {
                 **self.item_row(row),
                 "stage": row.stage,
@@ -232,6 +238,10 @@ class Service:
             }
             for i, row in enumerate(answer.placements)
         ]
+        if self.writer is not None:
+            for row, sentence in zip(rows, self.writer.write(rows), strict=True):
+                row["sentence"] = sentence
+        return rows
 
     def item_row(self, row: Placement) -> dict:
         return {
