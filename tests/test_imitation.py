@@ -229,8 +229,10 @@ def baseline_returns(pipeline: Pipeline, env_kind: str) -> dict[str, float]:
         ("slate", "idqn"),
         ("slate", "ippo"),
         ("slate", "mappo"),
-        ("single", "dqn"),
-        ("single", "ppo"),
+        # The single-agent ablations learn as the slate agents do (tests/test_single_agents.py
+        # checks they beat random); these two full runs are about a minute of CI, so on purpose.
+        pytest.param("single", "dqn", marks=pytest.mark.slow),
+        pytest.param("single", "ppo", marks=pytest.mark.slow),
     ],
 )
 def test_every_agent_beats_random_and_pop_on_return(
