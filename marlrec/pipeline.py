@@ -218,10 +218,13 @@ def build(
         .create(item_dim=item_emb.shape[1], item_text=data.item_text, encoder=encoder)
         .to(device)
     )
+    tower = encoder.text_tower(data.item_text, item_emb)
     simulator = run.one("simulator").create(data=data, item_emb=item_emb)
     rewards = {c.name: c.create(data=data, item_emb=item_emb) for c in run.plugins["reward"]}
     retriever = run.one("retrieval").create(data=data, item_emb=item_emb)
-    ctx = EnvContext(data, item_emb, state, simulator, rewards, device, retriever)
+    if tower is not None:
+        tower.on_refresh(retriever.refresh)
+    ctx = EnvContext(data, item_emb, state, simulator, rewards, device, retriever, tower)
     env = run.one("env").create(ctx=ctx)
     agent = run.one("agent").create(spec=env.spec, device=device)
     baselines = {
