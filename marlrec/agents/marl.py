@@ -230,11 +230,12 @@ class CandidateEncoder(nn.Module):
         # The catalog's embeddings are data, not parameters: kept out of checkpoints.
         item_emb = spec.item_emb.to(device)
         self.register_buffer("item_emb", item_emb, persistent=False)
-        self.register_buffer("item_unit", unit_rows(item_emb), persistent=False)
+        item_unit = unit_rows(item_emb)
+        self.register_buffer("item_unit", item_unit, persistent=False)
         # A trainable text encoder learns inside every network that reads the catalog.
         self.item_tower = spec.item_tower
         if self.item_tower is not None:
-            self.item_tower.on_refresh(unit_rows_listener(item_emb, self.item_unit))
+            self.item_tower.on_refresh(unit_rows_listener(item_emb, item_unit))
         # A trainable state model (shared by every role's network) is recomputed from the
         # observation's recent history so that it learns with the agents; a fixed one is read
         # from the observation as the environment computed it.

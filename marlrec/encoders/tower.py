@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from marlrec.registry import PluginError
 
@@ -35,7 +35,7 @@ Embed = Callable[[list[str]], torch.Tensor]
 @dataclass(frozen=True)
 class LoraOptions:
     r: int = 8
-    alpha: float = 16.0
+    alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=list)
 
@@ -51,15 +51,17 @@ def lora_options(options: dict[str, Any], where: str) -> LoraOptions:
     r, alpha, dropout, targets = (merged[k] for k in LORA_DEFAULTS)
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise PluginError(f"{where}: lora.r must be a whole number of at least 1, got {r!r}")
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
-        raise PluginError(f"{where}: lora.alpha must be a positive number, got {alpha!r}")
+    if not isinstance(alpha, int) or isinstance(alpha, bool) or alpha < 1:
+        raise PluginError(
+            f"{where}: lora.alpha must be a whole number of at least 1, got {alpha!r}"
+        )
     if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise PluginError(f"{where}: lora.dropout must be in [0, 1), got {dropout!r}")
     if not isinstance(targets, list | tuple) or not all(isinstance(t, str) for t in targets):
         raise PluginError(
             f"{where}: lora.target_modules must be a list of module names, got {targets!r}"
         )
-    return LoraOptions(r, float(alpha), float(dropout), list(targets))
+    return LoraOptions(r, alpha, float(dropout), list(targets))
 
 
 def with_lora(model: nn.Module, architecture: str, options: LoraOptions, where: str) -> nn.Module:

@@ -32,7 +32,6 @@ from marlrec.envs.exploration import draw_distinct
 from marlrec.registry import PluginError
 from marlrec.rewards import SlateOutcome
 
-
 CANDIDATE_FEATURES = ("score", "popularity")
 
 
