@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from marlrec.registry import MarlrecError, PluginError
 from marlrec.testing import Architecture, save_tiny_model
 from marlrec.training.imitation import imitation_loss, imitation_optimizer, logged_source
 from tests.conftest import SMALL, compose_config
-from tests.test_resume import Interrupted, _fit, _run, _weights
+from tests.test_resume import Interrupted, _fit, _run, _weights, flatten
 
 TINY_DATA = ["data.n_users=40", "data.n_items=60"]
 
@@ -190,3 +191,40 @@ def test_bad_trainable_options_are_one_line(
 def test_trainable_is_a_documented_option() -> None:
     section: Any = OmegaConf.to_container(compose_config([]).encoder)
     assert section["trainable"] == "frozen" and section["lora"]["r"] == 8
+
+
+@pytest.mark.slow  # a `marlrec train` process (about 30 s)
+def test_a_lora_run_is_served_with_its_trained_embeddings(
+    tiny_models: Callable[..., Path], tmp_path: Path, offline_cache: Path
+) -> None:
+    from marlrec.agents import checkpoint_path
+    from marlrec.recommend import embed_texts, load_run, text_encoder
+    from tests.test_serve import TINIEST
+    from tests.test_train_e2e import marlrec
+
+    model = tiny_models("bert")
+    options = [f"encoder.model={model}", "encoder.trainable=lora", "encoder.refresh_every=2"]
+    marlrec(
+        "train", *TINIEST, *options, f"hydra.run.dir={tmp_path}", cache=offline_cache, cwd=tmp_path
+    )
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["encoder"]["trainable"] == "lora" and metrics["encoder"]["refreshes"] > 0
+    assert metrics["encoder"]["seconds_per_update"] > 0 and metrics["encoder"]["peak_memory_mb"] > 0
+    loaded = load_run(tmp_path)
+    tables = [
+        value
+        for which in ("best", "last")
+        if checkpoint_path(tmp_path, which).is_file()
+        for key, value in flatten(
+            torch.load(checkpoint_path(tmp_path, which), map_location="cpu", weights_only=False)
+        ).items()
+        if key.endswith("item_tower.table.")
+    ]
+    assert tables and any(torch.equal(loaded.item_emb, table) for table in tables)
+    frozen = text_encoder(loaded).encode(loaded.data.item_text)  # the cached, untrained path
+    assert not torch.allclose(loaded.item_emb, frozen)
+    # a text query is encoded by the trained weights, as the catalog was
+    text = loaded.data.item_text[0]
+    assert torch.allclose(
+        embed_texts(loaded, text_encoder(loaded), [text])[0], loaded.item_emb[0], atol=1e-5
+    )
