@@ -1,5 +1,6 @@
-"""Cold start on ML-100K: NDCG@10 and HR@10 of pop, content_knn and the agents (frozen encoder)
-under the standard protocol, `cold_items` and `cold_users`.
+"""Cold start on ML-100K: NDCG@10 and HR@10 of pop, content_knn and the agents (frozen encoder,
+and with `--encoders frozen,lora` a LoRA-trained one beside it) under the standard protocol,
+`cold_items` and `cold_users`.
 
 Each protocol is its experiment preset (`ml100k`, `ml100k_cold_items`, `ml100k_cold_users`):
 chronological leave-one-out, full ranking, test split; anything chosen (the best checkpoint) is
@@ -11,6 +12,9 @@ an interrupted benchmark resumes); the baselines are built by the same pipeline 
 same harness. The JSON file is rewritten atomically after every run.
 
     python benchmarks/cold_start.py --json cold_start.json [--seeds 0,1,2] [--steps N]
+        [--encoders frozen,lora] [--encoder-overrides "encoder.grad_items=4"]
+
+Each agents' run records under `encoder` its mode, seconds per optimizer step and peak memory.
 """
 
 from __future__ import annotations
