@@ -178,6 +178,7 @@ def test_lora_run_resumes_exactly(tiny_models: Callable[..., Path], tmp_path: Pa
         ("encoder.refresh_every=0", "refresh_every must be at least 1"),
         ("encoder.dtype=bfloat16", "trains float32 weights"),
         ("encoder.lora.target_modules=[nothing_here]", "cannot add LoRA adapters"),
+        ("trainer.vector_env=subproc", "needs env copies in this process"),
     ],
 )
 def test_bad_trainable_options_are_one_line(
