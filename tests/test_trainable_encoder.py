@@ -25,10 +25,10 @@ TINY_DATA = ["data.n_users=40", "data.n_items=60"]
 
 @pytest.fixture(scope="module")
 def tiny_models(
-    tmp_path_factory: pytest.TempPathFactory, offline_cache: Path
+    tmp_path_factory: pytest.TempPathFactory, small_pipeline: Pipeline
 ) -> Callable[..., Path]:
     """A tiny random model per architecture whose vocabulary covers the synthetic catalog."""
-    texts = build(compose_config([*SMALL, *TINY_DATA])).data.item_text
+    texts = small_pipeline.data.item_text
     words = sorted({word.lower() for text in texts for word in text.split()})
     saved: dict[str, Path] = {}
 
@@ -136,6 +136,7 @@ def test_checkpoint_holds_adapters_and_table_and_restores_them(
     assert all(torch.equal(t, adapters[n]) for n, t in tower.model.named_parameters())
 
 
+@pytest.mark.slow  # three short epochs three times (about 35 s); the checkpoint test runs in CI
 def test_lora_run_resumes_exactly(tiny_models: Callable[..., Path], tmp_path: Path) -> None:
     """Each run builds its own pipeline from the cached frozen embeddings, as a new process."""
     model = tiny_models("bert")
