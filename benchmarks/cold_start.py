@@ -1,5 +1,6 @@
-"""Cold start on ML-100K: NDCG@10 and HR@10 of pop, content_knn and the agents (frozen encoder)
-under the standard protocol, `cold_items` and `cold_users`.
+"""Cold start on ML-100K: NDCG@10 and HR@10 of pop, content_knn and the agents (frozen encoder,
+and with `--encoders frozen,lora` a LoRA-trained one beside it) under the standard protocol,
+`cold_items` and `cold_users`.
 
 Each protocol is its experiment preset (`ml100k`, `ml100k_cold_items`, `ml100k_cold_users`):
 chronological leave-one-out, full ranking, test split; anything chosen (the best checkpoint) is
@@ -11,6 +12,9 @@ an interrupted benchmark resumes); the baselines are built by the same pipeline 
 same harness. The JSON file is rewritten atomically after every run.
 
     python benchmarks/cold_start.py --json cold_start.json [--seeds 0,1,2] [--steps N]
+        [--encoders frozen,lora] [--encoder-overrides "encoder.grad_items=4"]
+
+Each agents' run records under `encoder` its mode, seconds per optimizer step and peak memory.
 """
 
 from __future__ import annotations
@@ -46,7 +50,12 @@ SAME_BUDGET = {
     ]
 }
 BASELINES = ["pop", "content_knn"]
-AGENTS = "agents (mappo, frozen encoder)"
+# The agents' rows, one per encoder mode (`encoder.trainable`).
+AGENTS = {
+    "frozen": "agents (mappo, frozen encoder)",
+    "lora": "agents (mappo, LoRA encoder)",
+    "full": "agents (mappo, fine-tuned encoder)",
+}
 COLUMNS = {"NDCG@10": "test/NDCG@10", "HR@10": "test/HR@10"}
 RANKING_ONLY = "eval.metrics=[hr,ndcg]"  # no simulated sessions: this table ranks
 
@@ -77,15 +86,20 @@ def run_baselines(args: argparse.Namespace, protocol: str, seed: int) -> dict[st
     return rows
 
 
-def run_agents(args: argparse.Namespace, protocol: str, seed: int) -> dict[str, Any]:
+def run_agents(
+    args: argparse.Namespace, protocol: str, seed: int, encoder: str = "frozen"
+) -> dict[str, Any]:
     """One `marlrec train` run; a finished one is read back, not trained again."""
     budget = f"{args.steps}steps" if args.steps else "preset"
-    run_dir = args.out / protocol / budget / f"seed{seed}"
+    mode = "" if encoder == "frozen" else encoder  # frozen runs keep their earlier folders
+    run_dir = args.out / protocol / budget / mode / f"seed{seed}"
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         command = [sys.executable, "-m", "marlrec.cli", "train", *overrides(args, protocol, seed)]
         command += ["baseline=[]", "trainer.show_progress=false", f"hydra.run.dir={run_dir}"]
         command += [f"trainer.epoch_num_env_steps={args.steps}"] if args.steps else []
+        if encoder != "frozen":
+            command += [f"encoder.trainable={encoder}", *args.encoder_overrides.split()]
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         write_json(run_dir / "wall.json", {"wall_seconds": time.perf_counter() - started})
@@ -94,6 +108,7 @@ def run_agents(args: argparse.Namespace, protocol: str, seed: int) -> dict[str, 
         **metrics["eval"]["agent"],
         "scores_unseen_items": metrics.get("scores_unseen_items", {}).get("agent"),
         "retrieval_recall": metrics.get("retrieval", {}),
+        "encoder": metrics.get("encoder", {"trainable": encoder}),
     }
 
 
@@ -122,7 +137,8 @@ def summarise(results: dict[str, Any]) -> dict[str, dict[str, dict[str, list[flo
 
 
 def markdown(summary: dict[str, dict[str, dict[str, list[float]]]], n_seeds: int) -> str:
-    policies = [*BASELINES, AGENTS]
+    measured = {policy for rows in summary.values() for policy in rows}
+    policies = [*BASELINES, *(row for row in AGENTS.values() if row in measured)]
     header = f"| protocol (mean ± std, {n_seeds} seed{'s' if n_seeds > 1 else ''}) | "
     header += " | ".join(f"{p} {c}" for p in policies for c in COLUMNS) + " |"
     lines = [header, "|---" * (1 + len(policies) * len(COLUMNS)) + "|"]
@@ -144,6 +160,15 @@ def main() -> None:
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
     parser.add_argument("--steps", type=int, default=0, help="env steps per epoch (0: preset)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cold_start"))
+    parser.add_argument(
+        "--encoders", default="frozen", help=f"comma-separated: {', '.join(AGENTS)}"
+    )
+    parser.add_argument(
+        "--encoder-overrides",
+        default="",
+        help="space-separated overrides for the trainable encoders' runs, e.g. "
+        "'encoder.grad_items=32 encoder.refresh_every=100'",
+    )
     args = parser.parse_args()
     if not (args.data / "u.data").is_file():
         parser.error(f"{args.data} holds no MovieLens-100K (u.data is missing)")
@@ -151,6 +176,10 @@ def main() -> None:
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown:
         parser.error(f"unknown protocol {unknown[0]!r}; known: {', '.join(PROTOCOLS)}")
+    encoders = [e for e in args.encoders.split(",") if e]
+    unknown = sorted(set(encoders) - set(AGENTS))
+    if unknown:
+        parser.error(f"unknown encoder mode {unknown[0]!r}; known: {', '.join(AGENTS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     seeds = [int(s) for s in args.seeds.split(",")]
     # seed -> protocol -> policy -> figures; a file from an interrupted run is carried on.
@@ -163,10 +192,11 @@ def main() -> None:
             if not all(name in rows for name in BASELINES):
                 rows.update(run_baselines(args, protocol, seed))
                 save(args, results)
-            if AGENTS not in rows:
-                print(f"training the agents: {protocol}, seed {seed}", flush=True)
-                rows[AGENTS] = run_agents(args, protocol, seed)
-                save(args, results)
+            for encoder in encoders:
+                if AGENTS[encoder] not in rows:
+                    print(f"training the agents: {protocol}, seed {seed}, {encoder}", flush=True)
+                    rows[AGENTS[encoder]] = run_agents(args, protocol, seed, encoder)
+                    save(args, results)
     print(markdown(summarise(results), len(results)))
 
 

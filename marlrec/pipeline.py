@@ -100,9 +100,28 @@ def configure(cfg: DictConfig) -> RunConfig:
             "privacy.dp.enabled=true trains by imitation only: set trainer.max_epochs=0 "
             "(reinforcement learning replays users' sessions outside DP-SGD)"
         )
+    check_trainable_encoder(plugins["encoder"][0].config, trainer, privacy)
     if privacy.dp.enabled and importlib.util.find_spec("opacus") is None:
         raise MarlrecError("privacy.dp.enabled=true needs Opacus: pip install 'marlrec[privacy]'")
     return RunConfig(plugins, trainer, eval_cfg, logger, privacy)
+
+
+def check_trainable_encoder(encoder: Any, trainer: TrainerConfig, privacy: PrivacyConfig) -> None:
+    """A trainable encoder learns in this process, with plain optimizers: no DP-SGD, and env
+    copies that stay here (worker processes would each hold a stale copy of the model)."""
+    trainable = getattr(encoder, "trainable", "frozen")
+    if trainable == "frozen":
+        return
+    if privacy.dp.enabled:
+        raise MarlrecError(
+            f"privacy.dp.enabled=true trains with DP-SGD, which encoder.trainable={trainable} "
+            "does not support: set encoder.trainable=frozen"
+        )
+    if trainer.vector_env in ("subproc", "ray"):
+        raise MarlrecError(
+            f"encoder.trainable={trainable} needs env copies in this process: set "
+            f"trainer.vector_env=batched or dummy, not {trainer.vector_env}"
+        )
 
 
 MAX_SEED = 2**32 - 1  # numpy's seeds stop here
@@ -244,10 +263,13 @@ def build(
         .create(item_dim=item_emb.shape[1], item_text=data.item_text, encoder=encoder)
         .to(device)
     )
+    tower = encoder.text_tower(data.item_text, item_emb)
     simulator = run.one("simulator").create(data=data, item_emb=item_emb)
     rewards = {c.name: c.create(data=data, item_emb=item_emb) for c in run.plugins["reward"]}
     retriever = run.one("retrieval").create(data=data, item_emb=item_emb)
-    ctx = EnvContext(data, item_emb, state, simulator, rewards, device, retriever)
+    if tower is not None:
+        tower.on_refresh(retriever.refresh)
+    ctx = EnvContext(data, item_emb, state, simulator, rewards, device, retriever, tower)
     env = run.one("env").create(ctx=ctx)
     agent = run.one("agent").create(spec=env.spec, device=device)
     baselines = {

@@ -171,7 +171,17 @@ def text_encoder(p: Pipeline) -> Encoder:
 def embed_texts(p: Pipeline, encoder: Encoder, texts: list[str]) -> torch.Tensor:
     """Texts embedded as the run's catalog was (len(texts), dim), without writing any cache:
     TF-IDF counts document frequencies over the catalog with the texts, a language model
-    runs on the texts alone."""
+    runs on the texts alone; a trained encoder (`encoder.trainable`) with its trained weights."""
+    tower = p.env.ctx.item_tower
+    if tower is not None:
+        with torch.no_grad():
+            tower.eval()
+            return torch.cat(
+                [
+                    tower.encode(texts[i : i + ENCODE_BATCH]).cpu()
+                    for i in range(0, len(texts), ENCODE_BATCH)
+                ]
+            )
     if isinstance(encoder, TfidfEncoder):
         return encoder.encode([*p.data.item_text, *texts])[-len(texts) :]
     if isinstance(encoder, HFEncoder):

@@ -44,6 +44,7 @@ from marlrec.training.checkpoint import load_training_state
 from marlrec.training.imitation import imitate
 from marlrec.training.logs import restore_event_files
 from marlrec.training.loop import fit
+from marlrec.training.meter import UpdateMeter, measured_updates
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             state_path=state_path,
             saved_state=saved,
         )
-        imitation = imitation_summary(pipeline, run, run_dir, resuming)
-        summary = {**imitation, **fit(pipeline.agent, pipeline.env, run)}
+        with measured_updates(pipeline.device) as meter:
+            imitation = imitation_summary(pipeline, run, run_dir, resuming)
+            summary = {**imitation, **fit(pipeline.agent, pipeline.env, run)}
         restore_best(pipeline, run_dir)
         results = evaluate(pipeline, show_progress=pipeline.trainer.show_progress)
         for policy, row in results.items():
@@ -220,6 +222,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "retrieval": retrieval_recall(pipeline),
         "scores_unseen_items": scores_unseen_items(pipeline),
         "privacy": privacy_report(pipeline, summary),
+        "encoder": encoder_report(pipeline, meter),
     }
     write_json(run_dir / "metrics.json", metrics)
     if run.history:
@@ -229,6 +232,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_interest_map(pipeline, run_dir / "interest_map.png", seed=int(cfg.seed))
     print_table(results, title=f"{cfg.agent.name} on {cfg.data.name} ({run_dir})")
     return metrics
+
+
+def encoder_report(pipeline: Pipeline, meter: UpdateMeter) -> dict[str, Any]:
+    """The encoder's mode, and the run's time per update and peak memory (to compare modes)."""
+    tower = pipeline.env.ctx.item_tower
+    report: dict[str, Any] = {
+        "trainable": str(pipeline.cfg.encoder.get("trainable", "frozen")),
+        **meter.summary(),
+    }
+    if tower is not None:
+        report |= {
+            "trainable_parameters": tower.trainable_parameters,
+            "encoder_updates": tower.updates,
+            "refreshes": tower.refreshes,
+            "refresh_seconds": tower.refresh_seconds,
+        }
+    return report
 
 
 def scores_unseen_items(pipeline: Pipeline) -> dict[str, bool]:

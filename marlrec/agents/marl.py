@@ -27,6 +27,7 @@ from tianshou.data import Batch, ReplayBuffer
 from tianshou.env import PettingZooEnv
 from torch import nn
 
+from marlrec.encoders.tower import unit_rows_listener
 from marlrec.envs import Environment, EnvSpec
 from marlrec.registry import PluginError
 from marlrec.tianshou_compat import (
@@ -229,7 +230,12 @@ class CandidateEncoder(nn.Module):
         # The catalog's embeddings are data, not parameters: kept out of checkpoints.
         item_emb = spec.item_emb.to(device)
         self.register_buffer("item_emb", item_emb, persistent=False)
-        self.register_buffer("item_unit", unit_rows(item_emb), persistent=False)
+        item_unit = unit_rows(item_emb)
+        self.register_buffer("item_unit", item_unit, persistent=False)
+        # A trainable text encoder learns inside every network that reads the catalog.
+        self.item_tower = spec.item_tower
+        if self.item_tower is not None:
+            self.item_tower.on_refresh(unit_rows_listener(item_emb, item_unit))
         # A trainable state model (shared by every role's network) is recomputed from the
         # observation's recent history so that it learns with the agents; a fixed one is read
         # from the observation as the environment computed it.
@@ -250,7 +256,8 @@ class CandidateEncoder(nn.Module):
         parts = self.layout.split(obs)
         ids, chosen = parts["candidates"], parts["chosen"]
         scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)
-        candidates = torch.cat([self.item_emb[ids], scalars], dim=-1)
+        rows = self.item_emb[ids] if self.item_tower is None else self.item_tower.lookup(ids)
+        candidates = torch.cat([rows, scalars], dim=-1)
         unit = self.item_unit[ids]
         to_slate = (unit @ unit.transpose(1, 2)).masked_fill(chosen[:, None, :] == 0, -1.0)
         history = None
@@ -356,6 +363,8 @@ def attach_inputs(obs: Batch, encoder: CandidateEncoder) -> Batch:
     An on-policy update reads the same observations many times, with the actor and the critic
     and over several passes; they split and shuffle along with the observations.
     """
+    if encoder.item_tower is not None:
+        return obs  # computed in each forward pass instead, where gradients reach the encoder
     with torch.no_grad():
         x = encoder.inputs(obs.obs)
     saved = Batch(candidates=x.candidates, to_slate=x.to_slate)

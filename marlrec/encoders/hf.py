@@ -21,7 +21,7 @@ import json
 import re
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.utils import logging as hf_logging
 
 from marlrec.encoders import Encoder
+from marlrec.encoders.tower import LORA_DEFAULTS, LoraOptions, TextTower, lora_options, with_lora
 from marlrec.io import write_npz
 from marlrec.progress import live, progress_bar
 from marlrec.registry import PluginError
@@ -73,6 +74,19 @@ class HFEncoder(Encoder):
         """Tokens per text; longer texts are truncated."""
         normalize: bool = True
         """Scale each embedding to unit L2 norm."""
+        trainable: Literal["frozen", "lora", "full"] = "frozen"
+        """`frozen`: embeddings computed once and cached. `lora`: low-rank adapters (`peft`)
+        learn with the agents' losses; `full`: every weight does. Both re-encode the items of
+        each update's batch with gradients and refresh the catalog's embeddings on a schedule."""
+        lora: dict[str, Any] = field(default_factory=lambda: dict(LORA_DEFAULTS))
+        """LoRA options: `r` (rank), `alpha` (scale), `dropout`, `target_modules` (the layers
+        that get adapters; empty picks the attention projections of the architecture)."""
+        refresh_every: int = 100
+        """Updates of a trainable encoder between two re-encodings of the whole catalog, the
+        table that retrieval, states and the agents' other inputs read."""
+        grad_items: int = 64
+        """Distinct items per forward pass re-encoded with gradients (drawn from the batch's
+        items; the others read the table); 0: all of them."""
 
     config: Config
 
@@ -85,6 +99,13 @@ class HFEncoder(Encoder):
                 raise PluginError(
                     f"{self.where}: {key} must be at least 1, got {getattr(config, key)}"
                 )
+        for key in ("refresh_every", "grad_items"):
+            if getattr(config, key) < (1 if key == "refresh_every" else 0):
+                raise PluginError(
+                    f"{self.where}: {key} must be at least "
+                    f"{1 if key == 'refresh_every' else 0}, got {getattr(config, key)}"
+                )
+        self.lora: LoraOptions = lora_options(config.lora, self.where)
         self.model_path = _resolve(config.model, config.revision, self.where)
         self.architecture = _architecture(self.model_path, self.where)
         self.pooling: Pooling = _pick_pooling(config.pooling, self.architecture)
@@ -143,24 +164,29 @@ class HFEncoder(Encoder):
     def load(self) -> tuple[Any, Any]:
         """Tokenizer and model, loaded on first use, so a fully cached run never touches them."""
         if self._model is None:
-            path = str(self.model_path)
-            if not live():  # transformers' own "Loading weights" bar would flood a log file
-                hf_logging.disable_progress_bar()
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-                model = AutoModel.from_pretrained(
-                    path, local_files_only=True, dtype=DTYPES[self.config.dtype]
-                )
-            except (OSError, ValueError) as exc:
-                raise PluginError(
-                    f"{self.where}: cannot load model from '{path}': {_one_line(exc)}"
-                ) from exc
-            if self.architecture == "encoder-decoder":
-                model = model.get_encoder()
-            self._inputs = frozenset(inspect.signature(model.forward).parameters)
-            self._tokenizer = self._prepare_tokenizer(tokenizer)
-            self._model = model.to(self.device).eval()
+            tokenizer, model = self.fresh_model()
+            self._tokenizer, self._model = tokenizer, model.eval()
         return self._tokenizer, self._model
+
+    def fresh_model(self) -> tuple[Any, Any]:
+        """A new copy of the tokenizer and model on the device: a trainable encoder trains its
+        own copy, so the cached (frozen) embeddings never come from trained weights."""
+        path = str(self.model_path)
+        if not live():  # transformers' own "Loading weights" bar would flood a log file
+            hf_logging.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(
+                path, local_files_only=True, dtype=DTYPES[self.config.dtype]
+            )
+        except (OSError, ValueError) as exc:
+            raise PluginError(
+                f"{self.where}: cannot load model from '{path}': {_one_line(exc)}"
+            ) from exc
+        if self.architecture == "encoder-decoder":
+            model = model.get_encoder()
+        self._inputs = frozenset(inspect.signature(model.forward).parameters)
+        return self._prepare_tokenizer(tokenizer), model.to(self.device)
 
     def _prepare_tokenizer(self, tokenizer: Any) -> Any:
         if tokenizer.pad_token is None:
@@ -201,6 +227,11 @@ class HFEncoder(Encoder):
     @torch.inference_mode()
     def forward(self, tokenizer: Any, model: Any, texts: list[str]) -> np.ndarray:
         """The model's vectors for `texts` (one batch), not read from or written to the cache."""
+        return self.embed(tokenizer, model, texts).cpu().numpy()
+
+    def embed(self, tokenizer: Any, model: Any, texts: list[str]) -> torch.Tensor:
+        """`forward`'s vectors as a float32 tensor on the device, with gradients when enabled
+        (a trainable encoder's texts)."""
         tokens = tokenizer(
             texts,
             padding=True,
@@ -211,7 +242,7 @@ class HFEncoder(Encoder):
         )
         mask = tokens["attention_mask"].to(self.device)
         if not mask.any():  # only texts without tokens (e.g. empty ones, no BOS): nothing to run
-            return np.zeros((len(texts), int(model.config.hidden_size)), dtype=np.float32)
+            return torch.zeros(len(texts), int(model.config.hidden_size), device=self.device)
         inputs = {k: v.to(self.device) for k, v in tokens.items() if k in self._inputs}
         if tokenizer.padding_side == "left":
             inputs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
@@ -232,7 +263,33 @@ class HFEncoder(Encoder):
         pooled = pool(hidden, mask, self.pooling)
         if self.config.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.cpu().numpy()
+        return pooled
+
+    def text_tower(self, texts: list[str], table: torch.Tensor) -> TextTower | None:
+        """With `trainable` lora or full, the model that learns with the agents over the
+        catalog's `texts`, whose cached embeddings `table` it refreshes in place."""
+        c = self.config
+        if c.trainable == "frozen":
+            return None
+        if c.dtype != "float32":
+            raise PluginError(
+                f"{self.where}: trainable={c.trainable} trains float32 weights (bfloat16 "
+                f"autocast on CUDA), but dtype={c.dtype}: set encoder.dtype=float32"
+            )
+        tokenizer, model = self.fresh_model()
+        if c.trainable == "lora":
+            model = with_lora(model, self.architecture, self.lora, self.where)
+        else:
+            model.requires_grad_(True)
+        return TextTower(
+            lambda batch: self.embed(tokenizer, model, batch),
+            model,
+            texts,
+            table,
+            grad_items=c.grad_items,
+            refresh_every=c.refresh_every,
+            batch_size=c.batch_size,
+        )
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from marlrec.rewards import Reward
 from marlrec.simulators import Simulator
 from marlrec.states import StateModel
 
+if TYPE_CHECKING:
+    from marlrec.encoders.tower import TextTower
+
 
 @dataclass(frozen=True)
 class EnvContext:
@@ -32,6 +35,7 @@ class EnvContext:
     rewards: dict[str, Reward]
     device: torch.device
     retriever: Retriever  # scores the catalog for each slate's candidates
+    item_tower: TextTower | None = None  # a trainable encoder behind `item_emb`, if any
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class EnvSpec:
     layout: ObsLayout
     item_emb: torch.Tensor
     state: StateModel  # the run's state model; trainable ones learn inside the agents' networks
+    item_tower: TextTower | None = None  # a trainable encoder, learning inside them too
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,10 @@ import torch.nn.functional as F
 from marlrec.data import Histories
 from marlrec.envs import EnvContext, ObsLayout
 from marlrec.envs.exploration import draw_distinct
+from marlrec.registry import PluginError
 from marlrec.rewards import SlateOutcome
+
+CANDIDATE_FEATURES = ("score", "popularity")
 
 
 @dataclass(kw_only=True)
@@ -53,6 +56,18 @@ class SlateConfig:
     """Role -> reward name: the term that role receives on top of the global reward."""
     role_mix: float = 0.0
     """lambda: each role's reward is the global reward plus lambda times its own term."""
+    candidate_features: list[str] = field(default_factory=lambda: ["score", "popularity"])
+    """The candidates' scalar features the agents see (`score`, `popularity`); one left out
+    reads as zero. Popularity is zero for every item without training interactions, so
+    agents that learned from logs of consumed items never rank such (cold) items with it."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.candidate_features) - set(CANDIDATE_FEATURES))
+        if unknown:
+            raise PluginError(
+                f"env.candidate_features: unknown feature '{unknown[0]}'; "
+                f"known: {', '.join(CANDIDATE_FEATURES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,9 @@ class SlateCore:
         counts = torch.as_tensor(ctx.data.item_popularity, device=ctx.device)
         log_count = torch.log1p(counts)
         self.popularity = log_count / log_count.max().clamp(min=1e-9)
+        if "popularity" not in config.candidate_features:
+            self.popularity = torch.zeros_like(self.popularity)
+        self.use_scores = "score" in config.candidate_features
         self.n_explore = round(config.explore_share * config.n_candidates)
         self.n_long_tail = round(self.n_explore * config.explore_long_tail)
         # The least popular half, ties broken by id: the pool of long-tail exploration items.
@@ -201,6 +219,8 @@ class SlateCore:
             dim=-1,
         ).float()
         finite_scores = torch.nan_to_num(cand_scores, neginf=-1.0)
+        if not self.use_scores:
+            finite_scores = torch.zeros_like(finite_scores)
         parts = [
             states,
             recent.float(),

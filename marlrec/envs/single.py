@@ -39,6 +39,7 @@ class SingleConfig(SlateConfig):
     role_mix: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.slate_size < 1:
             raise PluginError(f"env.slate_size must be at least 1, got {self.slate_size}")
         self.slots_per_role = self.slate_size

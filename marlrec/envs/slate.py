@@ -41,7 +41,13 @@ class SlateEnvironment(Environment):
 
     @property
     def spec(self) -> EnvSpec:
-        return EnvSpec(tuple(self.roles), self.core.layout, self.ctx.item_emb, self.ctx.state)
+        return EnvSpec(
+            tuple(self.roles),
+            self.core.layout,
+            self.ctx.item_emb,
+            self.ctx.state,
+            self.ctx.item_tower,
+        )
 
     def make(self) -> Any:
         return SlateAEC(self.core, self.roles)

@@ -29,6 +29,10 @@ class Retriever(Plugin):
         self.data = data
         self.item_emb = item_emb
 
+    def refresh(self) -> None:
+        """Re-read `item_emb` after a trainable encoder changed it in place; retrievers that
+        keep tensors derived from it rebuild them."""
+
     @abstractmethod
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         """Scores (B, n_items) in [-1, 1], higher is better, for users with states (B, d) and

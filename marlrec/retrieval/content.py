@@ -26,6 +26,10 @@ class ContentRetriever(Retriever):
         self.item_unit = F.normalize(item_emb, dim=-1)
         self.search = ItemSearch(self.item_unit, config)
 
+    def refresh(self) -> None:
+        self.item_unit = F.normalize(self.item_emb, dim=-1)
+        self.search = ItemSearch(self.item_unit, self.config)
+
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         return F.normalize(states, dim=-1) @ self.item_unit.T
 

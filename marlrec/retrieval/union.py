@@ -62,6 +62,10 @@ class UnionRetriever(Retriever):
         )
         return member
 
+    def refresh(self) -> None:
+        for member in self.members:
+            member.refresh()
+
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         member_scores = [member.scores(states, histories) for member in self.members]
         return union_scores(member_scores, histories, self.config.size)
