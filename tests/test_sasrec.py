@@ -151,7 +151,7 @@ def test_union_pool_has_the_requested_size(data: RecData) -> None:
     sections = [{"name": "ease"}, {"name": "content"}]
     emb = torch.randn(data.n_items, 8, generator=torch.Generator().manual_seed(0))
     union = UnionRetriever(
-        UnionRetriever.Config(members=sections, size=120), data=data, item_emb=emb
+        UnionRetriever.Config(members=sections, size=120, merge="turns"), data=data, item_emb=emb
     )
     histories = [data.train_histories[u] for u in range(20)]
     packed = Histories.pack(histories)
@@ -188,7 +188,8 @@ def test_union_features_give_each_members_score_and_rank(data: RecData) -> None:
     # `first`: the pool is the first member's (EASE's) ranking; its best items rank 1.0.
     assert torch.equal(features[:, 0, 1], torch.ones(10))
     # Features off: none, and the observation layout keeps its size.
-    plain = UnionRetriever(UnionRetriever.Config(members=sections), data=data, item_emb=emb)
+    config = UnionRetriever.Config(members=sections, features=False)
+    plain = UnionRetriever(config, data=data, item_emb=emb)
     assert plain.n_features == 0
     assert plain.candidate_features(states, packed, candidates).shape == (10, 5, 0)
     with pytest.raises(PluginError, match=r"retrieval\.merge must be turns, mean or first"):

@@ -1,16 +1,17 @@
-"""`union`: one pool merged from the pools of several retrievers (e.g. `ease` and `sasrec`).
+"""`union`: one pool merged from several retrievers (by default `sasrec` and `ease`).
 
-Each member ranks the items the user has not consumed; round r of the merge offers each
-member's r-th best item in turn (the first member first), skipping items already in the pool,
-until the pool holds `size` items. Pool items score in (0, 1] by their place in the pool and
-every other item in [-1, -0.5] by the members' mean score, so the environment's top M
-(M <= size) is the pool's first M items. `merge: mean` ranks by the members' mean score instead,
-and `merge: first` by the first member's alone (the others then only add features).
+`merge: mean` (the default) ranks the items the user has not consumed by the members' mean
+score. `merge: turns` merges the members' rankings: round r offers each member's r-th best
+item in turn (the first member first), skipping items already in the pool, until the pool
+holds `size` items; pool items score in (0, 1] by their place in the pool and every other item
+in [-1, -0.5] by the members' mean score, so the environment's top M (M <= size) is the pool's
+first M items. `merge: first` ranks by the first member's score alone (the others then only
+add features).
 
-With `features: true` every candidate carries, for each member, its score and its rank among
-the user's unconsumed items (log-scaled to [0, 1], 1 the best) as observation features: the
-agents see each member's own judgement and can learn an ensemble of them, which the merged
-score alone (a pool position) hides.
+With `features: true` (the default) every candidate carries, for each member, its score and its
+rank among the user's unconsumed items (log-scaled to [0, 1], 1 the best) as observation
+features: the agents see each member's own judgement and can learn an ensemble of them, which
+a merged score alone hides.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from marlrec.retrieval import Retriever
 
 
 def _default_members() -> list[dict[str, Any]]:
-    return [{"name": "ease"}, {"name": "sasrec"}]
+    return [{"name": "sasrec"}, {"name": "ease"}]
 
 
 class UnionRetriever(Retriever):
@@ -44,10 +45,10 @@ class UnionRetriever(Retriever):
         """Items in the merged pool: the env's `n_candidates` or more."""
         seed: int = composed_default(0, "${seed}")
         """Seed given to members that take one and set none (the run's when composed)."""
-        merge: Literal["turns", "mean", "first"] = "turns"
+        merge: Literal["turns", "mean", "first"] = "mean"
         """How the pool is ranked: the members' rankings by turns, their mean score, or the
         first member's ranking alone."""
-        features: bool = False
+        features: bool = True
         """Give the agents each member's score and rank of every candidate."""
 
         def __post_init__(self) -> None:
