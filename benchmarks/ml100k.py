@@ -42,7 +42,9 @@ AGENTS: dict[str, list[str]] = {
     "single agent (env=single, ppo)": ["env=single", "agent=ppo"],
     "relevance role alone": ["env.roles=[relevance]", "env.slots_per_role=4"],
     "diversity role alone": ["env.roles=[diversity]", "env.slots_per_role=4"],
-    "over EASE candidates (the earlier preset)": ["retrieval=ease"],
+    "union without the members' features": ["retrieval.features=false"],
+    "over SASRec candidates (the earlier preset)": ["retrieval=sasrec"],
+    "over EASE candidates": ["retrieval=ease"],
     "ippo": ["agent=ippo"],
     "idqn": ["agent=idqn"],
 }

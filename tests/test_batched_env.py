@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from tianshou.algorithm.random import MARLRandomDiscreteMaskedOffPolicyAlgorithm
 from tianshou.data import Batch, Collector, VectorReplayBuffer
 from tianshou.env import BaseVectorEnv, DummyVectorEnv
 
+from marlrec import registry
 from marlrec.data import RecData
 from marlrec.envs import Environment
 from marlrec.envs.batched import BatchedSlateEnv
@@ -142,6 +144,35 @@ def test_batched_slate_env_agrees_with_per_user_aec_envs(
         return slate_env(synthetic, explore_share=explore_share)
 
     assert run_in_lockstep(make_env, n=5, steps=120, seed=3, stacked=stacked) >= 5
+
+
+def test_candidate_features_reach_the_observations_of_both_envs(synthetic: RecData) -> None:
+    members = [{"name": "ease"}, {"name": "content"}]
+
+    def make_env() -> SlateEnvironment:
+        ctx = context(synthetic)
+        union = registry.create(
+            "retrieval",
+            {"name": "union", "members": members, "features": True, "merge": "first"},
+            data=synthetic,
+            item_emb=ctx.item_emb,
+        )
+        return SlateEnvironment(SlateConfig(), ctx=dataclasses.replace(ctx, retriever=union))
+
+    env = make_env()
+    assert env.spec.layout.n_features == 4
+    assert run_in_lockstep(make_env, n=4, steps=60, seed=7, stacked=False) >= 4
+    # What the first role sees: each candidate's member scores and ranks, from the retriever.
+    aec = env.make()
+    aec.reset(seed=1)
+    obs = torch.as_tensor(aec.observe(aec.agent_selection)["observation"])[None]
+    parts = env.spec.layout.split(obs)
+    history = env.core.pack([np.asarray(aec.history)])
+    states = env.core.states(history)
+    candidates = parts["candidates"]
+    expected = env.ctx.retriever.candidate_features(states, history, candidates)
+    torch.testing.assert_close(parts["features"], expected)
+    assert float(parts["features"][0, :, 1].max()) == 1.0  # EASE's best unconsumed item
 
 
 @pytest.mark.parametrize("stacked", [False, True])

@@ -183,7 +183,10 @@ def test_ml100k_preset_composes_the_benchmarks_strongest_configuration() -> None
     config = compose_config(["experiment=ml100k", "data.path=somewhere"])
     configure(config)
     assert (config.data.name, config.simulator.name) == ("movielens", "replay")
-    assert (config.agent.name, config.retrieval.name) == ("mappo", "sasrec")
+    assert (config.agent.name, config.retrieval.name) == ("mappo", "union")
+    # SASRec and EASE ranked by their mean score, each one's score and rank shown to the agents.
+    assert [m["name"] for m in config.retrieval.members] == ["sasrec", "ease"]
+    assert (config.retrieval.merge, config.retrieval.features) == ("mean", True)
     assert list(config.baseline) == ["random", "pop", "itemknn", "ease", "sasrec"]
     assert config.trainer.max_epochs * config.trainer.epoch_num_env_steps >= 50_000
     assert config.trainer.imitation_steps_per_update > 0

@@ -90,12 +90,16 @@ def assert_same_choices(got: LoggedChoices, expected: LoggedChoices) -> None:
     torch.testing.assert_close(got.obs, expected.obs)
 
 
-@pytest.mark.parametrize("retrieval", ["content", "ease"])
+# The union's members give each candidate's scores and ranks as observation features.
+UNION_FEATURES = ["retrieval=union", "retrieval.members=[{name:ease},{name:content}]"]
+
+
+@pytest.mark.parametrize("retrieval", [["retrieval=content"], ["retrieval=ease"], UNION_FEATURES])
 @pytest.mark.parametrize("cache_mb", [1024, 0])
 def test_the_packed_log_gives_the_choices_of_the_histories_it_draws(
-    retrieval: str, cache_mb: int
+    retrieval: list[str], cache_mb: int
 ) -> None:
-    pipeline = build(compose_config([*SMALL, f"retrieval={retrieval}"]))
+    pipeline = build(compose_config([*SMALL, *retrieval]))
     env, histories = pipeline.env, pipeline.data.train_histories
     packed = logged_source(env, histories, cache_mb)
     reference = EnvLog(env, histories)

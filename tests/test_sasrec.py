@@ -151,7 +151,7 @@ def test_union_pool_has_the_requested_size(data: RecData) -> None:
     sections = [{"name": "ease"}, {"name": "content"}]
     emb = torch.randn(data.n_items, 8, generator=torch.Generator().manual_seed(0))
     union = UnionRetriever(
-        UnionRetriever.Config(members=sections, size=120), data=data, item_emb=emb
+        UnionRetriever.Config(members=sections, size=120, merge="turns"), data=data, item_emb=emb
     )
     histories = [data.train_histories[u] for u in range(20)]
     packed = Histories.pack(histories)
@@ -163,6 +163,54 @@ def test_union_pool_has_the_requested_size(data: RecData) -> None:
         assert not set(in_pool) & set(history.tolist())
     with pytest.raises(PluginError, match=r"retrieval\.size must be at least 1"):
         UnionRetriever.Config(size=0)
+
+
+def test_union_features_give_each_members_score_and_rank(data: RecData) -> None:
+    sections = [{"name": "ease"}, {"name": "content"}]
+    emb = torch.randn(data.n_items, 8, generator=torch.Generator().manual_seed(0))
+    config = UnionRetriever.Config(members=sections, size=30, merge="first", features=True)
+    union = UnionRetriever(config, data=data, item_emb=emb)
+    assert union.n_features == 4
+    packed = Histories.pack([data.train_histories[u] for u in range(10)])
+    states = torch.randn(10, 8)
+    merged = union.scores(states, packed)
+    candidates = merged.topk(5, dim=1).indices
+    features = union.candidate_features(states, packed, candidates)
+    assert features.shape == (10, 5, 4)
+    for number, member in enumerate(union.members):
+        own = member.scores(states, packed)
+        own[packed.rows(), packed.items] = -torch.inf
+        torch.testing.assert_close(features[..., 2 * number], own.gather(1, candidates))
+        # Rank r among the unconsumed items, as 1 - log(1 + r) / log(1 + n_items).
+        above = (own[:, None, :] > own.gather(1, candidates)[..., None]).sum(-1)
+        expected = 1.0 - torch.log1p(above.float()) / np.log1p(data.n_items)
+        torch.testing.assert_close(features[..., 2 * number + 1], expected)
+    # `first`: the pool is the first member's (EASE's) ranking; its best items rank 1.0.
+    assert torch.equal(features[:, 0, 1], torch.ones(10))
+    # Features off: none, and the observation layout keeps its size.
+    config = UnionRetriever.Config(members=sections, features=False)
+    plain = UnionRetriever(config, data=data, item_emb=emb)
+    assert plain.n_features == 0
+    assert plain.candidate_features(states, packed, candidates).shape == (10, 5, 0)
+    with pytest.raises(PluginError, match=r"retrieval\.merge must be turns, mean or first"):
+        UnionRetriever.Config(merge="max")  # type: ignore[arg-type]
+
+
+def test_union_mean_merge_ranks_by_the_members_mean_score(data: RecData) -> None:
+    sections = [{"name": "ease"}, {"name": "content"}]
+    emb = torch.randn(data.n_items, 8, generator=torch.Generator().manual_seed(0))
+    union = UnionRetriever(
+        UnionRetriever.Config(members=sections, merge="mean"), data=data, item_emb=emb
+    )
+    packed = Histories.pack([data.train_histories[u] for u in range(10)])
+    states = torch.randn(10, 8)
+    merged = union.scores(states, packed)
+    mean = (union.members[0].scores(states, packed) + union.members[1].scores(states, packed)) / 2
+    fresh = ~torch.zeros_like(mean, dtype=torch.bool).index_put_(
+        (packed.rows(), packed.items), torch.tensor(True)
+    )
+    torch.testing.assert_close(merged[fresh], mean.clamp(-1, 1)[fresh])
+    assert bool((merged[~fresh] == -1.0).all())
 
 
 def test_pool_recall_counts_held_out_items_in_the_pools(data: RecData) -> None:

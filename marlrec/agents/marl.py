@@ -172,14 +172,15 @@ class CandidateInputs:
     """
 
     parts: dict[str, torch.Tensor]  # the observation's parts (ObsLayout.split)
-    candidates: torch.Tensor  # (B, M, d + 2) item embeddings, retrieval score, popularity
+    candidates: torch.Tensor  # (B, M, d + S) item embeddings and the S scalar features
     to_slate: torch.Tensor  # (B, M, 1) cosine similarity to the closest chosen candidate
     history: torch.Tensor | None  # (B, L, d) recent items, for a trainable state model
+    n_scalars: int = 2  # S: retrieval score, popularity, then the retriever's features
 
     @property
     def scalars(self) -> torch.Tensor:
-        """(B, M, 2) retrieval score and popularity."""
-        return self.candidates[..., -2:]
+        """(B, M, S) retrieval score, popularity and the retriever's candidate features."""
+        return self.candidates[..., -self.n_scalars :]
 
 
 @dataclass
@@ -191,7 +192,7 @@ class CandidateFeatures:
     candidates: torch.Tensor  # (B, M, hidden) projected candidates with their scalar features
     context: torch.Tensor  # (B, 2 * hidden + n_roles + 2) user, slate so far, role, progress
     per_candidate: torch.Tensor  # (B, M, 3 * hidden + 1) each candidate against user and slate
-    scalars: torch.Tensor  # (B, M, 2) retrieval score and popularity
+    scalars: torch.Tensor  # (B, M, S) retrieval score, popularity, retriever's features
 
 
 # Unit-length catalog rows by id of the catalog tensor, dropped with it; the roles' networks
@@ -244,7 +245,8 @@ class CandidateEncoder(nn.Module):
         d, ds, n_roles = spec.item_emb.shape[1], spec.layout.state_dim, spec.layout.n_roles
         # Candidates are embedded with their scalar features, so the slate summary that the
         # value head reads also knows how popular and how well retrieved the chosen items are.
-        self.item_proj = nn.Linear(d + 2, hidden)
+        self.n_scalars = 2 + spec.layout.n_features
+        self.item_proj = nn.Linear(d + self.n_scalars, hidden)
         self.state_proj = nn.Linear(ds, hidden)
         self.role_embedding = nn.Embedding(n_roles, hidden) if role_embedding else None
         self.context_size = 2 * hidden + n_roles + 2
@@ -257,13 +259,15 @@ class CandidateEncoder(nn.Module):
         ids, chosen = parts["candidates"], parts["chosen"]
         scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)
         rows = self.item_emb[ids] if self.item_tower is None else self.item_tower.lookup(ids)
-        candidates = torch.cat([rows, scalars], dim=-1)
+        candidates = torch.cat([rows, scalars, parts["features"]], dim=-1)
         unit = self.item_unit[ids]
         to_slate = (unit @ unit.transpose(1, 2)).masked_fill(chosen[:, None, :] == 0, -1.0)
         history = None
         if self.state_model is not None:
             history = self.item_emb[parts["history"].clamp(min=0)]
-        return CandidateInputs(parts, candidates, to_slate.amax(-1)[..., None], history)
+        return CandidateInputs(
+            parts, candidates, to_slate.amax(-1)[..., None], history, self.n_scalars
+        )
 
     def read(self, obs: Any) -> Any:
         """What a network hands `features`: the flat observation, or its inputs as attached to
@@ -273,7 +277,9 @@ class CandidateEncoder(nn.Module):
         if saved is None:
             return flat
         parts = self.layout.split(torch.as_tensor(flat, dtype=torch.float32, device=self.device))
-        return CandidateInputs(parts, saved.candidates, saved.to_slate, saved.get("history"))
+        return CandidateInputs(
+            parts, saved.candidates, saved.to_slate, saved.get("history"), self.n_scalars
+        )
 
     def features(self, obs: Any) -> CandidateFeatures:
         """From a flat observation batch, or its `CandidateInputs`."""
@@ -316,7 +322,7 @@ class CandidateQNet(CandidateEncoder):
         direct_scores: bool = False,
     ) -> None:
         super().__init__(spec, hidden, device, role_embedding)
-        self.direct = nn.Linear(2, 1, bias=False) if direct_scores else None
+        self.direct = nn.Linear(self.n_scalars, 1, bias=False) if direct_scores else None
         if self.direct is not None:
             nn.init.zeros_(self.direct.weight)
         self.value = nn.Sequential(
@@ -408,7 +414,7 @@ class CandidateActor(CandidateEncoder):
         self.score_context = nn.Linear(self.context_size, hidden)
         self.score_candidate = nn.Linear(self.per_candidate_size, hidden, bias=False)
         self.score_out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
-        self.direct = nn.Linear(2, 1, bias=False)
+        self.direct = nn.Linear(self.n_scalars, 1, bias=False)
         with torch.no_grad():
             self.direct.weight.zero_()
             self.score_out[1].weight.mul_(0.01)

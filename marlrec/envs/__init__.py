@@ -43,26 +43,31 @@ class ObsLayout:
     """Where each part sits in an agent's flat float32 observation.
 
     [state | recent history ids | candidate ids | retrieval scores | popularity | chosen flags |
-     role one-hot | progress]
+     role one-hot | progress | candidate features]
 
     The recent history holds the user's last `history_len` item ids in time order, padded with -1
     at the end, so that a trainable state model can be recomputed inside an agent's network and
     learn with it. Popularity is the candidate's log training count scaled to [0, 1]; progress is
-    the slot's and the slate's position in the slate and the session, each in [0, 1).
+    the slot's and the slate's position in the slate and the session, each in [0, 1). The
+    candidate features are the retriever's `n_features` per candidate, candidate by candidate
+    (e.g. each union member's score and rank).
     """
 
     state_dim: int
     n_candidates: int
     n_roles: int
     history_len: int = 0
+    n_features: int = 0
 
     @property
     def size(self) -> int:
-        return self.state_dim + self.history_len + 4 * self.n_candidates + self.n_roles + 2
+        fixed = self.state_dim + self.history_len + 4 * self.n_candidates + self.n_roles + 2
+        return fixed + self.n_candidates * self.n_features
 
     def split(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of a (B, size) observation batch by part."""
         sizes = [self.state_dim, self.history_len, *[self.n_candidates] * 4, self.n_roles, 2]
+        sizes.append(self.n_candidates * self.n_features)
         names = [
             "state",
             "history",
@@ -72,8 +77,10 @@ class ObsLayout:
             "chosen",
             "role",
             "progress",
+            "features",
         ]
         parts = dict(zip(names, torch.split(obs, sizes, dim=-1), strict=True))
+        parts["features"] = parts["features"].unflatten(-1, (self.n_candidates, self.n_features))
         parts["history"] = parts["history"].long()
         parts["candidates"] = parts["candidates"].long()
         return parts

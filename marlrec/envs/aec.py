@@ -49,6 +49,7 @@ class SlateSession:
             self._candidates, self._cand_scores = self.core.slate_candidates(
                 self._state, history, [self.rng]
             )
+            self._features = self.core.candidate_features(self._state, history, self._candidates)
         self._chosen = torch.zeros_like(self._candidates, dtype=torch.bool)
         self._slate: list[int] = []
 
@@ -110,6 +111,7 @@ class SlateAEC(SlateSession, AECEnv):
             role,
             len(self._slate),
             self.slate_number,
+            self._features,
         )
         mask = self.core.action_mask(self._cand_scores, self._chosen)
         return {

@@ -124,6 +124,7 @@ class BatchedSlateEnv(BaseVectorEnv):
         self.recent = torch.full((n, core.history_len), -1, dtype=torch.long, device=device)
         self.candidates = torch.zeros(n, m, dtype=torch.long, device=device)
         self.cand_scores = torch.zeros(n, m, device=device)
+        self.features = torch.zeros(n, m, core.layout.n_features, device=device)
         self.chosen = torch.zeros(n, m, dtype=torch.bool, device=device)
         self.slate = torch.zeros(n, core.slate_size, dtype=torch.long, device=device)
         self.slot = torch.zeros(n, dtype=torch.long, device=device)
@@ -282,6 +283,7 @@ class BatchedSlateEnv(BaseVectorEnv):
         rngs = [self.rngs[i] for i in ids.tolist()]
         candidates, cand_scores = core.slate_candidates(states, history, rngs)
         self.candidates[rows], self.cand_scores[rows] = candidates, cand_scores
+        self.features[rows] = core.candidate_features(states, history, candidates)
 
     def _apply(self, ids: np.ndarray, actions: torch.Tensor) -> None:
         """Each row in `ids` fills its next slot with its action; full slates are answered."""
@@ -358,6 +360,7 @@ class BatchedSlateEnv(BaseVectorEnv):
             role,
             slot,
             self.slate_number[rows],
+            self.features[rows],
         )
         mask = core.action_mask(self.cand_scores[rows], self.chosen[rows])
         if self.single_agent:

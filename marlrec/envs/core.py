@@ -97,7 +97,11 @@ class SlateCore:
         self.turn_order = [slot % self.n_roles for slot in range(self.slate_size)]
         self.history_len = config.history_len
         self.layout = ObsLayout(
-            ctx.state.dim, config.n_candidates, self.n_roles, config.history_len
+            ctx.state.dim,
+            config.n_candidates,
+            self.n_roles,
+            config.history_len,
+            ctx.retriever.n_features,
         )
         counts = torch.as_tensor(ctx.data.item_popularity, device=ctx.device)
         log_count = torch.log1p(counts)
@@ -152,6 +156,13 @@ class SlateCore:
             return self.ctx.retriever.top(states, histories, self.n_candidates)
         return self.retrieve(self.retrieval_scores(states, histories), rngs)
 
+    @torch.no_grad()
+    def candidate_features(
+        self, states: torch.Tensor, histories: Histories, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, M, layout.n_features) the retriever's features of each row's candidates."""
+        return self.ctx.retriever.candidate_features(states, histories, candidates)
+
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The top-M items by retrieval score, best first, and their scores."""
         top = scores.topk(self.n_candidates, dim=-1)
@@ -202,9 +213,14 @@ class SlateCore:
         role: int | torch.Tensor,
         slot: int | torch.Tensor,
         slate_number: int | torch.Tensor,
+        features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Flat observations (B, layout.size); role, slot and slate number are scalars or (B,)."""
+        """Flat observations (B, layout.size); role, slot and slate number are scalars or (B,);
+        `features` (B, M, layout.n_features) from `candidate_features`, None when it is 0."""
         batch, device = states.shape[0], states.device
+        if features is None:
+            assert self.layout.n_features == 0, "the retriever's candidate features are missing"
+            features = candidates.new_zeros(*candidates.shape, 0, dtype=torch.float32)
 
         def per_row(value: int | torch.Tensor) -> torch.Tensor:
             return torch.as_tensor(value, dtype=torch.long, device=device).expand(batch)
@@ -230,6 +246,7 @@ class SlateCore:
             chosen.float(),
             role_onehot,
             progress,
+            features.flatten(1).float(),
         ]
         return torch.cat(parts, dim=-1).float()
 

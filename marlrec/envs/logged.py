@@ -36,16 +36,20 @@ class Retrieved:
     candidates: torch.Tensor  # (N, M)
     cand_scores: torch.Tensor  # (N, M)
     actions: torch.Tensor  # (N,) the logged item's candidate position
+    features: torch.Tensor  # (N, M, n_features) the retriever's candidate features
 
 
 @torch.no_grad()
 def retrieve_logged(core: SlateCore, histories: Histories, targets: torch.Tensor) -> Retrieved:
     """Retrieval for each history, and which retrieve their logged next item (`targets`)."""
-    cand, cand_scores = core.candidates(core.retrieval_scores(core.states(histories), histories))
+    states = core.states(histories)
+    cand, cand_scores = core.candidates(core.retrieval_scores(states, histories))
+    features = core.candidate_features(states, histories, cand)
     found = cand == targets[:, None]
     keep = found.any(dim=1)
     rows = keep.nonzero().squeeze(1)
-    return Retrieved(rows, cand[keep], cand_scores[keep], found[keep].float().argmax(dim=1))
+    actions = found[keep].float().argmax(dim=1)
+    return Retrieved(rows, cand[keep], cand_scores[keep], actions, features[keep])
 
 
 @torch.no_grad()
@@ -83,7 +87,9 @@ def observe_at_random_turns(
     chosen = noise.argsort(dim=1).argsort(dim=1) < slot[:, None]
     chosen &= torch.isfinite(cand_scores)
     role = torch.as_tensor(core.turn_order, device=device)[slot]
-    obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, slate_number)
+    obs = core.observe(
+        states, recent, cand, cand_scores, chosen, role, slot, slate_number, retrieved.features
+    )
     rows = retrieved.rows.cpu()
     return LoggedChoices(rows=rows, obs=obs, roles=role, actions=retrieved.actions)
 
@@ -176,6 +182,7 @@ class PrecomputedChoices:
     actions: torch.Tensor  # (kept,)
     states: torch.Tensor  # (kept, state dim)
     recent: torch.Tensor  # (kept, history_len)
+    features: torch.Tensor  # (kept, M, n_features)
 
     @property
     def nbytes(self) -> int:
@@ -191,7 +198,7 @@ class PrecomputedChoices:
         # A chunk's retrieval scores (chunk x n_items floats) stay near 64 MB.
         chunk = max(1, 2**24 // core.ctx.data.n_items)
         where = torch.full((n_positions,), -1, dtype=torch.long, device=device)
-        fields: list[list[torch.Tensor]] = [[] for _ in range(5)]
+        fields: list[list[torch.Tensor]] = [[] for _ in range(6)]
         kept, used = 0, _nbytes(where)
         for start in range(0, n_positions, chunk):
             index = torch.arange(start, min(start + chunk, n_positions), device=device)
@@ -199,7 +206,14 @@ class PrecomputedChoices:
             found = retrieve_logged(core, histories, targets)
             shown = histories.select(found.rows.to(histories.lengths.device))
             states, recent = core.states(shown), core.recent(shown)
-            part = (found.candidates, found.cand_scores, found.actions, states, recent)
+            part = (
+                found.candidates,
+                found.cand_scores,
+                found.actions,
+                states,
+                recent,
+                found.features,
+            )
             used += _nbytes(*part)
             if used > budget:
                 return None
@@ -216,7 +230,9 @@ class PrecomputedChoices:
         where = self.where[index]
         rows = (where >= 0).nonzero().squeeze(1)
         at = where[rows]
-        retrieved = Retrieved(rows, self.candidates[at], self.cand_scores[at], self.actions[at])
+        retrieved = Retrieved(
+            rows, self.candidates[at], self.cand_scores[at], self.actions[at], self.features[at]
+        )
         return observe_at_random_turns(core, self.states[at], self.recent[at], retrieved, rng)
 
 

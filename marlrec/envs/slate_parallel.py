@@ -138,6 +138,7 @@ class SlateParallel(SlateSession, ParallelEnv):
                 role,
                 min(len(self._slate) + role, self.core.slate_size),
                 self.slate_number,
+                self._features,
             )
             observations[agent] = {"observation": obs[0].cpu().numpy(), "action_mask": mask}
         return observations

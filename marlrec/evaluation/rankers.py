@@ -144,10 +144,11 @@ class AgentRanker:
             key = retrieval.to(key).masked_fill(consumed, -torch.inf)
         ranking = AgentRanking(key, key.clone() if explain else None)
         cand, cand_scores = core.candidates(key)
+        features = core.candidate_features(states, packed, cand)
         chosen = torch.zeros_like(cand, dtype=torch.bool)
         rows = torch.arange(len(histories), device=cand.device)
         for slot, role in enumerate(core.turn_order):
-            q = self._best(states, recent, cand, cand_scores, chosen, role, slot)
+            q = self._best(states, recent, cand, cand_scores, chosen, role, slot, features)
             pick = q.argmax(dim=-1)
             chosen[rows, pick] = True
             key[rows, cand[rows, pick]] = SLATE_KEY - slot
@@ -156,7 +157,7 @@ class AgentRanker:
                 ranking.record(
                     (rows, cand[rows, pick]), role, best, (q > best[:, None]).sum(-1) + 1
                 )
-        q = self._best(states, recent, cand, cand_scores, chosen, 0, core.slate_size)
+        q = self._best(states, recent, cand, cand_scores, chosen, 0, core.slate_size, features)
         rest = core.action_mask(cand_scores, chosen)
         order = q.argsort(dim=-1, descending=True).argsort(dim=-1)
         at = (rows[:, None].expand_as(cand)[rest], cand[rest])
@@ -173,10 +174,11 @@ class AgentRanker:
         chosen: torch.Tensor,
         role: int,
         slot: int,
+        features: torch.Tensor,
     ) -> torch.Tensor:
         """The agent's scores of the available candidates at this turn, -inf elsewhere."""
         core = self.core
-        obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, 0)
+        obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, 0, features)
         mask = core.action_mask(cand_scores, chosen)
         return self.scorer(obs, role).masked_fill(~mask, -torch.inf)
 

@@ -24,6 +24,10 @@ class Retriever(Plugin):
     """Whether items without any training interaction can reach the top M (through their
     text); the agents rank only what retrieval offers them first."""
 
+    n_features: int = 0
+    """Features per candidate beyond its score (`candidate_features`), e.g. each member's
+    score and rank in a union: they reach the agents' observations."""
+
     def __init__(self, config: object, *, data: RecData, item_emb: torch.Tensor) -> None:
         super().__init__(config)
         self.data = data
@@ -37,6 +41,12 @@ class Retriever(Plugin):
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
         """Scores (B, n_items) in [-1, 1], higher is better, for users with states (B, d) and
         histories (their item ids, packed); a new tensor the caller may write into."""
+
+    def candidate_features(
+        self, states: torch.Tensor, histories: Histories, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, M, n_features) features of the candidates (B, M) retrieved for these users."""
+        return torch.zeros(*candidates.shape, 0, device=candidates.device)
 
     def top(
         self, states: torch.Tensor, histories: Histories, m: int

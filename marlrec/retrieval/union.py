@@ -1,17 +1,25 @@
-"""`union`: one pool merged from the pools of several retrievers (e.g. `ease` and `sasrec`).
+"""`union`: one pool merged from several retrievers (by default `sasrec` and `ease`).
 
-Each member ranks the items the user has not consumed; round r of the merge offers each
-member's r-th best item in turn (the first member first), skipping items already in the pool,
-until the pool holds `size` items. Pool items score in (0, 1] by their place in the pool and
-every other item in [-1, -0.5] by the members' mean score, so the environment's top M
-(M <= size) is the pool's first M items.
+`merge: mean` (the default) ranks the items the user has not consumed by the members' mean
+score. `merge: turns` merges the members' rankings: round r offers each member's r-th best
+item in turn (the first member first), skipping items already in the pool, until the pool
+holds `size` items; pool items score in (0, 1] by their place in the pool and every other item
+in [-1, -0.5] by the members' mean score, so the environment's top M (M <= size) is the pool's
+first M items. `merge: first` ranks by the first member's score alone (the others then only
+add features).
+
+With `features: true` (the default) every candidate carries, for each member, its score and its
+rank among the user's unconsumed items (log-scaled to [0, 1], 1 the best) as observation
+features: the agents see each member's own judgement and can learn an ensemble of them, which
+a merged score alone hides.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -23,7 +31,7 @@ from marlrec.retrieval import Retriever
 
 
 def _default_members() -> list[dict[str, Any]]:
-    return [{"name": "ease"}, {"name": "sasrec"}]
+    return [{"name": "sasrec"}, {"name": "ease"}]
 
 
 class UnionRetriever(Retriever):
@@ -37,12 +45,21 @@ class UnionRetriever(Retriever):
         """Items in the merged pool: the env's `n_candidates` or more."""
         seed: int = composed_default(0, "${seed}")
         """Seed given to members that take one and set none (the run's when composed)."""
+        merge: Literal["turns", "mean", "first"] = "mean"
+        """How the pool is ranked: the members' rankings by turns, their mean score, or the
+        first member's ranking alone."""
+        features: bool = True
+        """Give the agents each member's score and rank of every candidate."""
 
         def __post_init__(self) -> None:
             if self.size < 1:
                 raise PluginError(f"retrieval.size must be at least 1, got {self.size}")
             if not self.members or any(not isinstance(m.get("name"), str) for m in self.members):
                 raise PluginError("retrieval.members must list sections that each set a name")
+            if self.merge not in ("turns", "mean", "first"):
+                raise PluginError(
+                    f"retrieval.merge must be turns, mean or first, got {self.merge!r}"
+                )
 
     config: Config
 
@@ -50,6 +67,10 @@ class UnionRetriever(Retriever):
         super().__init__(config, data=data, item_emb=item_emb)
         self.members = [self._member(dict(section)) for section in config.members]
         self.scores_unseen_items = any(m.scores_unseen_items for m in self.members)
+        self.n_features = 2 * len(self.members) if config.features else 0
+        # The members' scores of the last histories scored: their candidates' features reuse
+        # them rather than run every member again.
+        self._last: tuple[Histories, list[torch.Tensor]] | None = None
 
     def _member(self, options: dict[str, Any]) -> Retriever:
         name = options.pop("name")
@@ -66,9 +87,50 @@ class UnionRetriever(Retriever):
         for member in self.members:
             member.refresh()
 
+    def member_scores(self, states: torch.Tensor, histories: Histories) -> list[torch.Tensor]:
+        """Each member's scores (B, n_items) of these users, the last histories' remembered."""
+        if self._last is not None and self._last[0] is histories:
+            return self._last[1]
+        scores = [member.scores(states, histories) for member in self.members]
+        self._last = (histories, scores) if self.n_features else None
+        return scores
+
     def scores(self, states: torch.Tensor, histories: Histories) -> torch.Tensor:
-        member_scores = [member.scores(states, histories) for member in self.members]
-        return union_scores(member_scores, histories, self.config.size)
+        member_scores = self.member_scores(states, histories)
+        if self.config.merge == "turns":
+            return union_scores(member_scores, histories, self.config.size)
+        merged = member_scores[0] if self.config.merge == "first" else mean_scores(member_scores)
+        merged = merged.clone()
+        merged[histories.rows(), histories.items] = -1.0
+        return merged
+
+    def candidate_features(
+        self, states: torch.Tensor, histories: Histories, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        if not self.n_features:
+            return super().candidate_features(states, histories, candidates)
+        member_scores = self.member_scores(states, histories)
+        self._last = None
+        return torch.cat([score_and_rank(s, histories, candidates) for s in member_scores], dim=-1)
+
+
+def mean_scores(member_scores: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(member_scores).mean(dim=0).clamp(-1.0, 1.0)
+
+
+def score_and_rank(
+    scores: torch.Tensor, histories: Histories, candidates: torch.Tensor
+) -> torch.Tensor:
+    """(B, M, 2): each candidate's score and its rank r among the unconsumed items as
+    1 - log(1 + r) / log(1 + n_items), 1 for the best item."""
+    scores = scores.clone()
+    scores[histories.rows(), histories.items] = -torch.inf
+    own = scores.gather(1, candidates)
+    # Items scoring above a candidate: its place in the ascending order of the negated scores.
+    ascending = (-scores).sort(dim=1).values
+    above = torch.searchsorted(ascending, (-own).contiguous(), side="left").float()
+    rank = 1.0 - torch.log1p(above) / math.log1p(scores.shape[1])
+    return torch.stack([torch.nan_to_num(own, neginf=-1.0), rank], dim=-1)
 
 
 def union_scores(
@@ -89,7 +151,7 @@ def union_scores(
         ranks = ranks.expand_as(top.values).masked_fill(top.values == -torch.inf, torch.inf)
         key = key.minimum(torch.full_like(key, torch.inf).scatter_(1, top.indices, ranks))
     pool = key.topk(size, dim=1, largest=False)
-    mean = torch.stack(member_scores).mean(dim=0).clamp(-1.0, 1.0)
+    mean = mean_scores(member_scores)
     merged = (mean - 3.0) / 4.0  # [-1, -0.5]: below every pool item
     place = 1.0 - torch.arange(size, device=key.device, dtype=merged.dtype) / size
     in_pool = pool.values.isfinite()
