@@ -187,12 +187,12 @@ def test_logged_datasets_default_to_the_strong_configuration(dataset: str) -> No
     assert (config.agent.name, config.retrieval.name) == ("mappo", "sasrec")
     assert list(config.baseline) == ["random", "pop", "itemknn", "ease", "sasrec"]
     assert config.trainer.imitation_steps_per_update > 0
-    # The command line and a preset still choose; the generated catalog keeps content retrieval.
+    # The command line and a preset still choose; the generated catalog keeps EASE candidates.
     chosen = compose_config([f"data={dataset}", "retrieval=ease", "baseline=[pop]"])
     assert (chosen.retrieval.name, list(chosen.baseline)) == ("ease", ["pop"])
     assert compose_config(["experiment=ml100k_cold_users"]).retrieval.name == "ease"
     assert (compose_config([]).retrieval.name, list(compose_config([]).baseline)) == (
-        "content",
+        "ease",
         ["random", "pop"],
     )
 

@@ -102,7 +102,6 @@ def csv_run(tmp_path_factory: pytest.TempPathFactory, offline_cache: Path) -> Pa
         *TINY,
         "data=csv",
         f"data.path={data}",
-        "retrieval=content",  # no SASRec to fit: this run is about where ids go
         "privacy.pseudonymise=true",
         f"hydra.run.dir={run_dir}",
         cache=offline_cache,
