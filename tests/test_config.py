@@ -183,7 +183,7 @@ def test_logged_datasets_default_to_replay_and_the_command_line_wins(dataset: st
 
 @pytest.mark.parametrize("dataset", ["movielens", "csv", "amazon_reviews"])
 def test_logged_datasets_default_to_the_strong_configuration(dataset: str) -> None:
-    config = compose_config([f"data={dataset}", "data.path=somewhere"])
+    config = compose_config([f"data={dataset}"])
     assert (config.agent.name, config.retrieval.name) == ("mappo", "sasrec")
     assert list(config.baseline) == ["random", "pop", "itemknn", "ease", "sasrec"]
     assert config.trainer.imitation_steps_per_update > 0
