@@ -101,10 +101,14 @@ def defaults(config_cls: type) -> dict[str, Any]:
 
 
 def node(
-    group: str, name: str, config_cls: type, simulator: str | None = None
+    group: str,
+    name: str,
+    config_cls: type,
+    simulator: str | None = None,
+    choices: dict[str, str | list[str]] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The stored defaults of `<group>/<name>` and their package (None: the group's own);
-    `simulator` is the one a dataset picks by default."""
+    `simulator` and `choices` are the plugins a dataset picks by default."""
     values = defaults(config_cls)
     if group in SETTINGS:
         return values, None
@@ -112,10 +116,15 @@ def node(
         # At the global package, so that errors name the full key: reward.<name>.<option>.
         return {group: {name: values}}, "_global_"
     section = {"name": name, **values}
-    if group == "data" and simulator is not None:
-        # A logged dataset has no ground-truth tastes: it picks a simulator, which a
-        # `simulator=` override still replaces.
-        return {"defaults": [{"override /simulator": simulator}], "data": section}, "_global_"
+    picks = {**({"simulator": simulator} if simulator else {}), **(choices or {})}
+    if group == "data" and picks:
+        # A logged dataset has no ground-truth tastes: it picks a simulator, and the plugins
+        # that serve logs; a command-line choice or a preset's override still replaces them.
+        overrides = [
+            {f"override /{kind}": list(v) if isinstance(v, list) else v}
+            for kind, v in picks.items()
+        ]
+        return {"defaults": overrides, "data": section}, "_global_"
     return section, None
 
 
@@ -136,7 +145,8 @@ def register() -> None:
                 _warn(info, cls)
                 continue
             simulator = getattr(cls, "default_simulator", None)
-            _store(store, group, info.name, cls.Config, packages, simulator)
+            choices = getattr(cls, "default_choices", None)
+            _store(store, group, info.name, cls.Config, packages, simulator, choices)
 
 
 def _warn(info: registry.PluginInfo, exc: registry.PluginError) -> None:
@@ -153,8 +163,9 @@ def _store(
     config_cls: type,
     packages: list[str],
     simulator: str | None = None,
+    choices: dict[str, str | list[str]] | None = None,
 ) -> None:
-    content, package = node(group, name, config_cls, simulator)
+    content, package = node(group, name, config_cls, simulator, choices)
     stored_name = name + SCHEMA_SUFFIX if check_yaml(group, name, packages) else name
     store.store(name=stored_name, node=content, group=group, package=package, provider=PROVIDER)
     config = store.repo[group][f"{stored_name}.yaml"].node

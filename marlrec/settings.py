@@ -44,10 +44,11 @@ class TrainerConfig:
     the retrieved candidates (a warm start from the training interactions); 0: none."""
     imitation_lr: float = 0.001
     """Adam learning rate of the imitation steps."""
-    imitation_steps_per_update: int = 0
+    imitation_steps_per_update: int = 2
     """Imitation steps after each collect-and-update step of RL, on fresh batches of logged
     choices: imitation goes on as an auxiliary loss, so that RL adds to what it taught instead
-    of eroding it; 0: imitation only before RL."""
+    of eroding it; 0: imitation only before RL. Ignored when `imitation_steps` is 0 (no
+    imitation at all: RL from scratch)."""
     imitation_cache_mb: int = 1024
     """Memory for imitation data computed once: when the state model and the retrieval are
     fixed, every logged position's candidates, state and recent items are precomputed (the

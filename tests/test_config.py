@@ -106,7 +106,9 @@ def test_composed_defaults_are_the_config_dataclass_defaults() -> None:
 
 def test_default_config_selects_one_plugin_per_kind() -> None:
     cfg = compose_config([])
-    assert cfg.data.name == "synthetic" and cfg.agent.name == "idqn"
+    assert cfg.data.name == "synthetic" and cfg.agent.name == "mappo"
+    # Imitation goes on during RL by default, so that RL adds to what it taught.
+    assert cfg.trainer.imitation_steps > 0 and cfg.trainer.imitation_steps_per_update > 0
     assert list(cfg.reward) == ["click"] and cfg.device == "auto"
 
 
@@ -177,6 +179,22 @@ def test_logged_datasets_default_to_replay_and_the_command_line_wins(dataset: st
     chosen = compose_config([f"data={dataset}", "simulator=response_model"])
     assert chosen.simulator.name == "response_model"
     assert compose_config([]).simulator.name == "synthetic"
+
+
+@pytest.mark.parametrize("dataset", ["movielens", "csv", "amazon_reviews"])
+def test_logged_datasets_default_to_the_strong_configuration(dataset: str) -> None:
+    config = compose_config([f"data={dataset}"])
+    assert (config.agent.name, config.retrieval.name) == ("mappo", "sasrec")
+    assert list(config.baseline) == ["random", "pop", "itemknn", "ease", "sasrec"]
+    assert config.trainer.imitation_steps_per_update > 0
+    # The command line and a preset still choose; the generated catalog keeps EASE candidates.
+    chosen = compose_config([f"data={dataset}", "retrieval=ease", "baseline=[pop]"])
+    assert (chosen.retrieval.name, list(chosen.baseline)) == ("ease", ["pop"])
+    assert compose_config(["experiment=ml100k_cold_users"]).retrieval.name == "ease"
+    assert (compose_config([]).retrieval.name, list(compose_config([]).baseline)) == (
+        "ease",
+        ["random", "pop"],
+    )
 
 
 def test_ml100k_preset_composes_the_benchmarks_strongest_configuration() -> None:

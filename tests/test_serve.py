@@ -29,6 +29,7 @@ TINIEST = [
     "trainer.test_episodes=2",
     "eval.sessions=4",
     "baseline=[]",
+    "retrieval=content",  # items reach a slate by their text: new ones too (add-items)
 ]
 
 

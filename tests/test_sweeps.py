@@ -107,7 +107,7 @@ def test_two_jobs_run_on_a_local_ray_instance(tmp_path: Path, offline_cache: Pat
 
 @pytest.mark.parametrize(
     ("preset", "experiment", "agent"),
-    [("quick", "quick", "idqn"), ("ml100k_mappo", "ml100k", "mappo")],
+    [("quick", "quick", "mappo"), ("ml100k_mappo", "ml100k", "mappo")],
 )
 def test_presets_compose_a_search_of_the_agent_they_name(
     preset: str, experiment: str, agent: str

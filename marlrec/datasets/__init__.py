@@ -17,6 +17,10 @@ class Dataset(Plugin):
     default_simulator: ClassVar[str | None] = None
     """The simulator that `data=<this>` selects unless `simulator=` says otherwise; None
     keeps the primary config's choice."""
+    default_choices: ClassVar[dict[str, str | list[str]]] = {}
+    """Other plugin choices that `data=<this>` makes, by config group (`retrieval`,
+    `baseline`, ...), unless the command line or a preset says otherwise: the configuration that
+    serves this kind of data without a preset. Empty keeps the primary config's choices."""
 
     @abstractmethod
     def load(self, *, seed: int, cache_dir: Path) -> RecData:

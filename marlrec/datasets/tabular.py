@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from marlrec.data import RecData
 from marlrec.datasets import Dataset, validate_split
@@ -25,6 +25,13 @@ class FileDataset(Dataset):
     """
 
     default_simulator = "replay"  # logs hold no ground-truth tastes: sessions replay them
+    # Logged sequences: the agents rerank the trained SASRec's next-item candidates (content
+    # cosine rarely retrieves the logged next item), beside the classical and sequential
+    # baselines they must beat.
+    default_choices: ClassVar[dict[str, str | list[str]]] = {
+        "retrieval": "sasrec",
+        "baseline": ["random", "pop", "itemknn", "ease", "sasrec"],
+    }
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Protocol
 
 import numpy as np
@@ -72,9 +73,26 @@ class EnvLog:
         return self.env.logged_choices(*pairs, rng)
 
 
+# Each env's logged source, built once: the warm start and the imitation during RL draw from the
+# same one (on ML-100K with SASRec candidates, precomputing it takes minutes).
+_SOURCES: weakref.WeakKeyDictionary[Environment, tuple[list[np.ndarray], int, LoggedSource]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def logged_source(env: Environment, histories: list[np.ndarray], cache_mb: int) -> LoggedSource:
     """The slate envs' packed log (the same choices, built faster, precomputed within
-    `cache_mb` megabytes when retrieval is fixed); other envs' own method. Logs which path."""
+    `cache_mb` megabytes when retrieval is fixed); other envs' own method. Logs which path.
+    Built once per env, histories and budget; it holds no state that drawing changes."""
+    cached = _SOURCES.get(env)
+    if cached is not None and cached[0] is histories and cached[1] == cache_mb:
+        return cached[2]
+    source = _build_source(env, histories, cache_mb)
+    _SOURCES[env] = (histories, cache_mb, source)
+    return source
+
+
+def _build_source(env: Environment, histories: list[np.ndarray], cache_mb: int) -> LoggedSource:
     source: LoggedSource
     if type(env).logged_choices is SlateEnvironment.logged_choices:
         assert isinstance(env, SlateEnvironment)

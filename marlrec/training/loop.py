@@ -39,7 +39,7 @@ from marlrec.agents import Agent, BufferFactory, TrainingHook
 from marlrec.envs import Environment
 from marlrec.io import atomic_write
 from marlrec.progress import live
-from marlrec.settings import TrainRun
+from marlrec.settings import TrainerConfig, TrainRun
 from marlrec.tianshou_compat import (
     TrainerCounters,
     UpdateContextTrainer,
@@ -414,8 +414,14 @@ def fit(agent: Agent, env: Environment, run: TrainRun) -> dict[str, float]:
         off_policy=plan.off_policy,
         training_hook=plan.training_hook,
         make_buffer=plan.make_buffer,
-        anchor=ImitationAnchor(agent, env, run) if run.trainer.imitation_steps_per_update else None,
+        anchor=ImitationAnchor(agent, env, run) if imitates_during_rl(run.trainer) else None,
     )
+
+
+def imitates_during_rl(trainer: TrainerConfig) -> bool:
+    """Whether imitation goes on during RL: only after a warm start by imitation, so that
+    `trainer.imitation_steps=0` still trains from scratch (and envs without logged choices run)."""
+    return trainer.imitation_steps > 0 and trainer.imitation_steps_per_update > 0
 
 
 def role_losses(stats: EpochStats) -> dict[str, float]:
