@@ -128,8 +128,8 @@ def item_texts(
     return ids, texts
 
 
-def read_items_file(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file with a header naming `id`, `title` and any other text columns."""
+def read_csv_strings(path: Path) -> pd.DataFrame:
+    """A CSV file's cells as strings; a missing or unreadable file is one line naming it."""
     if not path.is_file():
         raise MarlrecError(f"file {path} does not exist")
     try:
@@ -137,6 +137,12 @@ def read_items_file(path: Path) -> list[dict[str, str]]:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())
         raise MarlrecError(f"{path} is not a readable CSV file: {reason}") from None
+    return table
+
+
+def read_items_file(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header naming `id`, `title` and any other text columns."""
+    table = read_csv_strings(path)
     missing = [column for column in ("id", "title") if column not in table.columns]
     if missing:
         raise MarlrecError(

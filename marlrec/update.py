@@ -47,6 +47,7 @@ from marlrec.recommend import (
     embed_texts,
     item_texts,
     load_run,
+    read_csv_strings,
     read_items_file,
     text_encoder,
 )
@@ -101,13 +102,7 @@ class Log:
 
 def read_log(path: Path) -> Log:
     """The rows of a log CSV file; a one-line error names the file, the line and the column."""
-    if not path.is_file():
-        raise MarlrecError(f"file {path} does not exist")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        reason = " ".join(str(exc).split())
-        raise MarlrecError(f"{path} is not a readable CSV file: {reason}") from None
+    table = read_csv_strings(path)
     columns = [str(c).strip() for c in table.columns]
     unknown = [c for c in columns if c not in LOG_COLUMNS]
     if unknown:
