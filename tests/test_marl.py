@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from tianshou.data import Batch, ReplayBuffer
@@ -16,6 +18,9 @@ from marlrec.agents.marl import (
     attach_inputs,
     own_turn_transitions,
 )
+from marlrec.app import compose_config
+from marlrec.pipeline import build
+from tests.conftest import SMALL
 
 
 def _buffer(steps: list[tuple[str, float, bool]]) -> ReplayBuffer:
@@ -69,8 +74,9 @@ def test_role_b_bootstraps_from_its_own_next_turn() -> None:
     assert bootstrap.tolist() == [True, False] and complete.all()
 
 
-def test_exploration_reaches_every_role_in_training_only(small_pipeline) -> None:
-    agent, env = small_pipeline.agent, small_pipeline.env
+def test_exploration_reaches_every_role_in_training_only(offline_cache: Path) -> None:
+    pipeline = build(compose_config([*SMALL, "agent=idqn"]))  # epsilon-greedy Q-learning
+    agent, env = pipeline.agent, pipeline.env
     algorithm = agent._algorithm(PettingZooEnv(env.make()))
     roles = [algorithm.get_algorithm(r).policy for r in env.spec.roles]
     for policy in roles:

@@ -304,8 +304,10 @@ def test_gru_state_trains_with_the_agents(tmp_path: Path, monkeypatch: pytest.Mo
     ]
     marlrec.run.train(compose_config(SMALL + overrides), tmp_path)
     assert initial and not initial["output.weight"].any()
-    nets = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["agent"]["nets"]
+    agent = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["agent"]
+    actors, critics = agent["actors"], agent["critics"]  # the default agent, mappo
     for key, before in initial.items():
-        after = nets[f"0.state_model.{key}"]
+        after = actors[f"0.state_model.{key}"]
         assert not torch.equal(after, before), f"{key} did not change in training"
-        torch.testing.assert_close(nets[f"1.state_model.{key}"], after)  # one model, shared
+        for shared in (actors[f"1.state_model.{key}"], critics[f"0.state_model.{key}"]):
+            torch.testing.assert_close(shared, after)  # one model, shared

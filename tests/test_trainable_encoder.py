@@ -68,7 +68,12 @@ def imitation_step(p: Pipeline, optimizer: torch.optim.Optimizer) -> None:
 def test_lora_learns_from_the_agents_loss_and_leaves_the_base_weights(
     tiny_models: Callable[..., Path], architecture: Architecture
 ) -> None:
-    p = pipeline(tiny_models(architecture), "encoder.trainable=lora", "encoder.refresh_every=1")
+    p = pipeline(
+        tiny_models(architecture),
+        "encoder.trainable=lora",
+        "encoder.refresh_every=1",
+        "retrieval=content",  # retrieval over the text embeddings follows the refreshes
+    )
     tower = p.env.ctx.item_tower
     assert tower is not None and tower.table is p.item_emb
     adapters = {n: t for n, t in tower.model.named_parameters() if t.requires_grad}

@@ -12,6 +12,7 @@ resumed or served run reads exactly the embeddings it was trained with.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from collections.abc import Callable
@@ -121,13 +122,18 @@ class TextTower(nn.Module):
         self._trainable = {id(p) for p in self.model.parameters() if p.requires_grad}
         self._saved_table: torch.Tensor | None = None
         self._saved_updates: int | None = None
-        self.register_state_dict_post_hook(_save_tower)
-        self.register_load_state_dict_pre_hook(_before_load)
-        self.register_load_state_dict_post_hook(_after_load)
+        # A partial, not the bound method: torch marks the hook with an attribute.
+        self.register_state_dict_post_hook(functools.partial(self._save_tower))
+        self.register_load_state_dict_pre_hook(self._before_load)
+        self.register_load_state_dict_post_hook(self._after_load)
+        # The global hook holds the tower weakly, so a dropped run's tower can be freed.
         own = weakref.ref(self)
-        handle = register_optimizer_step_post_hook(
-            lambda optimizer, args, kwargs: _stepped(own, optimizer)
-        )
+
+        def stepped(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            if (tower := own()) is not None:
+                tower.after_optimizer_step(optimizer)
+
+        handle = register_optimizer_step_post_hook(stepped)
         weakref.finalize(self, handle.remove)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> TextTower:
@@ -182,68 +188,60 @@ class TextTower(nn.Module):
         for listener in self._listeners:
             listener()
 
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Count a step of an optimizer over the tower's weights; refresh the table when due."""
+        if optimizer not in self._optimizers:
+            params = (p for group in optimizer.param_groups for p in group["params"])
+            self._optimizers[optimizer] = any(id(p) in self._trainable for p in params)
+        if self._optimizers[optimizer]:
+            self.updates += 1
+            if self.updates % self.refresh_every == 0:
+                self.refresh()
 
-def _stepped(own: weakref.ref[TextTower], optimizer: torch.optim.Optimizer) -> None:
-    """After an optimizer step: count it if it steps the tower's weights; refresh when due."""
-    tower = own()
-    if tower is None:
-        return
-    if optimizer not in tower._optimizers:
-        tower._optimizers[optimizer] = any(
-            id(p) in tower._trainable for group in optimizer.param_groups for p in group["params"]
-        )
-    if tower._optimizers[optimizer]:
-        tower.updates += 1
-        if tower.updates % tower.refresh_every == 0:
-            tower.refresh()
+    def _save_tower(
+        self, module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any
+    ) -> None:
+        """Keep trainable weights only (a LoRA run's base weights are the model folder's),
+        plus the table and the update count."""
+        for name, parameter in self.named_parameters(prefix=prefix.rstrip(".")):
+            if not parameter.requires_grad:
+                state.pop(name, None)
+        state[prefix + TABLE_KEY] = self.table.detach().clone()
+        state[prefix + UPDATES_KEY] = torch.tensor(self.updates)
 
+    def _before_load(
+        self,
+        module: nn.Module,
+        state: dict[str, Any],
+        prefix: str,
+        metadata: Any,
+        strict: bool,
+        missing: list[str],
+        unexpected: list[str],
+        errors: list[str],
+    ) -> None:
+        table, updates = state.pop(prefix + TABLE_KEY, None), state.pop(prefix + UPDATES_KEY, None)
+        self._saved_table = table
+        self._saved_updates = None if updates is None else int(updates)
+        for name, parameter in self.named_parameters(prefix=prefix.rstrip(".")):
+            if not parameter.requires_grad:
+                state.setdefault(name, parameter.detach())
 
-def _save_tower(module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
-    """Keep trainable weights only (a LoRA run's base weights are the model folder's), plus
-    the table and the update count."""
-    assert isinstance(module, TextTower)
-    for name, parameter in module.named_parameters(prefix=prefix.rstrip(".")):
-        if not parameter.requires_grad:
-            state.pop(name, None)
-    state[prefix + TABLE_KEY] = module.table.detach().clone()
-    state[prefix + UPDATES_KEY] = torch.tensor(module.updates)
-
-
-def _before_load(
-    module: nn.Module,
-    state: dict[str, Any],
-    prefix: str,
-    metadata: Any,
-    strict: bool,
-    missing: list[str],
-    unexpected: list[str],
-    errors: list[str],
-) -> None:
-    assert isinstance(module, TextTower)
-    table, updates = state.pop(prefix + TABLE_KEY, None), state.pop(prefix + UPDATES_KEY, None)
-    module._saved_table = table
-    module._saved_updates = None if updates is None else int(updates)
-    for name, parameter in module.named_parameters(prefix=prefix.rstrip(".")):
-        if not parameter.requires_grad:
-            state.setdefault(name, parameter.detach())
-
-
-def _after_load(module: nn.Module, incompatible: Any) -> None:
-    """The saved table into the run's table; items added since are encoded."""
-    assert isinstance(module, TextTower)
-    table, module._saved_table = module._saved_table, None
-    if module._saved_updates is not None:
-        module.updates, module._saved_updates = module._saved_updates, None
-    if table is None:
-        return
-    n = min(len(table), len(module.table))
-    with torch.no_grad():
-        module.table[:n] = table[:n].to(module.table)
-    if n < len(module.table):
-        module.refresh(start=n)
-    else:
-        for listener in module._listeners:
-            listener()
+    def _after_load(self, module: nn.Module, incompatible: Any) -> None:
+        """The saved table into the run's table; items added since are encoded."""
+        table, self._saved_table = self._saved_table, None
+        if self._saved_updates is not None:
+            self.updates, self._saved_updates = self._saved_updates, None
+        if table is None:
+            return
+        n = min(len(table), len(self.table))
+        with torch.no_grad():
+            self.table[:n] = table[:n].to(self.table)
+        if n < len(self.table):
+            self.refresh(start=n)
+        else:
+            for listener in self._listeners:
+                listener()
 
 
 def unit_rows_listener(table: torch.Tensor, unit: torch.Tensor) -> Callable[[], None]:
