@@ -107,7 +107,9 @@ def write_interest_map(pipeline: Pipeline, path: Path, seed: int, most: int = 60
     together = torch.cat([states, item_emb[items]]) if shown_items else states
     points = torch.nn.functional.normalize(together, dim=1).numpy()
     perplexity = min(30.0, (len(points) - 1) / 3)
-    xy = TSNE(init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
+    # 500 iterations (sklearn's default is 1,000) settle a map of ~1k points at half the cost.
+    tsne = TSNE(init="pca", perplexity=perplexity, max_iter=500, random_state=seed)
+    xy = tsne.fit_transform(points)
     figure = Figure(figsize=(7, 6))
     FigureCanvasAgg(figure)
     axis = figure.add_subplot()
