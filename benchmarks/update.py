@@ -31,8 +31,7 @@ reused an earlier process's run). Every finished run is kept under `--out` with 
 reused by a rerun, so an interrupted benchmark continues where it stopped; `--steps`,
 `--replay` and `--lr` update the same base runs with other settings (in their own folders).
 
-    python benchmarks/update.py --json update.json --data path/to/ml-100k [--out DIR] \
-        [--seeds 0,1,2]
+    python benchmarks/update.py --json update.json --data path/to/ml-100k --out DIR --seeds 0,1,2
 """
 
 from __future__ import annotations
