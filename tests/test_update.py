@@ -15,7 +15,17 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from benchmarks.update import EVERY, FIRST, every_in_window, first_in_window, reading, summary
+from benchmarks.update import (
+    DONE,
+    EVERY,
+    FIRST,
+    completed,
+    every_in_window,
+    first_in_window,
+    reading,
+    summary,
+    update_name,
+)
 from marlrec import cli, update, versions
 from marlrec.agents import checkpoint_path
 from marlrec.export import check_export, export_dir
@@ -297,3 +307,18 @@ def test_the_update_benchmark_reads_the_test_window_two_ways() -> None:
     assert ratio[f"{EVERY}/NDCG@10"]["ratio_of_means"] == pytest.approx(0.4 / 0.3)
     assert ratio[f"{EVERY}/NDCG@10"]["mean_of_ratios"]["mean"] == pytest.approx((0.5 + 3) / 2)
     assert ratio["own_split/valid/NDCG@10"]["ratio_of_means"] == pytest.approx(1.0)
+
+
+def test_the_update_benchmark_reuses_finished_runs_and_redoes_unfinished_ones(
+    tmp_path: Path,
+) -> None:
+    finished, unfinished = tmp_path / "finished", tmp_path / "unfinished"
+    for folder in (finished, unfinished):
+        folder.mkdir()
+        (folder / "checkpoints").mkdir()
+    (finished / DONE).write_text('{"seconds": 3.5, "process": "1-2"}')
+    assert completed(finished) == {"seconds": 3.5, "process": "1-2"}
+    assert (finished / "checkpoints").is_dir()
+    assert completed(unfinished) is None and not unfinished.exists()  # made again from scratch
+    assert update_name(UpdateOptions()) == "update"  # other settings never reuse the defaults'
+    assert update_name(UpdateOptions(steps=300, lr=0.01)) == "update-steps300-lr0.01"
