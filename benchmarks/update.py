@@ -288,11 +288,11 @@ def summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
         name = f"{r}/{m}"
         upd = [s["figures"]["update"][r][m] for s in seeds]
         ret = [s["figures"]["retrain"][r][m] for s in seeds]
-        per_seed = [u / t for u, t in zip(upd, ret, strict=True) if t > 0]
+        each = [u / t for u, t in zip(upd, ret, strict=True) if t > 0]
         ratios[name] = {
             "ratio_of_means": float(np.mean(upd) / np.mean(ret)) if np.mean(ret) > 0 else None,
             # Over the seeds where the retrain scores at all (a few hits can be none).
-            "mean_of_ratios": {**mean_std(per_seed), "seeds": len(per_seed)} if per_seed else None,
+            "mean_of_ratios": {**mean_std(each), "seeds": len(each)} if each else None,
         }
     time_ratios = [s["seconds"]["update"] / s["seconds"]["retrain"] for s in seeds]
     seconds = {k: mean_std([s["seconds"][k] for s in seeds]) for k in MODELS}
@@ -374,7 +374,7 @@ def main() -> None:
     for seed, row in per_seed.items():
         folder = out / f"seed-{seed}"
         row["figures"] = {m: evaluate(folder / name, readings) for m, name in row["runs"].items()}
-    result = {
+    result: dict[str, Any] = {
         "config": CONFIG,
         "seeds": seeds,
         "update_options": dataclasses.asdict(options),
