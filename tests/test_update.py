@@ -8,11 +8,24 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from benchmarks.update import (
+    DONE,
+    EVERY,
+    FIRST,
+    completed,
+    every_in_window,
+    first_in_window,
+    reading,
+    summary,
+    update_name,
+)
 from marlrec import cli, update, versions
 from marlrec.agents import checkpoint_path
 from marlrec.export import check_export, export_dir
@@ -255,3 +268,57 @@ def test_a_running_service_switches_to_a_new_version_without_a_failed_request(
     assert now != first and now == model_version(run) and now.startswith("v1-")
     new_user = client.get(f"/recommend?user={loaded.data.n_users}&k=3")
     assert new_user.status_code == 200 and len(new_user.json()["items"]) == 3
+
+
+def test_the_update_benchmark_reads_the_test_window_two_ways() -> None:
+    # Time order; the window starts at position 3. Movie 6 is unknown to the model.
+    ordered = pd.DataFrame({"user": list("abacbac"), "item": list("1234561")})
+    first, every = first_in_window(ordered, 3), every_in_window(ordered, 3)
+    assert (first.users, first.histories, first.items) == (
+        ["c", "b", "a"],
+        [[], ["2"], ["1", "3"]],
+        ["4", "5", "6"],
+    )
+    assert every.histories == [[], ["2"], ["1", "3"], ["4"]]  # earlier window items count
+    assert every.items == ["4", "5", "6", "1"]
+
+    def rank(histories: list[np.ndarray]) -> np.ndarray:
+        """A fixed preference, 5 first, history excluded, padded with -1."""
+        rows = [[i for i in (5, 4, 3, 2, 1) if i not in h] for h in histories]
+        return np.array([row + [-1] * (5 - len(row)) for row in rows])
+
+    numbers = {str(i): i for i in range(1, 6)}
+    one = reading(rank, numbers, first)
+    assert one["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1) / 3)  # 4 second, 5 first, miss
+    assert (one["HR@10"], one["targets"], one["targets_in_catalog"]) == (2 / 3, 3, 2)
+    all_ = reading(rank, numbers, every)
+    assert all_["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1 + 1 / np.log2(5)) / 4)
+    assert (all_["hits"], all_["targets"], all_["users"]) == (3, 4, 3)
+
+    def seed(update: float, retrain: float) -> dict[str, Any]:
+        own = {f"{s}/{m}": 0.1 for s in ("valid", "test") for m in ("NDCG@10", "HR@10")}
+        row = {r: {"NDCG@10": 0.0, "HR@10": 0.0} for r in (FIRST, EVERY)}
+        models = {m: {**row, "own_split": own} for m in ("base", "retrain", "update")}
+        models["update"] = {**row, EVERY: {"NDCG@10": update, "HR@10": 0.0}, "own_split": own}
+        models["retrain"] = {**row, EVERY: {"NDCG@10": retrain, "HR@10": 0.0}, "own_split": own}
+        return {"figures": models, "seconds": {"base": 4.0, "retrain": 10.0, "update": 1.0}}
+
+    ratio = summary({0: seed(0.1, 0.2), 1: seed(0.3, 0.1)})["update_over_retrain"]
+    assert ratio[f"{EVERY}/NDCG@10"]["ratio_of_means"] == pytest.approx(0.4 / 0.3)
+    assert ratio[f"{EVERY}/NDCG@10"]["mean_of_ratios"]["mean"] == pytest.approx((0.5 + 3) / 2)
+    assert ratio["own_split/valid/NDCG@10"]["ratio_of_means"] == pytest.approx(1.0)
+
+
+def test_the_update_benchmark_reuses_finished_runs_and_redoes_unfinished_ones(
+    tmp_path: Path,
+) -> None:
+    finished, unfinished = tmp_path / "finished", tmp_path / "unfinished"
+    for folder in (finished, unfinished):
+        folder.mkdir()
+        (folder / "checkpoints").mkdir()
+    (finished / DONE).write_text('{"seconds": 3.5, "process": "1-2"}')
+    assert completed(finished) == {"seconds": 3.5, "process": "1-2"}
+    assert (finished / "checkpoints").is_dir()
+    assert completed(unfinished) is None and not unfinished.exists()  # made again from scratch
+    assert update_name(UpdateOptions()) == "update"  # other settings never reuse the defaults'
+    assert update_name(UpdateOptions(steps=300, lr=0.01)) == "update-steps300-lr0.01"
