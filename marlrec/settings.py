@@ -56,7 +56,8 @@ class TrainerConfig:
     this many megabytes, or with a trainable state model, each step retrieves the positions it
     draws. The same batches either way; 0: always per step."""
     test_episodes: int = 50
-    """Sessions run at each epoch's test step."""
+    """Sessions run at each epoch's test step, all at once: one env copy each (batched where
+    the env has `make_vector`), seeded from the run's seed and the epoch."""
     eval_every_epochs: int = 1
     """Epochs between two validations (valid NDCG@10 of the current policy), which keep the
     best checkpoint and drive early stopping; the last epoch is always validated. 0: never."""

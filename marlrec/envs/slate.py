@@ -49,6 +49,10 @@ class SlateEnvironment(Environment):
             self.ctx.item_tower,
         )
 
+    @property
+    def session_steps(self) -> int:
+        return self.core.max_slates * self.core.slate_size  # a step fills at least one slot
+
     def make(self) -> Any:
         return SlateAEC(self.core, self.roles)
 

@@ -67,6 +67,7 @@ from marlrec.training.vector_envs import (
     close_open_episodes,
     default_buffer,
     epoch_seeds,
+    session_buffer,
     vector_envs,
 )
 
@@ -124,7 +125,8 @@ class TrainingLoop:
         self.reward_terms.log(env_step)
 
     def test_fn(self, epoch: int, env_step: int | None) -> None:
-        """Every test step plays the same seeded sessions, whenever the run was resumed."""
+        """Every test step plays the same seeded sessions, whenever the run was resumed: one
+        session on each test copy, all copies stepped together."""
         envs = self.test_collector.env
         envs.seed(epoch_seeds(self.run.seed, epoch, TEST_STREAM, envs.env_num))
         self.test_collector.reset_env()
@@ -343,7 +345,7 @@ def train_with_tianshou(
             buffer = (make_buffer or default_buffer(run.seed))(t.buffer_size, train_envs.env_num)
         collectors = (
             Collector(algorithm.policy, train_envs, buffer, exploration_noise=True),
-            Collector(algorithm.policy, test_envs),
+            Collector(algorithm.policy, test_envs, session_buffer(env, test_envs.env_num)),
         )
         logger = CheckpointLogger(
             run.writer,

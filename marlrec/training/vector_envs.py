@@ -10,6 +10,7 @@ import gymnasium as gym
 import numpy as np
 from pettingzoo import AECEnv
 from tianshou.data import ReplayBuffer, VectorReplayBuffer
+from tianshou.data.collector import DEFAULT_BUFFER_MAXSIZE
 from tianshou.env import (
     BaseVectorEnv,
     DummyVectorEnv,
@@ -71,9 +72,29 @@ class EnvCopies:
 
 
 def vector_envs(env: Environment, run: TrainRun) -> tuple[BaseVectorEnv, BaseVectorEnv]:
-    """Training env copies of the configured kind, and one in-process test copy."""
+    """Training env copies of the configured kind, and the test copies (`session_vector_env`)."""
     copies = EnvCopies(env)
-    return train_vector_env(env, copies, run.trainer), DummyVectorEnv([copies])
+    t = run.trainer
+    return train_vector_env(env, copies, t), session_vector_env(env, copies, t.test_episodes)
+
+
+def session_vector_env(env: Environment, copies: EnvCopies, n: int) -> BaseVectorEnv:
+    """One in-process env copy per test session, stepped together (batched where the env can).
+
+    With as many copies as episodes, Tianshou's collector plays exactly one session on each
+    copy: no copy is favoured for ending its sessions sooner, and the test step's sessions are
+    those of the copies' seeds (`epoch_seeds`), whatever the copies' session lengths.
+    """
+    make_vector = getattr(env, "make_vector", None)
+    return DummyVectorEnv([copies] * n) if make_vector is None else make_vector(n)
+
+
+def session_buffer(env: Environment, n: int) -> VectorReplayBuffer:
+    """Room for one session per test copy: a collector's default buffer holds 10,000 steps
+    per copy, which would fill memory with observations that are never read."""
+    steps = getattr(env, "session_steps", None)
+    per_copy = steps if steps is not None else max(1, DEFAULT_BUFFER_MAXSIZE // n)
+    return VectorReplayBuffer(per_copy * n, n)
 
 
 def train_vector_env(env: Environment, copies: EnvCopies, t: TrainerConfig) -> BaseVectorEnv:
