@@ -3,6 +3,8 @@ scores every observation as the network does, for actors and Q-networks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,9 @@ import torch
 from marlrec.agents import precomputed
 from marlrec.agents.marl import MASKED_LOGIT, CandidateActor, CandidateQNet
 from marlrec.agents.precomputed import PrecomputedScores
+from marlrec.app import compose_config
+from marlrec.pipeline import Pipeline, build
+from tests.conftest import SMALL
 
 
 def _observations(pipeline) -> torch.Tensor:
@@ -25,6 +30,13 @@ def _observations(pipeline) -> torch.Tensor:
         if not aec.agents:
             break
     return torch.as_tensor(np.stack(flat), dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def featured_pipeline(offline_cache: Path) -> Pipeline:
+    """Candidates that carry each union member's score and rank as features."""
+    members = "[{name: ease},{name: content}]"
+    return build(compose_config([*SMALL, "retrieval=union", f"retrieval.members={members}"]))
 
 
 def _trained_like(net: torch.nn.Module) -> torch.nn.Module:
@@ -48,9 +60,18 @@ def _trained_like(net: torch.nn.Module) -> torch.nn.Module:
     ],
     ids=["actor", "shared-actor", "q-direct", "shared-q"],
 )
+@pytest.mark.parametrize("candidates", ["plain", "with-features"])
 def test_precomputed_scores_equal_the_networks(
-    small_pipeline, make, table: bool, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    candidates: str,
+    make,
+    table: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    small_pipeline = request.getfixturevalue(
+        "small_pipeline" if candidates == "plain" else "featured_pipeline"
+    )
+    assert (small_pipeline.env.spec.layout.n_features > 0) == (candidates == "with-features")
     if not table:  # as for a catalog too large for an item-by-item table
         monkeypatch.setattr(precomputed, "SIMILARITY_TABLE_MAX", 0)
     net = _trained_like(make(small_pipeline.env.spec)).eval()

@@ -48,8 +48,8 @@ class PrecomputedScores(nn.Module):
 
     items: torch.Tensor  # (n_items, hidden): T
     items_own: torch.Tensor  # (n_items, hidden): T1
-    scalar_cand: torch.Tensor  # (2, hidden)
-    scalar_own: torch.Tensor  # (2, hidden)
+    scalar_cand: torch.Tensor  # (S, hidden), S scalar features per candidate
+    scalar_own: torch.Tensor  # (S, hidden)
     to_slate_weight: torch.Tensor  # (1, 1, hidden)
     similarity: torch.Tensor | None  # (n_items, n_items)
 
@@ -88,7 +88,11 @@ class PrecomputedScores(nn.Module):
         net = self.net
         parts = net.layout.split(obs)
         ids, chosen = parts["candidates"], parts["chosen"]
-        scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)  # (B, M, 2)
+        # (B, M, S): retrieval score, popularity and the retriever's candidate features, as
+        # the network's own inputs order them.
+        scalars = torch.cat(
+            [torch.stack([parts["scores"], parts["popularity"]], dim=-1), parts["features"]], -1
+        )
         gathered = F.embedding(ids, self.items)  # (B, M, h): T[id]
         user = net.state_proj(self._user_state(parts))
         if net.role_embedding is not None:
@@ -102,11 +106,11 @@ class PrecomputedScores(nn.Module):
         # T1[id] + cross([T[id] * user, T[id] * slate]) + [scalars, to_slate] @ per_row, where
         # per_row holds, per observation, what a unit of each scalar and of to_slate adds.
         scaled = torch.stack([user, slate], 1)[:, None]  # (B, 1, 2, h)
-        units = (self.scalar_cand[None, :, None] * scaled).flatten(2)  # (B, 2, 2h)
+        units = (self.scalar_cand[None, :, None] * scaled).flatten(2)  # (B, S, 2h)
         # (The to_slate row is broadcast by arithmetic: a traced shape would be a constant.)
         to_slate_row = torch.zeros_like(user)[:, None] + self.to_slate_weight
         per_row = torch.cat([self.cross(units) + self.scalar_own, to_slate_row], 1)
-        extra = torch.cat([scalars, self._to_slate(ids, chosen)[..., None]], -1)  # (B, M, 3)
+        extra = torch.cat([scalars, self._to_slate(ids, chosen)[..., None]], -1)  # (B, M, S + 1)
         crossed = (gathered[..., None, :] * scaled).flatten(2)  # (B, M, 2h)
         # In place: each pass over (B, M, hidden) numbers counts at this size.
         candidate_hidden = (
