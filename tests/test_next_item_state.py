@@ -154,3 +154,28 @@ def test_a_checkpoint_keeps_the_id_embeddings(sequential: Pipeline) -> None:
     expected = state_of(sequential).item_id_emb.weight  # type: ignore[union-attr]
     assert not torch.equal(before, expected)
     torch.testing.assert_close(loaded, expected)
+
+
+@pytest.mark.slow
+def test_items_added_to_a_trained_run_are_served(tmp_path: Path, offline_cache: Path) -> None:
+    """`marlrec add-items` on a run whose state learnt item ids: the new items are beyond the
+    id table, and a history holding them is still served."""
+    from marlrec import cli
+    from marlrec.recommend import AddedItems
+    from marlrec.serve.service import Query, Service
+    from tests.test_add_items import NEW_ITEMS
+    from tests.test_serve import TINIEST
+    from tests.test_train_e2e import marlrec
+
+    run = tmp_path / "run"
+    run.mkdir()
+    options = ["state=transformer", "state.hidden=8", "state.item_ids=true"]
+    marlrec("train", *TINIEST, *options, f"hydra.run.dir={run}", cache=offline_cache, cwd=run)
+    items = tmp_path / "new_items.csv"
+    items.write_text(NEW_ITEMS)
+    assert cli.main(["add-items", f"run_dir={run}", f"file={items}"]) == 0
+    service = Service.from_run(run, batching=False)
+    n_items = AddedItems.load(run).base_items
+    assert state_of(service.p).item_id_emb.num_embeddings == n_items  # type: ignore[union-attr]
+    found = service.answer(Query(k=5, history=(n_items, n_items + 1, 0)))
+    assert len(found.placements) == 5
