@@ -196,10 +196,6 @@ def imitate(
     rng = np.random.default_rng([run.seed, IMITATION_STREAM])
     private = None
     if dp is not None and dp.enabled:
-        if next_item_state(agent)[0] is not None:
-            # DP-SGD clips each user's gradient of the choice loss only; the next-item term's
-            # gradient would escape the clipping and the privacy accounting.
-            raise PluginError("state.next_item_weight must be 0 with privacy.dp.enabled")
         from marlrec.training.dp import DPImitation, UserSampler  # Opacus: the privacy extra
 
         sampler = UserSampler.of(logged_positions(histories)[0], t.batch_size)
