@@ -12,9 +12,11 @@ What each kind implements and receives:
   optional `item_attributes` and `GroundTruth`, and a `Split`; `split_interactions` makes one.
   `validate_split` checks a config's `split` and `split_ratios`.
 - `Encoder(config, cache_dir=, device=)`; implements `encode(texts) -> (len(texts), dim)`.
-- `StateModel(config, item_dim=, item_text=None, encoder=None)`, a `torch.nn.Module`;
-  implements `dim` and `forward(history (B, L, item_dim), lengths (B,)) -> (B, dim)`, and may
-  override `from_histories(Histories, item_emb)`, the states of packed item-id histories, to
+- `StateModel(config, item_dim=, item_text=None, encoder=None, n_items=None)`, a
+  `torch.nn.Module` (`n_items`: the catalog trained on, for per-id parameters); implements `dim`
+  and `forward(history (B, L, item_dim), lengths (B,)) -> (B, dim)`, and may override
+  `forward_with_ids(history, lengths, ids)` (what the agents' networks call, with the item ids)
+  and `from_histories(Histories, item_emb)`, the states of packed item-id histories, to
   avoid padding (pooled states through `embedding_bag`, windowed ones through
   `Histories.last`). `masked_mean`, `real_positions` and `last_items` handle padded ones.
 - `Retriever(config, data=, item_emb=)`; implements `scores(states (B, d), Histories) ->

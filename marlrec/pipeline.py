@@ -254,13 +254,20 @@ def build(
     data = run.eval.cold_start_data(data, seed)
     encoder = run.one("encoder").create(cache_dir=cache_dir(cfg), device=device)
     item_emb = encoder.encode(data.item_text).to(device)
+    # The catalog trained on: items added later are beyond any table of per-id parameters.
+    n_trained_items = data.n_items
     if new_items is not None:
         data, item_emb = _with_new_items(data, item_emb, *new_items)
     if new_interactions is not None:
         data = _with_interactions(data, new_interactions, run.one("data").config, seed)
     state = (
         run.one("state")
-        .create(item_dim=item_emb.shape[1], item_text=data.item_text, encoder=encoder)
+        .create(
+            item_dim=item_emb.shape[1],
+            item_text=data.item_text,
+            encoder=encoder,
+            n_items=n_trained_items,
+        )
         .to(device)
     )
     tower = encoder.text_tower(data.item_text, item_emb)

@@ -300,8 +300,8 @@ class CandidateEncoder(nn.Module):
         if self.state_model is None:
             return x.parts["state"]
         assert x.history is not None, "inputs computed without the history the state model reads"
-        lengths = (x.parts["history"] >= 0).sum(dim=1)
-        return self.state_model(x.history, lengths)
+        ids = x.parts["history"]
+        return self.state_model.forward_with_ids(x.history, (ids >= 0).sum(dim=1), ids)
 
 
 class CandidateQNet(CandidateEncoder):

@@ -136,7 +136,7 @@ class PrecomputedScores(nn.Module):
             return parts["state"]
         history = parts["history"]
         embedded = _catalog(net, "item_emb")[history.clamp(min=0)]
-        return net.state_model(embedded, (history >= 0).sum(dim=1))
+        return net.state_model.forward_with_ids(embedded, (history >= 0).sum(dim=1), history)
 
 
 def _catalog(net: nn.Module, name: str) -> torch.Tensor:

@@ -17,12 +17,14 @@ PADDED_CHUNK_ROWS = 64
 
 
 class StateModel(Plugin, torch.nn.Module):
-    """Constructed as `StateModel(config, item_dim=..., item_text=..., encoder=...)`.
+    """Constructed as `StateModel(config, item_dim=..., item_text=..., encoder=..., n_items=...)`.
 
     A torch module, so that a state with parameters trains inside the agents' networks.
     `item_dim` is the width of the item embeddings. `item_text` (the catalog's texts by item id)
     and `encoder` (the run's encoder, which embedded them) serve states that read the history as
-    text; states over embeddings ignore them and can be built without them.
+    text; states over embeddings ignore them and can be built without them. `n_items` is the
+    size of the catalog the run trains on (items added later have larger ids), for states that
+    learn a parameter per item id.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class StateModel(Plugin, torch.nn.Module):
         item_dim: int,
         item_text: Sequence[str] | None = None,
         encoder: Encoder | None = None,
+        n_items: int | None = None,
     ) -> None:
         Plugin.__init__(self, config)
         torch.nn.Module.__init__(self)
@@ -49,6 +52,16 @@ class StateModel(Plugin, torch.nn.Module):
         Position i < lengths[b] holds the b-th user's i-th item in time order; an empty
         history (length 0) must give a finite state.
         """
+
+    def forward_with_ids(
+        self, history: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward` given the histories' item ids (B, L) too, -1 at padding.
+
+        The agents' networks call this: they hold both. The default reads the embeddings only;
+        states that learn from item ids override it.
+        """
+        return self(history, lengths)
 
     def from_histories(self, histories: Histories, item_emb: torch.Tensor) -> torch.Tensor:
         """States (B, dim) of packed histories of item ids, `item_emb` (n_items, item_dim).

@@ -64,8 +64,11 @@ class LLMTextState(StateModel):
         item_dim: int,
         item_text: Sequence[str] | None = None,
         encoder: Encoder | None = None,
+        n_items: int | None = None,
     ) -> None:
-        super().__init__(config, item_dim=item_dim, item_text=item_text, encoder=encoder)
+        super().__init__(
+            config, item_dim=item_dim, item_text=item_text, encoder=encoder, n_items=n_items
+        )
         _check(config, self.where)
         if item_text is None or encoder is None:
             raise PluginError(

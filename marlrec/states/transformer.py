@@ -1,10 +1,10 @@
 """`transformer`: the mean of the recent history plus a learned SASRec-like causal summary.
 
 The last `max_len` item embeddings are projected to `hidden`, given learned positional
-embeddings and passed through `layers` pre-norm blocks of causal multi-head self-attention and a
-feed-forward layer (4 x hidden wide). The output at the last real item, projected to the item
-space by a zero-initialised layer, is added to the masked mean (see `marlrec.states.sequence`).
-It trains together with the agents.
+embeddings (and, with `item_ids`, learned item-id embeddings) and passed through `layers`
+pre-norm blocks of causal multi-head self-attention and a feed-forward layer (4 x hidden wide).
+The output at the last real item, projected to the item space by a zero-initialised layer, is
+added to the masked mean (see `marlrec.states.sequence`). It trains together with the agents.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ class TransformerState(SequenceState):
         )
         self.final_norm = nn.LayerNorm(config.hidden)
 
-    def sequence_features(self, window: torch.Tensor) -> torch.Tensor:
+    def sequence_features(self, window: torch.Tensor, id_rows: torch.Tensor | None) -> torch.Tensor:
         rate = self.dropout_rate
         positions = torch.arange(window.shape[1], device=window.device)
         x = self.input(window) + self.positions(positions)
+        if id_rows is not None:
+            x = x + id_rows
         x = F.dropout(x, rate, training=rate > 0)
         for block in self.blocks:
             x = block(x, rate)

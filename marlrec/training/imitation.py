@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from marlrec.privacy import DPConfig
 from marlrec.progress import progress_bar
 from marlrec.registry import PluginError
 from marlrec.settings import TrainRun
+from marlrec.states.sequence import SequenceState
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,19 @@ def _build_source(env: Environment, histories: list[np.ndarray], cache_mb: int) 
     return source
 
 
-def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, float]:
-    """Cross-entropy of the logged candidates under each role's scores, and the share of rows
-    whose logged candidate scores highest."""
+class ImitationLoss(NamedTuple):
+    """One batch's imitation loss and what it is made of."""
+
+    total: torch.Tensor  # what is minimised: choice + next_item_weight x next_item
+    choice: float  # cross-entropy of the logged candidates
+    accuracy: float  # share of rows whose logged candidate scores highest
+    next_item: float | None  # the state's next-item cross-entropy; None when off
+
+
+def imitation_losses(agent: Agent, batch: LoggedChoices) -> ImitationLoss:
+    """Cross-entropy of the logged candidates under each role's scores and, with a trainable
+    sequence state's `next_item_weight` > 0, its next-item cross-entropy over the observations'
+    history windows (`SequenceState.next_item_loss`)."""
     layout = agent.spec.layout
     obs = batch.obs.to(agent.device)
     actions = batch.actions.to(agent.device)
@@ -117,7 +128,31 @@ def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, fl
         scores = scores.masked_fill(~available, -1e9)
         losses.append(F.cross_entropy(scores, actions[rows], reduction="sum"))
         correct += float((scores.argmax(dim=1) == actions[rows]).sum())
-    return torch.stack(losses).sum() / len(obs), correct / len(obs)
+    choice = torch.stack(losses).sum() / len(obs)
+    state, weight = next_item_state(agent)
+    if state is None:
+        return ImitationLoss(choice, float(choice.detach()), correct / len(obs), None)
+    item_emb = agent.spec.item_emb.to(agent.device)
+    next_item = state.next_item_loss(layout.split(obs)["history"], item_emb)
+    total = choice + weight * next_item
+    return ImitationLoss(
+        total, float(choice.detach()), correct / len(obs), float(next_item.detach())
+    )
+
+
+def imitation_loss(agent: Agent, batch: LoggedChoices) -> tuple[torch.Tensor, float]:
+    """`imitation_losses`' total, to minimise, and accuracy."""
+    loss = imitation_losses(agent, batch)
+    return loss.total, loss.accuracy
+
+
+def next_item_state(agent: Agent) -> tuple[SequenceState | None, float]:
+    """The sequence state the agent's networks train, and its `next_item_weight`, when that
+    weight is positive; (None, 0) otherwise."""
+    state = getattr(agent.scoring_network(0), "state_model", None)
+    if isinstance(state, SequenceState) and state.config.next_item_weight > 0:
+        return state, state.config.next_item_weight
+    return None, 0.0
 
 
 def imitation_optimizer(agent: Agent, lr: float) -> torch.optim.Adam:
@@ -178,23 +213,27 @@ def imitate(
         elif len(batch.actions) == 0:
             continue
         else:
-            loss, accuracy = imitation_loss(agent, batch)
+            loss = imitation_losses(agent, batch)
             optimizer.zero_grad()
-            loss.backward()
+            loss.total.backward()
             optimizer.step()
-            last = {"loss": float(loss.detach()), "accuracy": accuracy}
+            accuracy = loss.accuracy
+            last = {"loss": loss.choice, "accuracy": accuracy}
+            if loss.next_item is not None:
+                last["next_item_loss"] = loss.next_item
         if step % LOG_EVERY == 0 or step == t.imitation_steps - 1:
-            run.writer.add_scalar("imitation/loss", last["loss"], step)
-            run.writer.add_scalar("imitation/accuracy", accuracy, step)
-            steps.set_postfix(loss=f"{last['loss']:.3f}", accuracy=f"{accuracy:.2f}")
+            for key, value in last.items():
+                run.writer.add_scalar(f"imitation/{key}", value, step)
+            steps.set_postfix({key: f"{value:.3f}" for key, value in last.items()})
     seconds = time.perf_counter() - started
     share = retrieved / max(1, drawn_total)
     log.info(
-        "imitation: %d steps in %.1f s, logged item retrieved in %.0f%% of draws, last loss %s",
+        "imitation: %d steps in %.1f s, logged item retrieved in %.0f%% of draws, last loss %s%s",
         t.imitation_steps,
         seconds,
         100 * share,
         f"{last['loss']:.3f}" if last else "-",
+        f", next-item loss {last['next_item_loss']:.3f}" if "next_item_loss" in last else "",
     )
     return {
         "imitation_seconds": seconds,
