@@ -93,6 +93,46 @@ def test_lora_learns_from_the_agents_loss_and_leaves_the_base_weights(
     assert torch.allclose(retriever_unit, torch.nn.functional.normalize(p.item_emb, dim=-1))
 
 
+@pytest.mark.parametrize("embeddings", ["trained", "frozen"])
+def test_content_retrieval_reads_the_trained_or_the_frozen_table(
+    tiny_models: Callable[..., Path], embeddings: str
+) -> None:
+    p = pipeline(
+        tiny_models("bert"),
+        "encoder.trainable=lora",
+        "encoder.refresh_every=1",
+        "retrieval=content",
+        f"retrieval.embeddings={embeddings}",
+    )
+    retriever: Any = p.env.ctx.retriever
+    initial = p.item_emb.clone()
+    core: Any = p.env.core  # type: ignore[attr-defined]
+    histories = core.pack([p.data.train_histories[u] for u in range(8)])
+    before = retriever.top(core.states(histories), histories, 5)
+    optimizer = imitation_optimizer(p.agent, 1e-2)
+    for _ in range(3):  # LoRA's B starts at zero: the table moves from the second step on
+        imitation_step(p, optimizer)
+    tower = p.env.ctx.item_tower
+    assert tower is not None and tower.refreshes == 3
+    assert not torch.allclose(p.item_emb, initial)  # the agents' table was re-encoded
+    read = initial if embeddings == "frozen" else p.item_emb
+    assert torch.allclose(retriever.item_unit, torch.nn.functional.normalize(read, dim=-1))
+    # the pool: frozen retrieval answers as before the refreshes, whatever the states now say
+    after = retriever.top(core.states(histories), histories, 5)
+    if embeddings == "frozen":
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    else:
+        assert not torch.equal(before[1], after[1])
+
+
+def test_content_embeddings_option_is_checked(tiny_models: Callable[..., Path]) -> None:
+    with pytest.raises(PluginError) as caught:
+        pipeline(tiny_models("bert"), "retrieval=content", "retrieval.embeddings=fine")
+    message = str(caught.value)
+    assert "retrieval.embeddings" in message and "'fine'" in message and "\n" not in message
+    assert "'trained', 'frozen'" in message
+
+
 def test_full_fine_tuning_trains_every_weight(tiny_models: Callable[..., Path]) -> None:
     p = pipeline(tiny_models("bert"), "encoder.trainable=full")
     tower = p.env.ctx.item_tower
