@@ -125,6 +125,26 @@ def test_content_retrieval_reads_the_trained_or_the_frozen_table(
         assert not torch.equal(before[1], after[1])
 
 
+def test_frozen_retrieval_over_a_frozen_encoder_retrieves_as_trained(
+    small_pipeline: Pipeline,
+) -> None:
+    """With nothing trained, `frozen` (its own mean query) answers as `trained` over the mean
+    state: the option changes only what a trainable encoder's refreshes do."""
+    from marlrec.retrieval.content import ContentConfig, ContentRetriever
+
+    p, core = small_pipeline, small_pipeline.env.core  # type: ignore[attr-defined]
+    histories = core.pack([p.data.train_histories[u] for u in range(16)])
+    states = p.env.ctx.state.from_histories(histories, p.item_emb)
+    found = [
+        ContentRetriever(ContentConfig(embeddings=e), data=p.data, item_emb=p.item_emb).top(
+            states, histories, 10
+        )
+        for e in ("trained", "frozen")
+    ]
+    assert torch.equal(found[0][0], found[1][0])
+    assert torch.allclose(found[0][1], found[1][1], atol=1e-6)
+
+
 def test_content_embeddings_option_is_checked(tiny_models: Callable[..., Path]) -> None:
     with pytest.raises(PluginError) as caught:
         pipeline(tiny_models("bert"), "retrieval=content", "retrieval.embeddings=fine")
