@@ -1,6 +1,8 @@
 """Cold start on ML-100K: NDCG@10 and HR@10 of pop, content_knn and the agents (frozen encoder,
 and with `--encoders frozen,lora` a LoRA-trained one beside it) under the standard protocol,
-`cold_items` and `cold_users`.
+`cold_items` and `cold_users`. `--encoders lora-frozen-retrieval` trains LoRA while the
+`content` retriever keeps the frozen embeddings (`retrieval.embeddings=frozen`; `cold_items`
+only, the other protocols' EASE candidates read no embeddings).
 
 Each protocol is its experiment preset (`ml100k`, `ml100k_cold_items`, `ml100k_cold_users`):
 chronological leave-one-out, full ranking, test split; anything chosen (the best checkpoint) is
@@ -50,12 +52,23 @@ SAME_BUDGET = {
     ]
 }
 BASELINES = ["pop", "content_knn"]
-# The agents' rows, one per encoder mode (`encoder.trainable`).
+# The agents' rows, one per encoder mode (`encoder.trainable`); `lora-frozen-retrieval` trains
+# LoRA while the `content` retriever keeps the frozen embeddings (`retrieval.embeddings=frozen`).
 AGENTS = {
     "frozen": "agents (mappo, frozen encoder)",
     "lora": "agents (mappo, LoRA encoder)",
     "full": "agents (mappo, fine-tuned encoder)",
+    "lora-frozen-retrieval": "agents (mappo, LoRA encoder, frozen retrieval)",
 }
+MODE_OVERRIDES = {
+    "frozen": [],
+    "lora": ["encoder.trainable=lora"],
+    "full": ["encoder.trainable=full"],
+    "lora-frozen-retrieval": ["encoder.trainable=lora", "retrieval.embeddings=frozen"],
+}
+# Protocols whose candidates come from the text embeddings (`retrieval=content`): only there
+# does `retrieval.embeddings` apply (EASE's candidates read no embeddings).
+CONTENT_RETRIEVAL = {"cold_items"}
 COLUMNS = {"NDCG@10": "test/NDCG@10", "HR@10": "test/HR@10"}
 RANKING_ONLY = "eval.metrics=[hr,ndcg]"  # no simulated sessions: this table ranks
 
@@ -99,7 +112,7 @@ def run_agents(
         command += ["baseline=[]", "trainer.show_progress=false", f"hydra.run.dir={run_dir}"]
         command += [f"trainer.epoch_num_env_steps={args.steps}"] if args.steps else []
         if encoder != "frozen":
-            command += [f"encoder.trainable={encoder}", *args.encoder_overrides.split()]
+            command += [*MODE_OVERRIDES[encoder], *args.encoder_overrides.split()]
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         write_json(run_dir / "wall.json", {"wall_seconds": time.perf_counter() - started})
@@ -193,6 +206,9 @@ def main() -> None:
                 rows.update(run_baselines(args, protocol, seed))
                 save(args, results)
             for encoder in encoders:
+                if encoder == "lora-frozen-retrieval" and protocol not in CONTENT_RETRIEVAL:
+                    print(f"{protocol}: {encoder} skipped, its candidates read no embeddings")
+                    continue
                 if AGENTS[encoder] not in rows:
                     print(f"training the agents: {protocol}, seed {seed}, {encoder}", flush=True)
                     rows[AGENTS[encoder]] = run_agents(args, protocol, seed, encoder)

@@ -93,6 +93,66 @@ def test_lora_learns_from_the_agents_loss_and_leaves_the_base_weights(
     assert torch.allclose(retriever_unit, torch.nn.functional.normalize(p.item_emb, dim=-1))
 
 
+@pytest.mark.parametrize("embeddings", ["trained", "frozen"])
+def test_content_retrieval_reads_the_trained_or_the_frozen_table(
+    tiny_models: Callable[..., Path], embeddings: str
+) -> None:
+    p = pipeline(
+        tiny_models("bert"),
+        "encoder.trainable=lora",
+        "encoder.refresh_every=1",
+        "retrieval=content",
+        f"retrieval.embeddings={embeddings}",
+    )
+    retriever: Any = p.env.ctx.retriever
+    initial = p.item_emb.clone()
+    core: Any = p.env.core  # type: ignore[attr-defined]
+    histories = core.pack([p.data.train_histories[u] for u in range(8)])
+    before = retriever.top(core.states(histories), histories, 5)
+    optimizer = imitation_optimizer(p.agent, 1e-2)
+    for _ in range(3):  # LoRA's B starts at zero: the table moves from the second step on
+        imitation_step(p, optimizer)
+    tower = p.env.ctx.item_tower
+    assert tower is not None and tower.refreshes == 3
+    assert not torch.allclose(p.item_emb, initial)  # the agents' table was re-encoded
+    read = initial if embeddings == "frozen" else p.item_emb
+    assert torch.allclose(retriever.item_unit, torch.nn.functional.normalize(read, dim=-1))
+    # the pool: frozen retrieval answers as before the refreshes, whatever the states now say
+    after = retriever.top(core.states(histories), histories, 5)
+    if embeddings == "frozen":
+        assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    else:
+        assert not torch.equal(before[1], after[1])
+
+
+def test_frozen_retrieval_over_a_frozen_encoder_retrieves_as_trained(
+    small_pipeline: Pipeline,
+) -> None:
+    """With nothing trained, `frozen` (its own mean query) answers as `trained` over the mean
+    state: the option changes only what a trainable encoder's refreshes do."""
+    from marlrec.retrieval.content import ContentConfig, ContentRetriever
+
+    p, core = small_pipeline, small_pipeline.env.core  # type: ignore[attr-defined]
+    histories = core.pack([p.data.train_histories[u] for u in range(16)])
+    states = p.env.ctx.state.from_histories(histories, p.item_emb)
+    found = [
+        ContentRetriever(ContentConfig(embeddings=e), data=p.data, item_emb=p.item_emb).top(
+            states, histories, 10
+        )
+        for e in ("trained", "frozen")
+    ]
+    assert torch.equal(found[0][0], found[1][0])
+    assert torch.allclose(found[0][1], found[1][1], atol=1e-6)
+
+
+def test_content_embeddings_option_is_checked(tiny_models: Callable[..., Path]) -> None:
+    with pytest.raises(PluginError) as caught:
+        pipeline(tiny_models("bert"), "retrieval=content", "retrieval.embeddings=fine")
+    message = str(caught.value)
+    assert "retrieval.embeddings" in message and "'fine'" in message and "\n" not in message
+    assert "'trained', 'frozen'" in message
+
+
 def test_full_fine_tuning_trains_every_weight(tiny_models: Callable[..., Path]) -> None:
     p = pipeline(tiny_models("bert"), "encoder.trainable=full")
     tower = p.env.ctx.item_tower
