@@ -90,9 +90,9 @@ class PrecomputedScores(nn.Module):
         ids, chosen = parts["candidates"], parts["chosen"]
         # (B, M, S): retrieval score, popularity and the retriever's candidate features, as
         # the network's own inputs order them.
-        scalars = torch.cat(
-            [torch.stack([parts["scores"], parts["popularity"]], dim=-1), parts["features"]], -1
-        )
+        scalars = torch.stack([parts["scores"], parts["popularity"]], dim=-1)
+        if net.layout.n_features:  # decided in Python: ONNX can't trace an empty slice
+            scalars = torch.cat([scalars, parts["features"]], -1)
         gathered = F.embedding(ids, self.items)  # (B, M, h): T[id]
         user = net.state_proj(self._user_state(parts))
         if net.role_embedding is not None:
