@@ -217,8 +217,7 @@ def imitate(
             optimizer.zero_grad()
             loss.total.backward()
             optimizer.step()
-            accuracy = loss.accuracy
-            last = {"loss": loss.choice, "accuracy": accuracy}
+            last = {"loss": loss.choice, "accuracy": loss.accuracy}
             if loss.next_item is not None:
                 last["next_item_loss"] = loss.next_item
         if step % LOG_EVERY == 0 or step == t.imitation_steps - 1:

@@ -92,7 +92,7 @@ def session_vector_env(env: Environment, copies: EnvCopies, n: int) -> BaseVecto
 def session_buffer(env: Environment, n: int) -> VectorReplayBuffer:
     """Room for one session per test copy: a collector's default buffer holds 10,000 steps
     per copy, which would fill memory with observations that are never read."""
-    steps = getattr(env, "session_steps", None)
+    steps = env.session_steps
     per_copy = steps if steps is not None else max(1, DEFAULT_BUFFER_MAXSIZE // n)
     return VectorReplayBuffer(per_copy * n, n)
 
