@@ -17,6 +17,7 @@ from marlrec.evaluation.harness import EvalConfig, ScoreRanker, baseline_ranker,
 from marlrec.models.sasrec import EarlyStop, SASRec, SASRecConfig, fit, valid_ndcg
 from marlrec.pipeline import Pipeline
 from marlrec.registry import PluginError
+from marlrec.retrieval import union as union_module
 from marlrec.retrieval.ease import EASERetriever
 from marlrec.retrieval.recall import pool_recall
 from marlrec.retrieval.sequential import SASRecRetriever
@@ -98,6 +99,19 @@ def test_fit_stops_early_and_restores_the_best_weights(data: RecData) -> None:
     assert valid_ndcg(model, data, config) == pytest.approx(max(checks), abs=1e-9)  # ... undone
 
 
+def test_next_item_logits_are_the_full_forwards_at_the_last_position() -> None:
+    torch.manual_seed(0)
+    model = SASRec(40, SASRecConfig(**{**SMALL, "layers": 2})).eval()
+    lengths = torch.tensor([1, 7, 20, 13])
+    sequences = torch.randint(1, 41, (4, 20))
+    sequences[torch.arange(20)[None, :] >= lengths[:, None]] = 0  # right padding
+    with torch.no_grad():
+        full = model.forward(sequences)[torch.arange(4), lengths - 1]
+        torch.testing.assert_close(
+            model.next_item_logits(sequences, lengths), model.logits(full), atol=1e-5, rtol=0
+        )
+
+
 def test_retriever_pools_are_the_models_best_unconsumed_items(data: RecData) -> None:
     config = SASRecRetriever.Config(epochs=3, patience=0, show_progress=False, **SMALL)
     retriever = SASRecRetriever(config, data=data, item_emb=torch.zeros(data.n_items, 1))
@@ -165,7 +179,11 @@ def test_union_pool_has_the_requested_size(data: RecData) -> None:
         UnionRetriever.Config(size=0)
 
 
-def test_union_features_give_each_members_score_and_rank(data: RecData) -> None:
+@pytest.mark.parametrize("comparisons", [union_module.COMPARISONS, 7])  # 7: a row a chunk
+def test_union_features_give_each_members_score_and_rank(
+    data: RecData, comparisons: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(union_module, "COMPARISONS", comparisons)
     sections = [{"name": "ease"}, {"name": "content"}]
     emb = torch.randn(data.n_items, 8, generator=torch.Generator().manual_seed(0))
     config = UnionRetriever.Config(members=sections, size=30, merge="first", features=True)
