@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -168,17 +168,49 @@ def test_micro_batches_rank_like_single_requests(service: Service) -> None:
     assert key == [[(p.item, p.stage, p.scored_by, p.rank) for p in rows] for rows in alone]
     scores = [p.score for rows in together for p in rows]
     assert scores == pytest.approx([p.score for rows in alone for p in rows], abs=1e-5)
-    batcher = MicroBatcher(lambda queries: [q * 2 for q in queries])
-    assert [batcher.submit(n) for n in range(3)] == [0, 2, 4]
+
+
+def test_requests_that_arrive_together_share_a_pass() -> None:
+    passes: list[list[int]] = []
+
+    def double(queries: list[int]) -> list[int]:
+        passes.append(queries)
+        return [q * 2 for q in queries]
+
+    batcher = MicroBatcher(double, max_batch=4)
+
+    async def requests() -> tuple[list[int], int]:
+        together = await asyncio.gather(*(batcher.submit(n) for n in range(6)))
+        return together, await batcher.submit(9)
+
+    assert asyncio.run(requests()) == ([0, 2, 4, 6, 8, 10], 18)
+    assert passes == [[0, 1, 2, 3], [4, 5], [9]]  # at most max_batch a pass; a lone one alone
+
+
+def test_a_failed_pass_fails_its_requests_and_the_next_pass_runs() -> None:
+    def run(queries: list[int]) -> list[int]:
+        if 0 in queries:
+            raise ValueError("no zero")
+        return queries
+
+    batcher = MicroBatcher(run)
+
+    async def requests() -> tuple[list[object], int]:
+        failed = await asyncio.gather(batcher.submit(0), batcher.submit(1), return_exceptions=True)
+        return failed, await batcher.submit(2)
+
+    failed, later = asyncio.run(requests())
+    assert [type(f) for f in failed] == [ValueError, ValueError] and later == 2
 
 
 def test_concurrent_requests_get_their_own_answers(service: Service) -> None:
-    def top(user: int) -> list[int]:
-        return [row.item for row in service.answer(Query(k=5, user=user)).placements]
+    async def tops() -> list[list[int]]:
+        queries = [Query(k=5, user=user) for user in range(24)]
+        answers = await asyncio.gather(*(service.answer_soon(q) for q in queries))
+        return [[row.item for row in answer.placements] for answer in answers]
 
-    with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(top, range(24)))
-    assert together == [[r["item"] for r in recommend_for(service.p, u, 5)] for u in range(24)]
+    expected = [[r["item"] for r in recommend_for(service.p, u, 5)] for u in range(24)]
+    assert asyncio.run(tops()) == expected
 
 
 def test_a_port_in_use_is_a_one_line_error(run_dir: Path, offline_cache: Path) -> None:

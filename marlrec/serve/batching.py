@@ -1,70 +1,55 @@
-"""Micro-batching without a wait: requests that arrive while a pass runs go in the next one.
+"""Micro-batching on the event loop: the requests that arrive together are ranked in one pass.
 
-One request at a time is ranked at once (no added latency); under load, every request that
-queued during a forward pass is ranked together in the following one.
+A request's query is queued and the pass is scheduled for the loop's next turn, after every
+request read in the same turn has queued its own; requests that arrive while a pass runs go in
+the next one. A lone request waits for nothing. Passes run on the event loop's thread, not in a
+worker thread: a forward pass is a few milliseconds of many small tensor operations, each of
+which would otherwise hand Python's lock back and forth with the thread serving HTTP.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Q = TypeVar("Q")
 R = TypeVar("R")
 
 
-@dataclass
-class _Job(Generic[Q, R]):
-    query: Q
-    done: threading.Event = field(default_factory=threading.Event)
-    lead: bool = False
-    result: R | None = None
-    error: BaseException | None = None
-
-
 class MicroBatcher(Generic[Q, R]):
-    """Runs `run(queries) -> results` over whatever queued; one caller at a time leads a pass."""
+    """Runs `run(queries) -> results` over the queries queued on one event loop."""
 
     def __init__(self, run: Callable[[list[Q]], list[R]], max_batch: int = 64) -> None:
         self._run = run
         self._max_batch = max_batch
-        self._lock = threading.Lock()
-        self._pending: list[_Job[Q, R]] = []
-        self._busy = False
+        self._pending: list[tuple[Q, asyncio.Future[R]]] = []
+        self._scheduled = False
 
-    def submit(self, query: Q) -> R:
-        job: _Job[Q, R] = _Job(query)
-        with self._lock:
-            self._pending.append(job)
-            if not self._busy:
-                self._busy = job.lead = True
-        if not job.lead:
-            job.done.wait()  # woken with a result, or to lead the next pass
-        if job.lead and job.result is None and job.error is None:
-            self._pass()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
+    def submit(self, query: Q) -> asyncio.Future[R]:
+        """`query`'s result, once the pass it joins has run; call it on the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((query, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._pass)
+        return future
 
     def _pass(self) -> None:
-        with self._lock:
-            batch = self._pending[: self._max_batch]
-            self._pending = self._pending[self._max_batch :]
+        batch = self._pending[: self._max_batch]
+        self._pending = self._pending[self._max_batch :]
         try:
-            for job, result in zip(batch, self._run([j.query for j in batch]), strict=True):
-                job.result = result
+            results = self._run([query for query, _ in batch])
         except Exception as exc:
-            for job in batch:
-                job.error = exc
-        for job in batch:
-            job.done.set()
-        with self._lock:
-            if self._pending:
-                successor = self._pending[0]
-                successor.lead = True
-                successor.done.set()
-            else:
-                self._busy = False
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():  # its client may have gone away meanwhile
+                    future.set_result(result)
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._pass)
+        else:
+            self._scheduled = False

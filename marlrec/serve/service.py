@@ -21,6 +21,7 @@ adds users and items, so a request begun on the old version is answered consiste
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -203,14 +204,29 @@ class Service:
         return numbers
 
     def answer(self, query: Query) -> Answer:
+        """`query` ranked on its own."""
         self._check(query)
         if query.text is not None:
             return self._answer_text(query.text, query.k)
+        user, history = self._history(query)
+        return Answer(self._rank_many([(history, query.k)])[0], history, user)
+
+    async def answer_soon(self, query: Query) -> Answer:
+        """`query` answered from the event loop: ranked with the queries that arrived with it
+        when batching, else on its own in a worker thread (as is a text, which runs the
+        encoder)."""
+        if self._batcher is None or query.text is not None:
+            return await asyncio.to_thread(self.answer, query)
+        self._check(query)
+        user, history = self._history(query)
+        rows = await self._batcher.submit((history, query.k))
+        return Answer(rows, history, user)
+
+    def _history(self, query: Query) -> tuple[int, np.ndarray]:
+        """The user's index (-1 for a history query) and the history to rank from."""
         user = -1 if query.user is None else self._user(query.user)
         history = self.histories[user] if user >= 0 else np.asarray(query.history, np.int64)
-        job = (history, query.k)
-        rows = self._batcher.submit(job) if self._batcher else self._rank_many([job])[0]
-        return Answer(rows, history, user)
+        return user, history
 
     def explain(self, answer: Answer) -> list[dict]:
         """Each served item with who placed it, its score and rank there, the reward terms it
