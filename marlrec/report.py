@@ -13,7 +13,7 @@ from rich.table import Table
 from marlrec.data import Histories
 from marlrec.io import atomic_path
 from marlrec.pipeline import Pipeline
-from marlrec.training.loop import VALID_METRIC
+from marlrec.training.loop import VALID_METRIC, epoch_name
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
@@ -143,7 +143,8 @@ def item_categories(attributes: dict[str, np.ndarray]) -> tuple[str, np.ndarray]
 
 
 def print_history(history: list[dict[str, Any]]) -> None:
-    """One row per epoch; the best validation is starred."""
+    """One row per epoch (epoch 0: the validation after imitation); the best validation is
+    starred."""
     scores = [r[VALID_METRIC] for r in history if VALID_METRIC in r]
     best = max(scores) if scores else None
     table = Table(title="training")
@@ -153,7 +154,7 @@ def print_history(history: list[dict[str, Any]]) -> None:
         ndcg = r.get(VALID_METRIC)
         mark = " *" if ndcg is not None and ndcg == best else ""
         table.add_row(
-            str(r["epoch"]),
+            epoch_name(r["epoch"]),
             str(r["env_step"]),
             f"{r['test_return']:.4f}" if "test_return" in r else "",
             f"{ndcg:.4f}{mark}" if ndcg is not None else "",

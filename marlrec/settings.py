@@ -63,6 +63,12 @@ class TrainerConfig:
     best checkpoint and drive early stopping; the last epoch is always validated. 0: never."""
     patience: int = 0
     """Validations without a new best NDCG@10 before training stops early; 0: never stop early."""
+    validate_after_imitation: bool = True
+    """Validate the policy imitation left, before the first RL epoch, as epoch 0: a candidate
+    for the best checkpoint like any validated epoch, and the first validation `patience`
+    counts from, so that RL which erodes what imitation taught cannot displace it. Only when
+    imitation ran (`imitation_steps` > 0) and RL follows (`max_epochs` > 0) with validation
+    on (`eval_every_epochs` > 0)."""
     resume: bool = False
     """Continue the run in this run dir from its last epoch checkpoint (same configuration);
     starts afresh when the dir holds no checkpoint yet."""
@@ -140,3 +146,4 @@ class TrainRun:
     state_path: Path | None = None  # the resumable training state, rewritten every epoch
     saved_state: dict[str, Any] | None = None  # the state to continue from, if already read
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    imitated: bool = False  # set by imitate() once its steps ran: epoch 0 can be validated

@@ -32,7 +32,8 @@ def test_same_seed_same_metrics(tmp_path: Path, offline_cache: Path) -> None:
     second = train(cfg, tmp_path / "second")
     assert first["eval"] == second["eval"]
     assert first["history"] == second["history"]
-    assert [VALID_METRIC in record for record in first["history"]] == [True, True]
+    # Epoch 0 (after imitation) and both RL epochs are validated.
+    assert [VALID_METRIC in record for record in first["history"]] == [True, True, True]
     saved = json.loads((tmp_path / "second" / "metrics.json").read_text())
     assert saved["eval"] == first["eval"]
     assert (tmp_path / "first" / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"

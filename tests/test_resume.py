@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -21,7 +22,8 @@ from marlrec.pipeline import Pipeline
 from marlrec.registry import MarlrecError
 from marlrec.run import resumable_config
 from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
-from marlrec.training.loop import fit
+from marlrec.training.imitation import imitate
+from marlrec.training.loop import VALID_METRIC, fit
 from tests.conftest import cli_env, compose_config
 
 CPU = torch.device("cpu")
@@ -83,7 +85,7 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path: Path, offline_ca
     continued = json.loads((killed_dir / "metrics.json").read_text())
     assert continued["eval"] == uninterrupted["eval"]
     assert continued["history"] == uninterrupted["history"]
-    assert len(continued["history"]) == 3
+    assert len(continued["history"]) == 4  # epoch 0 (after imitation), then 3 RL epochs
     for key, value in uninterrupted["train"].items():
         if key not in TIMINGS:
             assert continued["train"][key] == value, key
@@ -190,6 +192,62 @@ def test_every_agent_resumes_exactly_in_process(
     assert resumed.history == uninterrupted.history and len(resumed.history) == 3
     assert again["train_env_steps"] == summary["train_env_steps"]
     assert again["best_test_return"] == summary["best_test_return"]
+    expected, weights = _weights(first), _weights(second)
+    assert expected and expected.keys() == weights.keys()
+    assert all(torch.equal(expected[k], weights[k]) for k in expected)
+
+
+def test_a_run_resumed_after_epoch_0_keeps_it_as_the_best_without_validating_it_again(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Imitation validates best (epoch 0); the run is cut after epoch 1 and resumed, as
+    `marlrec train` resumes it: from the saved state, without imitating again."""
+    scores = [0.5, 0.3, 0.2, 0.1]  # by position in the history: epochs 0, 1, 2, 3
+    validated: dict[str, list[int]] = {}
+
+    def scored(run: TrainRun, name: str) -> TrainRun:
+        def validate() -> float:
+            validated.setdefault(name, []).append(len(run.history))
+            return scores[len(run.history)]
+
+        run.trainer = dataclasses.replace(run.trainer, imitation_steps=3)
+        run.validate = validate
+        return run
+
+    def imitated_agent(run: TrainRun) -> Any:
+        torch.manual_seed(0)
+        np.random.seed(0)
+        agent = registry.create("agent", {"name": "idqn"}, spec=small_pipeline.env.spec, device=CPU)
+        imitate(agent, small_pipeline.env, run)
+        return agent
+
+    uninterrupted = scored(_run(tmp_path, "full", resume=False), "full")
+    first = imitated_agent(uninterrupted)
+    summary = fit(first, small_pipeline.env, uninterrupted)
+
+    def interrupt(epoch: int) -> None:
+        if epoch == 2:
+            raise Interrupted
+
+    cut = scored(_run(tmp_path, "cut", False, save_checkpoint=interrupt), "cut")
+    with pytest.raises(Interrupted):
+        fit(imitated_agent(cut), small_pipeline.env, cut)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    resumed = scored(_run(tmp_path, "cut", resume=True), "resumed")
+    second = registry.create("agent", {"name": "idqn"}, spec=small_pipeline.env.spec, device=CPU)
+    again = fit(second, small_pipeline.env, resumed)
+    for run in (uninterrupted, cut, resumed):
+        run.writer.close()
+
+    assert [r["epoch"] for r in uninterrupted.history] == [0, 1, 2, 3]
+    assert [r[VALID_METRIC] for r in uninterrupted.history] == scores
+    assert resumed.history == uninterrupted.history
+    # Epoch 0 was validated once, before the cut; the resumed run validated epochs 2 and 3.
+    assert validated["cut"][0] == 0 and validated["resumed"] == [2, 3]
+    assert again["best_valid_epoch"] == summary["best_valid_epoch"] == 0.0
+    assert again["best_valid_NDCG@10"] == 0.5 and again["epochs"] == summary["epochs"] == 3.0
+    assert again["train_env_steps"] == summary["train_env_steps"]
     expected, weights = _weights(first), _weights(second)
     assert expected and expected.keys() == weights.keys()
     assert all(torch.equal(expected[k], weights[k]) for k in expected)

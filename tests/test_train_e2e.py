@@ -57,7 +57,9 @@ def test_run_dir_holds_config_metrics_checkpoint_and_logs(trained_run: Path) -> 
     assert len(shares) == 2 and sum(shares) == pytest.approx(1.0)
     assert metrics["train"]["train_env_steps"] >= 4500
     assert metrics["train"]["stopped_early"] is False  # a flag, not 0.0
-    assert [record["epoch"] for record in metrics["history"]] == [1, 2, 3]
+    # Epoch 0 is the validation after imitation, before the RL epochs.
+    assert [record["epoch"] for record in metrics["history"]] == [0, 1, 2, 3]
+    assert metrics["train"]["epochs"] == 3
     # Each role's loss per epoch, for the learning curve's second panel.
     losses = {k for k in metrics["history"][-1] if k.startswith("loss/")}
     assert {k.split("/")[1] for k in losses} == {"relevance", "diversity"}

@@ -3,7 +3,9 @@ every kind, reward-term tallies, validation with early stopping, and what gets l
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import logging
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,10 @@ from torch.utils.tensorboard import SummaryWriter
 from marlrec.agents.idqn import IDQNConfig, IndependentDQN
 from marlrec.pipeline import Pipeline
 from marlrec.registry import MarlrecError
+from marlrec.report import print_history
 from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
 from marlrec.training.checkpoint import algorithm_state, load_algorithm_state
+from marlrec.training.imitation import imitate
 from marlrec.training.loop import VALID_METRIC, fit, train_with_tianshou
 from marlrec.training.vector_envs import (
     TEST_STREAM,
@@ -326,3 +330,95 @@ def test_validation_every_few_epochs_includes_the_last(
     fit(fresh_agent(small_pipeline), small_pipeline.env, run)
     run.writer.close()
     assert [VALID_METRIC in r for r in run.history] == [False, True, True]
+
+
+# --- epoch 0: the policy right after imitation --------------------------------------------------
+
+
+def imitate_then_fit(
+    pipeline: Pipeline, tmp_path: Path, trainer: TrainerConfig, scores: list[float]
+) -> tuple[TrainRun, dict[str, float], dict[str, dict[str, torch.Tensor]]]:
+    """Imitation, then RL whose validations score `scores` in turn; the run, its summary and
+    the scoring network's weights after imitation, at each best save and at the end."""
+    agent = fresh_agent(pipeline)
+    network = agent.scoring_network(0)
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    best: list[dict[str, torch.Tensor]] = []
+    validations = iter(scores)
+    run = tiny_run(
+        tmp_path,
+        trainer,
+        validate=lambda: next(validations),
+        save_best=lambda: best.append(copy.deepcopy(network.state_dict())),
+    )
+    imitate(agent, pipeline.env, run)
+    weights["imitated"] = copy.deepcopy(network.state_dict())
+    summary = fit(agent, pipeline.env, run)
+    run.writer.close()
+    weights["last"] = network.state_dict()
+    if best:
+        weights["best"] = best[-1]
+    return run, summary, weights
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_policy_after_imitation_is_epoch_0_and_can_stay_the_best(
+    small_pipeline: Pipeline,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trainer = tiny_trainer(max_epochs=5, patience=2, imitation_steps=3)
+    with caplog.at_level(logging.INFO, logger="marlrec.training.loop"):
+        run, summary, weights = imitate_then_fit(
+            small_pipeline, tmp_path, trainer, [0.5, 0.3, 0.2, 0.6, 0.7]
+        )
+    # Every RL epoch validates below imitation: two of them use up the patience.
+    assert [r["epoch"] for r in run.history] == [0, 1, 2]
+    assert [r[VALID_METRIC] for r in run.history] == [0.5, 0.3, 0.2]
+    assert run.history[0] == {"epoch": 0, "env_step": 0, VALID_METRIC: 0.5}
+    assert summary["best_valid_epoch"] == 0.0 and summary["best_valid_NDCG@10"] == 0.5
+    assert summary["epochs"] == 2.0 and summary["stopped_early"] == 1.0
+    # The best checkpoint holds what imitation taught, which RL went on to change.
+    assert same_weights(weights["best"], weights["imitated"])
+    assert not same_weights(weights["last"], weights["imitated"])
+    assert "best 0.5000 at epoch 0 (after imitation)" in caplog.text
+    assert "epoch 0 (after imitation), 0 env steps" in caplog.text
+    print_history(run.history)
+    assert "0 (after imitation)" in capsys.readouterr().out
+
+
+def test_rl_epochs_that_validate_better_replace_epoch_0(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    trainer = tiny_trainer(max_epochs=2, imitation_steps=3)
+    run, summary, weights = imitate_then_fit(small_pipeline, tmp_path, trainer, [0.1, 0.2, 0.3])
+    assert [r[VALID_METRIC] for r in run.history] == [0.1, 0.2, 0.3]
+    assert summary["best_valid_epoch"] == 2.0 and summary["epochs"] == 2.0
+    assert same_weights(weights["best"], weights["last"])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"validate_after_imitation": False, "imitation_steps": 3},
+        {"validate_after_imitation": True, "imitation_steps": 0},
+        {"validate_after_imitation": True, "imitation_steps": 3, "eval_every_epochs": 0},
+    ],
+    ids=["option off", "no imitation", "no validation"],
+)
+def test_no_epoch_0_when_off_without_imitation_or_without_validation(
+    small_pipeline: Pipeline, tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    trainer = tiny_trainer(max_epochs=2, **changes)
+    run, summary, _ = imitate_then_fit(small_pipeline, tmp_path, trainer, [0.5, 0.3])
+    assert [r["epoch"] for r in run.history] == [1, 2]
+    assert summary["epochs"] == 2.0
+    if trainer.eval_every_epochs:
+        assert [r[VALID_METRIC] for r in run.history] == [0.5, 0.3]
+        assert summary["best_valid_epoch"] == 1.0
+    else:
+        assert "best_valid_epoch" not in summary

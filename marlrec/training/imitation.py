@@ -178,6 +178,7 @@ def imitate(
     agent: Agent, env: Environment, run: TrainRun, dp: DPConfig | None = None
 ) -> dict[str, float]:
     """`run.trainer.imitation_steps` steps of imitation; summary figures (empty when none).
+    Marks the run `imitated` when steps ran (the loop then may validate its policy as epoch 0).
 
     With `dp` enabled, the steps are DP-SGD over Poisson-sampled users (`marlrec.training.dp`)
     and the summary holds the privacy spent under `dp_*`.
@@ -225,6 +226,7 @@ def imitate(
                 run.writer.add_scalar(f"imitation/{key}", value, step)
             steps.set_postfix({key: f"{value:.3f}" for key, value in last.items()})
     seconds = time.perf_counter() - started
+    run.imitated = True
     share = retrieved / max(1, drawn_total)
     log.info(
         "imitation: %d steps in %.1f s, logged item retrieved in %.0f%% of draws, last loss %s%s",

@@ -3,12 +3,16 @@
 Each epoch runs Tianshou's collect-and-update steps and its test step, then validates the
 current policy (valid NDCG@10 through the evaluation harness) every `eval_every_epochs` epochs,
 which keeps the best checkpoint and drives early stopping, then writes the epoch checkpoint.
+When imitation warmed the agents up, the policy it left is validated first, as epoch 0
+(`trainer.validate_after_imitation`): RL epochs that erode what imitation taught then cannot
+displace it from the best checkpoint, and patience counts from it.
 
 Resuming is exact. Every epoch starts from a state that the epoch checkpoint holds in full: the
 train env copies are re-seeded from (seed, epoch) and start new sessions, so no env internals
 need saving, and the checkpoint keeps the algorithm (networks, target networks, optimisers and
 counters), the replay buffer, the trainer's, collectors' and logger's counters, the RNG states,
-the best validation so far and the epoch history. A run killed at any point and resumed from its
+the best validation so far and the epoch history (epoch 0's included, so a resumed run neither
+validates it again nor loses it as the best). A run killed at any point and resumed from its
 last checkpoint reaches the same final metrics as one never interrupted. Sessions still open
 when an epoch ends are closed in the buffer as truncated, so no target crosses into the next.
 """
@@ -74,6 +78,11 @@ from marlrec.training.vector_envs import (
 log = logging.getLogger(__name__)
 
 VALID_METRIC = "valid/NDCG@10"
+
+
+def epoch_name(epoch: int) -> str:
+    """An epoch as logs and tables print it: epoch 0 is the policy right after imitation."""
+    return "0 (after imitation)" if epoch == 0 else str(epoch)
 
 
 @dataclass
@@ -168,6 +177,18 @@ class TrainingLoop:
         self._report(record)
         return self.progress.stopped_early
 
+    def validate_after_imitation(self) -> None:
+        """Epoch 0: on a fresh run whose agents imitation warmed up, validate the policy before
+        the first RL epoch, exactly as an epoch is validated (a candidate for the best
+        checkpoint), and record it. A resumed run holds it in its saved progress already."""
+        if self.saved is not None or not self.run.imitated:
+            return
+        if not (self.run.trainer.validate_after_imitation and self._validates(0)):
+            return
+        record: dict[str, Any] = {"epoch": 0, "env_step": 0, VALID_METRIC: self._validate(0, 0)}
+        self.progress.history.append(record)
+        self._report(record)
+
     def _validates(self, epoch: int) -> bool:
         every = self.run.trainer.eval_every_epochs
         last = epoch == self.run.trainer.max_epochs
@@ -189,15 +210,14 @@ class TrainingLoop:
         return score
 
     def _report(self, record: dict[str, Any]) -> None:
-        p, t = self.progress, self.run.trainer
-        parts = [f"epoch {record['epoch']}/{t.max_epochs}", f"{record['env_step']} env steps"]
+        p, t, epoch = self.progress, self.run.trainer, record["epoch"]
+        at = f"{epoch}/{t.max_epochs}" if epoch else epoch_name(epoch)
+        parts = [f"epoch {at}", f"{record['env_step']} env steps"]
         if "test_return" in record:
             parts.append(f"test return {record['test_return']:.3f}")
         if VALID_METRIC in record:
-            parts.append(
-                f"{VALID_METRIC} {record[VALID_METRIC]:.4f} "
-                f"(best {p.best_valid:.4f} at epoch {p.best_valid_epoch})"
-            )
+            parts.append(f"{VALID_METRIC} {record[VALID_METRIC]:.4f}")
+            parts.append(f"best {p.best_valid:.4f} at epoch {epoch_name(p.best_valid_epoch)}")
         if p.stopped_early:
             parts.append(f"stopping early: no better validation in the last {t.patience}")
         log.info(", ".join(parts))
@@ -260,10 +280,11 @@ class TrainingLoop:
             "train_env_steps": float(stats.train_step),
             "train_env_steps_per_second": stats.train_step / seconds,
             "best_test_return": float(stats.best_reward),
-            "epochs": float(len(p.history)),
+            # RL epochs: epoch 0 (the validation after imitation) trained nothing.
+            "epochs": float(sum(1 for record in p.history if record["epoch"] > 0)),
             "stopped_early": float(p.stopped_early),
         }
-        if p.best_valid_epoch:
+        if p.best_valid > -math.inf:  # some validation ran; the best may be epoch 0
             summary["best_" + VALID_METRIC.replace("/", "_")] = p.best_valid
             summary["best_valid_epoch"] = float(p.best_valid_epoch)
         return summary
@@ -328,7 +349,8 @@ def train_with_tianshou(
 
     With `run.trainer.resume` and a training state at `run.state_path`, training continues from
     it. `make_buffer` replaces the default `VectorReplayBuffer` (e.g. a prioritised one);
-    `anchor` imitates between updates.
+    `anchor` imitates between updates. After imitation (`run.imitated`), the policy is first
+    validated as epoch 0 (`TrainingLoop.validate_after_imitation`).
     """
     t = run.trainer
     saved = run.saved_state
@@ -336,7 +358,9 @@ def train_with_tianshou(
         saved = load_training_state(run.state_path)
     if saved is not None:
         load_algorithm_state(algorithm, saved["algorithm"])
-        log.info("resuming after epoch %d (%d env steps)", saved["epoch"], saved["env_step"])
+        log.info(
+            "resuming after epoch %s (%d env steps)", epoch_name(saved["epoch"]), saved["env_step"]
+        )
     train_envs, test_envs = vector_envs(env, run)
     try:
         if saved is not None and saved["buffer"] is not None:
@@ -360,6 +384,7 @@ def train_with_tianshou(
                 **saved["logger"],
             }
         loop = TrainingLoop(algorithm, run, collectors, logger, saved, training_hook, anchor)
+        loop.validate_after_imitation()
         params = _trainer_params(run, collectors, loop, logger, off_policy, saved is not None)
         trainer_class = LoopOffPolicyTrainer if off_policy else LoopOnPolicyTrainer
         # Tianshou warns on every 2-D (episode x role) return array; the reduction handles it.
