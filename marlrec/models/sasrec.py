@@ -135,8 +135,10 @@ class SASRec(nn.Module):
 
         As `forward` then the last position's logits, but the top layer runs for that position
         alone: it is the only one read, and the lower layers' outputs at every position are all
-        its attention needs. Scoring a user then costs about half as much.
+        its attention needs. Scoring a user then costs about half as much. Padding columns
+        after the longest sequence are dropped first: no real position attends to them.
         """
+        sequences = sequences[:, : max(1, int(lengths.max()))] if len(lengths) else sequences
         *lower, top = self.encoder.layers
         hidden, causal = self._embed(sequences), self._causal(sequences)
         for layer in lower:
