@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from marlrec.recommend import recommend_for
 from marlrec.serve.app import create_app
 from marlrec.serve.batching import MicroBatcher
+from marlrec.serve.ranking import Placement
 from marlrec.serve.service import Query, Service
 from tests.conftest import cli_env
 
@@ -161,13 +162,30 @@ def test_bad_json_bodies_are_one_line_4xx(client: TestClient) -> None:
 
 
 def test_micro_batches_rank_like_single_requests(service: Service) -> None:
-    histories = [(service.histories[u], 6) for u in range(8)]
+    histories = [(service.histories[u], 6, -1) for u in range(8)]
     alone = [service._rank_many([job])[0] for job in histories]
-    together = service._rank_many(histories)
-    key = [[(p.item, p.stage, p.scored_by, p.rank) for p in rows] for rows in together]
-    assert key == [[(p.item, p.stage, p.scored_by, p.rank) for p in rows] for rows in alone]
-    scores = [p.score for rows in together for p in rows]
-    assert scores == pytest.approx([p.score for rows in alone for p in rows], abs=1e-5)
+    assert_same_placements(service._rank_many(histories), alone)
+
+
+def test_known_users_rank_alike_from_their_kept_retrieval(run_dir: Path) -> None:
+    service = Service.from_run(run_dir, batching=False)
+    by_history = service._rank_many([(service.histories[u], 8, -1) for u in range(6)])
+    # Users 0-2 are retrieved and kept, then 0-5 ranked together: three kept, three fresh.
+    first = service._rank_many([(service.histories[u], 8, u) for u in range(3)])
+    mixed = service._rank_many([(service.histories[u], 8, u) for u in range(6)])
+    assert_same_placements(first, by_history[:3])
+    assert_same_placements(mixed, by_history)
+    assert set(service.known._rows) == set(range(6))
+    service.known.capacity = 2  # the least recently asked go first
+    service._rank_many([(service.histories[u], 8, u) for u in (4, 0)])
+    assert list(service.known._rows) == [4, 0]
+
+
+def assert_same_placements(got: list[list[Placement]], expected: list[list[Placement]]) -> None:
+    key = [[(p.item, p.stage, p.scored_by, p.rank) for p in rows] for rows in got]
+    assert key == [[(p.item, p.stage, p.scored_by, p.rank) for p in rows] for rows in expected]
+    scores = [p.score for rows in got for p in rows]
+    assert scores == pytest.approx([p.score for rows in expected for p in rows], abs=1e-5)
 
 
 def test_requests_that_arrive_together_share_a_pass() -> None:

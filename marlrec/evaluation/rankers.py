@@ -10,7 +10,7 @@ no longer rank.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -104,6 +104,55 @@ class AgentRanking:
             self.scorer[at], self.value[at], self.rank[at] = scorer, value, rank
 
 
+@dataclass
+class Retrieved:
+    """A batch's retrieval stage, row by row: the user states and recent items the roles read,
+    every item's retrieval key (-inf on excluded items), and the top-M candidates with their
+    keys and the retriever's features. It depends on the history alone, so a row can be kept
+    and reused for as long as the history and the model are the same."""
+
+    states: torch.Tensor  # (B, state dim)
+    recent: torch.Tensor  # (B, history_len)
+    key: torch.Tensor  # (B, n_items)
+    candidates: torch.Tensor  # (B, M)
+    scores: torch.Tensor  # (B, M)
+    features: torch.Tensor  # (B, M, n_features)
+
+    def row(self, b: int) -> Retrieved:
+        """Row `b` as a batch of one, in storage of its own (not a view of the batch)."""
+        return Retrieved(*(part[b : b + 1].clone() for part in self._parts()))
+
+    @classmethod
+    def cat(cls, rows: list[Retrieved]) -> Retrieved:
+        return cls(*(torch.cat(parts) for parts in zip(*(r._parts() for r in rows), strict=True)))
+
+    def _parts(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+@torch.no_grad()
+def retrieve(
+    core: SlateCore,
+    histories: list[np.ndarray],
+    retrieval: torch.Tensor | None = None,
+    exclude: bool = True,
+) -> Retrieved:
+    """The retrieval stage of ranking for these histories, exact (no exploration draws).
+
+    `retrieval` (B, n_items) replaces the retriever's scores (e.g. a text's similarities);
+    with `exclude=False` the history's items may be ranked too.
+    """
+    packed = core.pack(histories)
+    states = core.states(packed)
+    key = core.retrieval_scores(states, packed)
+    if retrieval is not None:
+        consumed = torch.isinf(key) if exclude else torch.zeros_like(key, dtype=torch.bool)
+        key = retrieval.to(key).masked_fill(consumed, -torch.inf)
+    cand, cand_scores = core.candidates(key)
+    features = core.candidate_features(states, packed, cand)
+    return Retrieved(states, core.recent(packed), key, cand, cand_scores, features)
+
+
 class AgentRanker:
     """Ranks as the agent would fill a slate: its slate first, in slot order, then the other
     retrieved candidates by its scores, then every other item by retrieval score.
@@ -121,7 +170,6 @@ class AgentRanker:
         rest (retrieval scores in [-1, 1]), -inf on the history."""
         return self.rank(histories).key
 
-    @torch.no_grad()
     def rank(
         self,
         histories: list[np.ndarray],
@@ -129,26 +177,21 @@ class AgentRanker:
         exclude: bool = True,
         explain: bool = False,
     ) -> AgentRanking:
-        """The rank keys, and with `explain` the scoring that placed each item.
+        """The rank keys, and with `explain` the scoring that placed each item (`retrieve`
+        tells what `retrieval` and `exclude` do)."""
+        return self.fill(retrieve(self.core, histories, retrieval, exclude), explain)
 
-        `retrieval` (B, n_items) replaces the retriever's scores (e.g. a text's similarities);
-        with `exclude=False` the history's items may be ranked too.
-        """
-        core = self.core
-        packed = core.pack(histories)
-        states = core.states(packed)
-        recent = core.recent(packed)
-        key = core.retrieval_scores(states, packed)  # a new tensor: the keys are written into it
-        if retrieval is not None:
-            consumed = torch.isinf(key) if exclude else torch.zeros_like(key, dtype=torch.bool)
-            key = retrieval.to(key).masked_fill(consumed, -torch.inf)
-        ranking = AgentRanking(key, key.clone() if explain else None)
-        cand, cand_scores = core.candidates(key)
-        features = core.candidate_features(states, packed, cand)
+    @torch.no_grad()
+    def fill(self, retrieved: Retrieved, explain: bool = False) -> AgentRanking:
+        """The rank keys from a retrieval stage (left unchanged), with `explain` the scoring
+        that placed each item."""
+        core, cand = self.core, retrieved.candidates
+        key = retrieved.key.clone()  # the keys are written into it
+        ranking = AgentRanking(key, retrieved.key.clone() if explain else None)
         chosen = torch.zeros_like(cand, dtype=torch.bool)
-        rows = torch.arange(len(histories), device=cand.device)
+        rows = torch.arange(len(cand), device=cand.device)
         for slot, role in enumerate(core.turn_order):
-            q = self._best(states, recent, cand, cand_scores, chosen, role, slot, features)
+            q = self._best(retrieved, chosen, role, slot)
             pick = q.argmax(dim=-1)
             chosen[rows, pick] = True
             key[rows, cand[rows, pick]] = SLATE_KEY - slot
@@ -157,29 +200,21 @@ class AgentRanker:
                 ranking.record(
                     (rows, cand[rows, pick]), role, best, (q > best[:, None]).sum(-1) + 1
                 )
-        q = self._best(states, recent, cand, cand_scores, chosen, 0, core.slate_size, features)
-        rest = core.action_mask(cand_scores, chosen)
+        q = self._best(retrieved, chosen, 0, core.slate_size)
+        rest = core.action_mask(retrieved.scores, chosen)
         order = q.argsort(dim=-1, descending=True).argsort(dim=-1)
         at = (rows[:, None].expand_as(cand)[rest], cand[rest])
         key[at] = CANDIDATE_KEY - order[rest].float()
         ranking.record(at, core.n_roles, q[rest], order[rest] + 1)
         return ranking
 
-    def _best(
-        self,
-        states: torch.Tensor,
-        recent: torch.Tensor,
-        cand: torch.Tensor,
-        cand_scores: torch.Tensor,
-        chosen: torch.Tensor,
-        role: int,
-        slot: int,
-        features: torch.Tensor,
-    ) -> torch.Tensor:
+    def _best(self, r: Retrieved, chosen: torch.Tensor, role: int, slot: int) -> torch.Tensor:
         """The agent's scores of the available candidates at this turn, -inf elsewhere."""
         core = self.core
-        obs = core.observe(states, recent, cand, cand_scores, chosen, role, slot, 0, features)
-        mask = core.action_mask(cand_scores, chosen)
+        obs = core.observe(
+            r.states, r.recent, r.candidates, r.scores, chosen, role, slot, 0, r.features
+        )
+        mask = core.action_mask(r.scores, chosen)
         return self.scorer(obs, role).masked_fill(~mask, -torch.inf)
 
     def __call__(self, users: np.ndarray, histories: list[np.ndarray], k: int) -> torch.Tensor:

@@ -87,4 +87,5 @@ def serve(
         port=port,
         workers=workers,
         log_level="warning",
+        access_log=False,  # requests are counted at /metrics
     )

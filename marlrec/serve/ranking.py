@@ -8,6 +8,8 @@ each one, the role or stage that placed it, its score there and its rank in that
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 
 from marlrec.envs import CandidateScorer
 from marlrec.envs.core import SlateCore
-from marlrec.evaluation.rankers import AgentRanker, slate_core
+from marlrec.evaluation.rankers import AgentRanker, Retrieved, retrieve, slate_core
 from marlrec.pipeline import Pipeline
 from marlrec.rewards import SlateOutcome
 
@@ -35,32 +37,62 @@ class Placement:
 
 @torch.no_grad()
 def rank_explained(
-    p: Pipeline,
-    histories: list[np.ndarray],
-    k: int,
-    retrieval: torch.Tensor | None = None,
-    exclude: bool = True,
-    scorer: CandidateScorer | None = None,
+    p: Pipeline, retrieved: Retrieved, k: int, scorer: CandidateScorer | None = None
 ) -> list[list[Placement]]:
-    """Top-k placements per history, never an item in it, as evaluation ranks them
-    (`AgentRanker`).
-
-    `retrieval` (B, n_items) replaces the retriever's scores (a text query's similarities);
-    with `exclude=False` the history's items may be recommended too. `scorer` replaces the
-    agent's own (an exported one, `marlrec.export`).
-    """
+    """Top-k placements per row of a retrieval stage (`marlrec.evaluation.rankers.retrieve`),
+    as evaluation ranks them (`AgentRanker`). `scorer` replaces the agent's own (an exported
+    one, `marlrec.export`)."""
     core = slate_core(p.env)
-    ranked = AgentRanker(core, scorer or p.agent.candidate_scores).rank(
-        histories, retrieval, exclude, explain=True
-    )
+    ranked = AgentRanker(core, scorer or p.agent.candidate_scores).fill(retrieved, explain=True)
     assert ranked.retrieval is not None
     top = ranked.key.topk(k, dim=-1).indices
     return [
         _placements(
             core, ranked.retrieval[b], top[b], ranked.scorer[b], ranked.value[b], ranked.rank[b]
         )
-        for b in range(len(histories))
+        for b in range(len(top))
     ]
+
+
+class KnownUsers:
+    """Known users' retrieval stages, kept while a version of the run is served.
+
+    A known user's history is fixed for as long as a version is served, and so is their
+    retrieval stage: the state, every item's retrieval score (SASRec's forward pass among them),
+    the candidates and their features. Only the roles' scoring then runs per request. History
+    and text queries are retrieved each time. At most `MEMORY_FLOATS` numbers are kept; the
+    least recently asked user goes first.
+    """
+
+    MEMORY_FLOATS = 1 << 25  # 128 MB of float32
+
+    def __init__(self, p: Pipeline) -> None:
+        self.p = p
+        self.core = slate_core(p.env)
+        layout = self.core.layout
+        per_user = p.data.n_items + layout.size  # a key row and about one observation
+        self.capacity = max(1, self.MEMORY_FLOATS // per_user)
+        self._rows: OrderedDict[int, Retrieved] = OrderedDict()
+        self._lock = threading.Lock()  # passes run on the event loop, lone answers in threads
+
+    def retrieve(self, histories: list[np.ndarray], users: list[int]) -> Retrieved:
+        """The retrieval stage of each history; `users[b]` >= 0 names a known user's, kept."""
+        if all(user < 0 for user in users):
+            return retrieve(self.core, histories)
+        with self._lock:
+            rows = {b: self._rows[u] for b, u in enumerate(users) if u >= 0 and u in self._rows}
+        missing = [b for b in range(len(users)) if b not in rows]
+        if missing:
+            fresh = retrieve(self.core, [histories[b] for b in missing])
+            rows |= {b: fresh.row(i) for i, b in enumerate(missing)}
+        with self._lock:
+            for b, user in enumerate(users):
+                if user >= 0:
+                    self._rows[user] = rows[b]
+                    self._rows.move_to_end(user)  # the last to be dropped
+            while len(self._rows) > self.capacity:
+                self._rows.popitem(last=False)
+        return Retrieved.cat([rows[b] for b in range(len(users))])
 
 
 def _placements(

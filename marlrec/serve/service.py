@@ -35,6 +35,7 @@ import torch
 from marlrec.agents import checkpoint_path
 from marlrec.encoders import Encoder
 from marlrec.envs import CandidateScorer
+from marlrec.evaluation.rankers import retrieve, slate_core
 from marlrec.export import check_export, load_scorer
 from marlrec.pipeline import Pipeline
 from marlrec.recommend import add_items, embed_texts, load_run, text_encoder, user_of
@@ -42,6 +43,7 @@ from marlrec.registry import MarlrecError
 from marlrec.serve.batching import MicroBatcher
 from marlrec.serve.ranking import (
     SLATE,
+    KnownUsers,
     Placement,
     nearest_history,
     rank_explained,
@@ -110,6 +112,7 @@ class Service:
         requests last: a request checked against the new sizes is ranked by the new pipeline,
         and one checked against the old ones is valid in both (versions only append)."""
         self.exported_scorer = scorer  # an export's networks, when one is served
+        self.known = KnownUsers(pipeline)  # first: a pass ranks with the pipeline it holds
         self.p = pipeline
         self.histories = pipeline.data.interactions.histories(pipeline.data.n_users)
         self.n_users = pipeline.data.n_users
@@ -209,7 +212,7 @@ class Service:
         if query.text is not None:
             return self._answer_text(query.text, query.k)
         user, history = self._history(query)
-        return Answer(self._rank_many([(history, query.k)])[0], history, user)
+        return Answer(self._rank_many([(history, query.k, user)])[0], history, user)
 
     async def answer_soon(self, query: Query) -> Answer:
         """`query` answered from the event loop: ranked with the queries that arrived with it
@@ -219,7 +222,7 @@ class Service:
             return await asyncio.to_thread(self.answer, query)
         self._check(query)
         user, history = self._history(query)
-        rows = await self._batcher.submit((history, query.k))
+        rows = await self._batcher.submit((history, query.k, user))
         return Answer(rows, history, user)
 
     def _history(self, query: Query) -> tuple[int, np.ndarray]:
@@ -296,9 +299,12 @@ class Service:
         except MarlrecError as exc:
             raise BadQuery(str(exc), 404) from None
 
-    def _rank_many(self, jobs: list[tuple[np.ndarray, int]]) -> list[list[Placement]]:
+    def _rank_many(self, jobs: list[tuple[np.ndarray, int, int]]) -> list[list[Placement]]:
+        """Top-k placements of each (history, k, user: -1 for a history query) in one pass."""
+        known = self.known  # and its pipeline throughout, even if a version lands meanwhile
         k = max(job[1] for job in jobs)
-        rows = rank_explained(self.p, [job[0] for job in jobs], k, scorer=self.scorer)
+        retrieved = known.retrieve([job[0] for job in jobs], [job[2] for job in jobs])
+        rows = rank_explained(known.p, retrieved, k, scorer=self.scorer)
         return [row[: job[1]] for row, job in zip(rows, jobs, strict=True)]
 
     def _answer_text(self, text: str, k: int) -> Answer:
@@ -306,9 +312,8 @@ class Service:
         query = torch.nn.functional.normalize(self._embed(p, text).to(p.item_emb), dim=-1)
         similarity = torch.nn.functional.normalize(p.item_emb, dim=-1) @ query
         pseudo = similarity.topk(TEXT_HISTORY).indices.cpu().numpy()
-        rows = rank_explained(
-            p, [pseudo], k, retrieval=similarity[None], exclude=False, scorer=self.scorer
-        )
+        retrieved = retrieve(slate_core(p.env), [pseudo], similarity[None], exclude=False)
+        rows = rank_explained(p, retrieved, k, scorer=self.scorer)
         return Answer(rows[0], np.empty(0, np.int64), -1)  # a text has no history to show
 
     def _embed(self, p: Pipeline, text: str) -> torch.Tensor:
