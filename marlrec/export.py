@@ -273,9 +273,19 @@ def load_scorer(run_dir: Path, model: str, p: Pipeline) -> CandidateScorer:
     if model not in MODELS:
         raise MarlrecError(f"unknown model '{model}'; models: {', '.join(MODELS)}")
     if model == "fp32":
-        return p.agent.candidate_scores
+        return fp32_scorer(p)
     check_export(run_dir, model)
     return load_networks(export_dir(run_dir, model), model, p)
+
+
+def fp32_scorer(p: Pipeline) -> CandidateScorer:
+    """What `model=fp32` serves: on a CPU, the agent's networks with their per-item part
+    computed once over the catalog (`serving_module`), the same scores up to float rounding
+    at a fraction of the work; on an accelerator, the networks as they are."""
+    if p.agent.device.type != "cpu":
+        return p.agent.candidate_scores
+    roles, nets = scoring_networks(p)
+    return TorchScorer(roles, [serving_module(net) for net in nets])
 
 
 def check_export(run_dir: Path, model: str) -> None:

@@ -175,10 +175,10 @@ def test_known_users_rank_alike_from_their_kept_retrieval(run_dir: Path) -> None
     mixed = service._rank_many([(service.histories[u], 8, u) for u in range(6)])
     assert_same_placements(first, by_history[:3])
     assert_same_placements(mixed, by_history)
-    assert set(service.known._rows) == set(range(6))
-    service.known.capacity = 2  # the least recently asked go first
+    assert set(service.ranking._kept) == set(range(6))
+    service.ranking.capacity = 2  # the least recently asked go first
     service._rank_many([(service.histories[u], 8, u) for u in (4, 0)])
-    assert list(service.known._rows) == [4, 0]
+    assert list(service.ranking._kept) == [4, 0]
 
 
 def assert_same_placements(got: list[list[Placement]], expected: list[list[Placement]]) -> None:

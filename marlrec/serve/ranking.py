@@ -54,33 +54,48 @@ def rank_explained(
     ]
 
 
-class KnownUsers:
-    """Known users' retrieval stages, kept while a version of the run is served.
+class ServedRanking:
+    """A served version's ranking: its pipeline and scorer, one object so that a pass never
+    mixes a version's catalog with another's networks, and the retrieval stages of the known
+    users it ranked.
 
     A known user's history is fixed for as long as a version is served, and so is their
     retrieval stage: the state, every item's retrieval score (SASRec's forward pass among them),
-    the candidates and their features. Only the roles' scoring then runs per request. History
-    and text queries are retrieved each time. At most `MEMORY_FLOATS` numbers are kept; the
-    least recently asked user goes first.
+    the candidates and their features. It is kept, so that only the roles' scoring runs when
+    they ask again. History and text queries are retrieved each time. At most `MEMORY_FLOATS`
+    numbers are kept; the least recently asked user goes first.
     """
 
     MEMORY_FLOATS = 1 << 25  # 128 MB of float32
 
-    def __init__(self, p: Pipeline) -> None:
+    def __init__(self, p: Pipeline, scorer: CandidateScorer) -> None:
         self.p = p
+        self.scorer = scorer
         self.core = slate_core(p.env)
-        layout = self.core.layout
-        per_user = p.data.n_items + layout.size  # a key row and about one observation
+        per_user = p.data.n_items + self.core.layout.size  # a key row, about one observation
         self.capacity = max(1, self.MEMORY_FLOATS // per_user)
-        self._rows: OrderedDict[int, Retrieved] = OrderedDict()
+        self._kept: OrderedDict[int, Retrieved] = OrderedDict()
         self._lock = threading.Lock()  # passes run on the event loop, lone answers in threads
 
+    def rank(
+        self, histories: list[np.ndarray], users: list[int], ks: list[int]
+    ) -> list[list[Placement]]:
+        """Each history's top-`ks[b]` placements; `users[b]` >= 0 names a known user."""
+        rows = rank_explained(self.p, self.retrieve(histories, users), max(ks), self.scorer)
+        return [row[:k] for row, k in zip(rows, ks, strict=True)]
+
+    def rank_text(self, similarity: torch.Tensor, pseudo: np.ndarray, k: int) -> list[Placement]:
+        """Top-k placements for a text: its `similarity` to every item as retrieval scores,
+        its best matches `pseudo` as the history the state is read from (not excluded)."""
+        retrieved = retrieve(self.core, [pseudo], similarity[None], exclude=False)
+        return rank_explained(self.p, retrieved, k, self.scorer)[0]
+
     def retrieve(self, histories: list[np.ndarray], users: list[int]) -> Retrieved:
-        """The retrieval stage of each history; `users[b]` >= 0 names a known user's, kept."""
+        """The retrieval stage of each history, a known user's kept."""
         if all(user < 0 for user in users):
             return retrieve(self.core, histories)
         with self._lock:
-            rows = {b: self._rows[u] for b, u in enumerate(users) if u >= 0 and u in self._rows}
+            rows = {b: self._kept[u] for b, u in enumerate(users) if u >= 0 and u in self._kept}
         missing = [b for b in range(len(users)) if b not in rows]
         if missing:
             fresh = retrieve(self.core, [histories[b] for b in missing])
@@ -88,10 +103,10 @@ class KnownUsers:
         with self._lock:
             for b, user in enumerate(users):
                 if user >= 0:
-                    self._rows[user] = rows[b]
-                    self._rows.move_to_end(user)  # the last to be dropped
-            while len(self._rows) > self.capacity:
-                self._rows.popitem(last=False)
+                    self._kept[user] = rows[b]
+                    self._kept.move_to_end(user)  # the last to be dropped
+            while len(self._kept) > self.capacity:
+                self._kept.popitem(last=False)
         return Retrieved.cat([rows[b] for b in range(len(users))])
 
 

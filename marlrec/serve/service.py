@@ -35,18 +35,16 @@ import torch
 from marlrec.agents import checkpoint_path
 from marlrec.encoders import Encoder
 from marlrec.envs import CandidateScorer
-from marlrec.evaluation.rankers import retrieve, slate_core
-from marlrec.export import check_export, load_scorer
+from marlrec.export import check_export, fp32_scorer, load_scorer
 from marlrec.pipeline import Pipeline
 from marlrec.recommend import add_items, embed_texts, load_run, text_encoder, user_of
 from marlrec.registry import MarlrecError
 from marlrec.serve.batching import MicroBatcher
 from marlrec.serve.ranking import (
     SLATE,
-    KnownUsers,
     Placement,
+    ServedRanking,
     nearest_history,
-    rank_explained,
     reward_contributions,
 )
 from marlrec.serve.writer import SentenceWriter, WriterOptions, load_writer
@@ -111,8 +109,8 @@ class Service:
         """Serve `pipeline` from now on. The pipeline goes first and the sizes that admit
         requests last: a request checked against the new sizes is ranked by the new pipeline,
         and one checked against the old ones is valid in both (versions only append)."""
-        self.exported_scorer = scorer  # an export's networks, when one is served
-        self.known = KnownUsers(pipeline)  # first: a pass ranks with the pipeline it holds
+        # First: a pass ranks with the pipeline and scorer this holds.
+        self.ranking = ServedRanking(pipeline, scorer or fp32_scorer(pipeline))
         self.p = pipeline
         self.histories = pipeline.data.interactions.histories(pipeline.data.n_users)
         self.n_users = pipeline.data.n_users
@@ -188,15 +186,11 @@ class Service:
     def stop_watching(self) -> None:
         self._watching.clear()
 
-    @property
-    def scorer(self) -> CandidateScorer:
-        return self.exported_scorer or self.p.agent.candidate_scores
-
     def add_items(self, rows: list[dict[str, str]]) -> list[int]:
         """Encode and store new items, then serve the run with them; their item numbers."""
         if self.run_dir is None:
             raise BadQuery("this service has no run dir to add items to", 409)
-        if self.exported_scorer is not None:  # an export holds the catalog it was made with
+        if self.model != "fp32":  # an export holds the catalog it was made with
             raise BadQuery("items cannot be added while an export is served: serve fp32", 409)
         with self._adding:
             try:
@@ -301,20 +295,17 @@ class Service:
 
     def _rank_many(self, jobs: list[tuple[np.ndarray, int, int]]) -> list[list[Placement]]:
         """Top-k placements of each (history, k, user: -1 for a history query) in one pass."""
-        known = self.known  # and its pipeline throughout, even if a version lands meanwhile
-        k = max(job[1] for job in jobs)
-        retrieved = known.retrieve([job[0] for job in jobs], [job[2] for job in jobs])
-        rows = rank_explained(known.p, retrieved, k, scorer=self.scorer)
-        return [row[: job[1]] for row, job in zip(rows, jobs, strict=True)]
+        histories, ks, users = (list(column) for column in zip(*jobs, strict=True))
+        return self.ranking.rank(histories, users, ks)
 
     def _answer_text(self, text: str, k: int) -> Answer:
-        p = self.p  # one catalog throughout, even if items are added meanwhile
+        ranking = self.ranking  # one catalog throughout, even if items are added meanwhile
+        p = ranking.p
         query = torch.nn.functional.normalize(self._embed(p, text).to(p.item_emb), dim=-1)
         similarity = torch.nn.functional.normalize(p.item_emb, dim=-1) @ query
         pseudo = similarity.topk(TEXT_HISTORY).indices.cpu().numpy()
-        retrieved = retrieve(slate_core(p.env), [pseudo], similarity[None], exclude=False)
-        rows = rank_explained(p, retrieved, k, scorer=self.scorer)
-        return Answer(rows[0], np.empty(0, np.int64), -1)  # a text has no history to show
+        rows = ranking.rank_text(similarity, pseudo, k)
+        return Answer(rows, np.empty(0, np.int64), -1)  # a text has no history to show
 
     def _embed(self, p: Pipeline, text: str) -> torch.Tensor:
         encoder = self._encoder = self._encoder or text_encoder(p)
