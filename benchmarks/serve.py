@@ -5,9 +5,11 @@
 Both servers run as uvicorn processes on loopback: marlrec over the run, and a FastAPI app that
 returns a fixed body as large as marlrec's answer for k=10. Each is loaded by 1 client, then by
 32 clients (threads, each with a keep-alive httpx client) for `--seconds` each; marlrec is asked
-for random known users. The table and the JSON give p50/p99 latency, throughput, errors, and
-marlrec's throughput at 32 clients divided by the trivial endpoint's. The load generator shares
-the machine with the server: on a small machine the ratio is the figure to read.
+for random known users. Then marlrec alone is asked, by 1 client, for histories of random items
+(10 to 200, uniformly), which nothing about a user can speed up. The table and the JSON give
+p50/p99 latency, throughput, errors, and marlrec's throughput at 32 clients divided by the
+trivial endpoint's. The load generator shares the machine with the server: on a small machine
+the ratio is the figure to read.
 """
 
 from __future__ import annotations
@@ -72,8 +74,11 @@ def start(command: list[str], port: int) -> subprocess.Popen[bytes]:
     raise SystemExit(f"server on port {port} did not start")
 
 
-def load(base: str, clients: int, seconds: float, users: tuple[int, int]) -> dict[str, Any]:
-    """`clients` threads asking as fast as they are answered for `seconds`."""
+def load(
+    base: str, clients: int, seconds: float, users: tuple[int, int], n_items: int = 0
+) -> dict[str, Any]:
+    """`clients` threads asking as fast as they are answered for `seconds`: for random users
+    in `users`, or with `n_items`, for histories of random items."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     stop = time.perf_counter() + seconds
@@ -83,6 +88,9 @@ def load(base: str, clients: int, seconds: float, users: tuple[int, int]) -> dic
         with httpx.Client(base_url=base, timeout=30) as http:
             while time.perf_counter() < stop:
                 params = {"user": int(rng.integers(*users)), "k": K}
+                if n_items:
+                    ids = rng.integers(0, n_items, int(rng.integers(10, 201)))
+                    params = {"history": ",".join(map(str, ids)), "k": K}
                 start = time.perf_counter()
                 try:
                     ok = http.get("/recommend", params=params).status_code == 200
@@ -119,12 +127,12 @@ def measure(base: str, seconds: float, users: tuple[int, int]) -> dict[str, Any]
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"{'server':<10}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}",
+        f"{'server':<18}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}",
     ]
-    for name in ("marlrec", "trivial"):
+    for name in ("marlrec", "trivial", "marlrec_histories"):
         for row in results[name].values():
             lines.append(
-                f"{name:<10}{row['clients']:>8}{row['throughput_rps']:>10}"
+                f"{name:<18}{row['clients']:>8}{row['throughput_rps']:>10}"
                 f"{row['p50_ms']:>9}{row['p99_ms']:>9}{row['errors']:>8}"
             )
     lines.append(f"marlrec / trivial throughput at 32 clients: {results['throughput_ratio']}")
@@ -162,6 +170,7 @@ def run(run_dir: Path, seconds: float, options: list[str]) -> dict[str, Any]:
                 "marlrec": measure(base, seconds, users),
                 "trivial": measure(f"http://127.0.0.1:{trivial_port}", seconds, users),
             }
+            histories = load(base, 1, seconds, users, n_items=catalog_size(base))
         finally:
             trivial.terminate()
             trivial.wait()
@@ -174,6 +183,7 @@ def run(run_dir: Path, seconds: float, options: list[str]) -> dict[str, Any]:
     )
     return {
         **results,
+        "marlrec_histories": {"one_client": histories},
         "throughput_ratio": round(ratio, 3),
         "response_bytes": len(sample),
         "seconds_per_phase": seconds,
@@ -193,6 +203,21 @@ def known_users(base: str) -> tuple[int, int]:
         middle = (low + high) // 2
         low, high = (middle, high) if _known(base, middle) else (low, middle)
     return first, high
+
+
+def catalog_size(base: str) -> int:
+    """How many items the service knows: the first item id a history query is refused for."""
+    low, high = 0, 1
+    while _known_item(base, high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if _known_item(base, middle) else (low, middle)
+    return high
+
+
+def _known_item(base: str, item: int) -> bool:
+    return httpx.get(f"{base}/recommend", params={"history": item, "k": 1}).status_code == 200
 
 
 def _known(base: str, user: int) -> bool:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from marlrec.recommend import recommend_for
 from marlrec.serve.app import create_app
 from marlrec.serve.batching import MicroBatcher
-from marlrec.serve.ranking import Placement
+from marlrec.serve.ranking import Placement, ServedRanking
 from marlrec.serve.service import Query, Service
 from tests.conftest import cli_env
 
@@ -169,16 +169,26 @@ def test_micro_batches_rank_like_single_requests(service: Service) -> None:
 
 def test_known_users_rank_alike_from_their_kept_retrieval(run_dir: Path) -> None:
     service = Service.from_run(run_dir, batching=False)
+    assert set(service.ranking._kept) == set(range(service.n_users))  # kept at load
     by_history = service._rank_many([(service.histories[u], 8, -1) for u in range(6)])
-    # Users 0-2 are retrieved and kept, then 0-5 ranked together: three kept, three fresh.
-    first = service._rank_many([(service.histories[u], 8, u) for u in range(3)])
-    mixed = service._rank_many([(service.histories[u], 8, u) for u in range(6)])
-    assert_same_placements(first, by_history[:3])
-    assert_same_placements(mixed, by_history)
-    assert set(service.ranking._kept) == set(range(6))
-    service.ranking.capacity = 2  # the least recently asked go first
+    assert_same_placements(
+        service._rank_many([(service.histories[u], 8, u) for u in range(6)]), by_history
+    )
+    # Beyond its capacity the least recently asked go first; they are retrieved again.
+    service.ranking.capacity = 2
     service._rank_many([(service.histories[u], 8, u) for u in (4, 0)])
     assert list(service.ranking._kept) == [4, 0]
+    mixed = service._rank_many([(service.histories[u], 8, u) for u in range(6)])
+    assert_same_placements(mixed, by_history)
+
+
+def test_the_most_active_users_are_kept_when_not_all_fit(service: Service) -> None:
+    ranking = ServedRanking(service.p, service.ranking.scorer)
+    ranking.capacity = 3
+    ranking.keep_known(service.histories)
+    lengths = [len(h) for h in service.histories]
+    most_active = sorted(range(len(lengths)), key=lambda u: (-lengths[u], u))[:3]
+    assert list(ranking._kept) == most_active[::-1]  # the most active last to be dropped
 
 
 def assert_same_placements(got: list[list[Placement]], expected: list[list[Placement]]) -> None:

@@ -62,8 +62,9 @@ class ServedRanking:
     A known user's history is fixed for as long as a version is served, and so is their
     retrieval stage: the state, every item's retrieval score (SASRec's forward pass among them),
     the candidates and their features. It is kept, so that only the roles' scoring runs when
-    they ask again. History and text queries are retrieved each time. At most `MEMORY_FLOATS`
-    numbers are kept; the least recently asked user goes first.
+    they ask again; `keep_known` does it for every known user ahead of time. History and text
+    queries are retrieved each time. At most `MEMORY_FLOATS` numbers are kept; the least
+    recently asked user goes first.
     """
 
     MEMORY_FLOATS = 1 << 25  # 128 MB of float32
@@ -76,6 +77,15 @@ class ServedRanking:
         self.capacity = max(1, self.MEMORY_FLOATS // per_user)
         self._kept: OrderedDict[int, Retrieved] = OrderedDict()
         self._lock = threading.Lock()  # passes run on the event loop, lone answers in threads
+
+    def keep_known(self, histories: list[np.ndarray], chunk: int = 256) -> None:
+        """Retrieve and keep known users' stages before they ask, so that no first request
+        pays for them: every user's when they fit, else the most active ones'."""
+        active = np.argsort([-len(h) for h in histories], kind="stable")[: self.capacity]
+        order = active[::-1].tolist()  # the most active last in, so the last to be dropped
+        for start in range(0, len(order), chunk):
+            users = order[start : start + chunk]
+            self.retrieve([histories[u] for u in users], users)
 
     def rank(
         self, histories: list[np.ndarray], users: list[int], ks: list[int]

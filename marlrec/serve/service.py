@@ -109,10 +109,13 @@ class Service:
         """Serve `pipeline` from now on. The pipeline goes first and the sizes that admit
         requests last: a request checked against the new sizes is ranked by the new pipeline,
         and one checked against the old ones is valid in both (versions only append)."""
+        histories = pipeline.data.interactions.histories(pipeline.data.n_users)
+        ranking = ServedRanking(pipeline, scorer or fp32_scorer(pipeline))
+        ranking.keep_known(histories)  # before it serves: no first request waits for it
         # First: a pass ranks with the pipeline and scorer this holds.
-        self.ranking = ServedRanking(pipeline, scorer or fp32_scorer(pipeline))
+        self.ranking = ranking
         self.p = pipeline
-        self.histories = pipeline.data.interactions.histories(pipeline.data.n_users)
+        self.histories = histories
         self.n_users = pipeline.data.n_users
         self.n_items = pipeline.data.n_items
         self.version = version
