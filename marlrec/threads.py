@@ -4,7 +4,8 @@ Two torch processes that each start one thread per core oversubscribe the machin
 matrix products then run many times slower than with one thread each. So each job registers
 itself in a directory of live jobs, and sizes its torch and BLAS thread pools to its share of
 the cores: `cores // live jobs`, at least one. A job re-checks at phase boundaries (after its
-setup, before imitation, at every epoch), so jobs started together settle on their shares.
+setup, before imitation, at every epoch) and every 50 imitation steps, so jobs started together
+or one after another settle on their shares.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from marlrec import threads
 from marlrec.envs import LoggedChoices
 from marlrec.envs.logged import LoggedLog
 from marlrec.evaluation.harness import agent_actor, baseline_actor, session_eval
@@ -261,3 +263,30 @@ def test_every_agent_beats_random_and_pop_on_return(
     trained = session_eval(pipeline.env, actor, SESSIONS, 20_000)["mean_return"]
     print(f"{agent} return {trained:.3f}; pop {returns['pop']:.3f}, random {returns['random']:.3f}")
     assert trained > returns["pop"] > returns["random"]
+
+
+def test_a_job_started_during_imitation_gets_its_share_of_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cores = threads.available_cores()
+    if cores < 2:
+        pytest.skip("one core: every job gets it whole")
+    monkeypatch.setenv(threads.REGISTRY_ENV, str(tmp_path / "jobs"))
+    threads.register_job()
+    before = torch.get_num_threads()
+    pipeline = build(compose_config([*SMALL, "trainer.imitation_steps=60"]))
+    run = run_for(pipeline, tmp_path)
+    threads.fit_threads(pipeline.trainer.threads)  # alone: every core
+    assert torch.get_num_threads() == cores
+
+    class JobStartsAtStepZero(ScalarLog):
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            (tmp_path / "jobs" / f"{os.getppid()}.job").touch()  # a live process
+            super().add_scalar(tag, value, step)
+
+    run.writer = JobStartsAtStepZero()  # type: ignore[assignment]
+    try:
+        imitate(pipeline.agent, pipeline.env, run)
+        assert torch.get_num_threads() == cores // 2
+    finally:
+        torch.set_num_threads(before)

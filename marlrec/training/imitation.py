@@ -29,6 +29,7 @@ from marlrec.progress import progress_bar
 from marlrec.registry import PluginError
 from marlrec.settings import TrainRun
 from marlrec.states.sequence import SequenceState
+from marlrec.threads import fit_threads
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ def imitate(
             for key, value in last.items():
                 run.writer.add_scalar(f"imitation/{key}", value, step)
             steps.set_postfix({key: f"{value:.3f}" for key, value in last.items()})
+            fit_threads(t.threads)  # jobs started meanwhile take their share of the cores
     seconds = time.perf_counter() - started
     run.imitated = True
     share = retrieved / max(1, drawn_total)
