@@ -184,7 +184,8 @@ def test_logged_datasets_default_to_replay_and_the_command_line_wins(dataset: st
 @pytest.mark.parametrize("dataset", ["movielens", "csv", "amazon_reviews"])
 def test_logged_datasets_default_to_the_strong_configuration(dataset: str) -> None:
     config = compose_config([f"data={dataset}"])
-    assert (config.agent.name, config.retrieval.name) == ("mappo", "sasrec")
+    assert (config.agent.name, config.retrieval.name) == ("mappo", "union")
+    assert [m["name"] for m in config.retrieval.members] == ["sasrec", "ease"]
     assert list(config.baseline) == ["random", "pop", "itemknn", "ease", "sasrec"]
     assert config.trainer.imitation_steps_per_update > 0
     # The command line and a preset still choose; the generated catalog keeps EASE candidates.
