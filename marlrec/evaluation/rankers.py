@@ -120,13 +120,14 @@ class Retrieved:
 
     def row(self, b: int) -> Retrieved:
         """Row `b` as a batch of one, in storage of its own (not a view of the batch)."""
-        return Retrieved(*(part[b : b + 1].clone() for part in self._parts()))
+        return Retrieved(*(part[b : b + 1].clone() for part in self.parts()))
 
     @classmethod
     def cat(cls, rows: list[Retrieved]) -> Retrieved:
-        return cls(*(torch.cat(parts) for parts in zip(*(r._parts() for r in rows), strict=True)))
+        return cls(*(torch.cat(parts) for parts in zip(*(r.parts() for r in rows), strict=True)))
 
-    def _parts(self) -> tuple[torch.Tensor, ...]:
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        """The tensors, in field order."""
         return tuple(getattr(self, f.name) for f in fields(self))
 
 

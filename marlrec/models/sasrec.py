@@ -176,7 +176,8 @@ def last_position(
         query, hidden, hidden, key_padding_mask=hidden_mask, need_weights=False
     )[0]
     x = layer.norm1(query + layer.dropout1(attended))
-    return layer.norm2(x + layer._ff_block(x))[:, 0]
+    feed_forward = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+    return layer.norm2(x + layer.dropout2(feed_forward))[:, 0]
 
 
 def _init_weights(module: nn.Module) -> None:
