@@ -14,6 +14,7 @@ TINY = [
     "data.n_users=60",
     "data.n_items=200",
     "device=cpu",
+    "trainer.threads=1",  # float sums follow the thread count, which otherwise follows live jobs
     "trainer.show_progress=false",
     "trainer.max_epochs=2",
     "trainer.epoch_num_env_steps=96",
