@@ -194,34 +194,30 @@ def run(run_dir: Path, seconds: float, options: list[str]) -> dict[str, Any]:
 
 def known_users(base: str) -> tuple[int, int]:
     """The ids the service knows, [first, end): indices from 0, or a pseudonymised run's
-    outside ids from 1 (MovieLens); `end` is the first id it answers 404 for, by bisection."""
-    first = 0 if _known(base, 0) else 1
-    low, high = first, first + 1
-    while _known(base, high):
-        low, high = high, high * 2
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if _known(base, middle) else (low, middle)
-    return first, high
+    outside ids from 1 (MovieLens)."""
+    first = 0 if _answers(base, "user", 0) else 1
+    return first, _first_refused(base, "user", first)
 
 
 def catalog_size(base: str) -> int:
     """How many items the service knows: the first item id a history query is refused for."""
-    low, high = 0, 1
-    while _known_item(base, high):
+    return _first_refused(base, "history", 0)
+
+
+def _first_refused(base: str, field: str, known: int) -> int:
+    """The first id after `known` that `?field=id` is refused for, by doubling, then
+    bisection (the known ids are a range)."""
+    low, high = known, known + 1
+    while _answers(base, field, high):
         low, high = high, high * 2
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if _known_item(base, middle) else (low, middle)
+        low, high = (middle, high) if _answers(base, field, middle) else (low, middle)
     return high
 
 
-def _known_item(base: str, item: int) -> bool:
-    return httpx.get(f"{base}/recommend", params={"history": item, "k": 1}).status_code == 200
-
-
-def _known(base: str, user: int) -> bool:
-    return httpx.get(f"{base}/recommend", params={"user": user, "k": 1}).status_code == 200
+def _answers(base: str, field: str, value: int) -> bool:
+    return httpx.get(f"{base}/recommend", params={field: value, "k": 1}).status_code == 200
 
 
 def main() -> None:

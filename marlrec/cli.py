@@ -156,7 +156,9 @@ def recommend_query(options: dict, given: str, k: int, writer: WriterOptions) ->
         raise MarlrecError("text is empty")
     run_dir = Path(str(options["run_dir"]))
     expose = _flag(options, "expose_history")
-    service = Service.from_run(run_dir, batching=False, expose_history=expose, writer=writer)
+    service = Service.from_run(
+        run_dir, batching=False, expose_history=expose, writer=writer, keep_known=False
+    )
     query = Query(
         k=k,
         user=None if given != "user" else options["user"],

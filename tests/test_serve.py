@@ -183,7 +183,7 @@ def test_known_users_rank_alike_from_their_kept_retrieval(run_dir: Path) -> None
 
 
 def test_the_most_active_users_are_kept_when_not_all_fit(service: Service) -> None:
-    ranking = ServedRanking(service.p, service.ranking.scorer)
+    ranking = ServedRanking(service.p, service.ranking.ranker.scorer)
     ranking.capacity = 3
     ranking.keep_known(service.histories)
     lengths = [len(h) for h in service.histories]

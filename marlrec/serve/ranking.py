@@ -36,19 +36,20 @@ class Placement:
 
 
 @torch.no_grad()
-def rank_explained(
-    p: Pipeline, retrieved: Retrieved, k: int, scorer: CandidateScorer | None = None
-) -> list[list[Placement]]:
+def rank_explained(ranker: AgentRanker, retrieved: Retrieved, k: int) -> list[list[Placement]]:
     """Top-k placements per row of a retrieval stage (`marlrec.evaluation.rankers.retrieve`),
-    as evaluation ranks them (`AgentRanker`). `scorer` replaces the agent's own (an exported
-    one, `marlrec.export`)."""
-    core = slate_core(p.env)
-    ranked = AgentRanker(core, scorer or p.agent.candidate_scores).fill(retrieved, explain=True)
+    as evaluation ranks them (`AgentRanker`)."""
+    ranked = ranker.fill(retrieved, explain=True)
     assert ranked.retrieval is not None
     top = ranked.key.topk(k, dim=-1).indices
     return [
         _placements(
-            core, ranked.retrieval[b], top[b], ranked.scorer[b], ranked.value[b], ranked.rank[b]
+            ranker.core,
+            ranked.retrieval[b],
+            top[b],
+            ranked.scorer[b],
+            ranked.value[b],
+            ranked.rank[b],
         )
         for b in range(len(top))
     ]
@@ -71,8 +72,8 @@ class ServedRanking:
 
     def __init__(self, p: Pipeline, scorer: CandidateScorer) -> None:
         self.p = p
-        self.scorer = scorer
-        self.core = slate_core(p.env)
+        self.ranker = AgentRanker(slate_core(p.env), scorer)
+        self.core = self.ranker.core
         per_user = p.data.n_items + self.core.layout.size  # a key row, about one observation
         self.capacity = max(1, self.MEMORY_FLOATS // per_user)
         self._kept: OrderedDict[int, Retrieved] = OrderedDict()
@@ -91,14 +92,14 @@ class ServedRanking:
         self, histories: list[np.ndarray], users: list[int], ks: list[int]
     ) -> list[list[Placement]]:
         """Each history's top-`ks[b]` placements; `users[b]` >= 0 names a known user."""
-        rows = rank_explained(self.p, self.retrieve(histories, users), max(ks), self.scorer)
+        rows = rank_explained(self.ranker, self.retrieve(histories, users), max(ks))
         return [row[:k] for row, k in zip(rows, ks, strict=True)]
 
     def rank_text(self, similarity: torch.Tensor, pseudo: np.ndarray, k: int) -> list[Placement]:
         """Top-k placements for a text: its `similarity` to every item as retrieval scores,
         its best matches `pseudo` as the history the state is read from (not excluded)."""
         retrieved = retrieve(self.core, [pseudo], similarity[None], exclude=False)
-        return rank_explained(self.p, retrieved, k, self.scorer)[0]
+        return rank_explained(self.ranker, retrieved, k)[0]
 
     def retrieve(self, histories: list[np.ndarray], users: list[int]) -> Retrieved:
         """The retrieval stage of each history, a known user's kept."""

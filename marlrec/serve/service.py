@@ -94,10 +94,13 @@ class Service:
         scorer: CandidateScorer | None = None,
         model: str = "fp32",
         writer: SentenceWriter | None = None,
+        keep_known: bool = True,
     ) -> None:
         self.writer = writer  # writes each explained item's `sentence`, when one is set
         self.expose_history = expose_history
         self.model = model  # fp32, or the export format served
+        # A server retrieves every known user ahead of their requests; one query does not.
+        self.keep_known = keep_known
         self._install(pipeline, version, scorer)
         self.run_dir = run_dir
         self._encoder: Encoder | None = None
@@ -111,7 +114,8 @@ class Service:
         and one checked against the old ones is valid in both (versions only append)."""
         histories = pipeline.data.interactions.histories(pipeline.data.n_users)
         ranking = ServedRanking(pipeline, scorer or fp32_scorer(pipeline))
-        ranking.keep_known(histories)  # before it serves: no first request waits for it
+        if self.keep_known:
+            ranking.keep_known(histories)  # before it serves: no first request waits for it
         # First: a pass ranks with the pipeline and scorer this holds.
         self.ranking = ranking
         self.p = pipeline
@@ -128,10 +132,12 @@ class Service:
         expose_history: bool = False,
         model: str = "fp32",
         writer: WriterOptions | None = None,
+        keep_known: bool = True,
     ) -> Service:
         """`model`: fp32 (the checkpoint's networks) or an export of them (`marlrec export`),
         which the version names; `writer`: the language model that writes explanations'
-        sentences (`explain.writer=hf`), loaded once here."""
+        sentences (`explain.writer=hf`), loaded once here; `keep_known`: retrieve every known
+        user at load (`ServedRanking.keep_known`), as a server should."""
         if model != "fp32":
             check_export(run_dir, model)  # before minutes of loading
         sentences = load_writer(writer or WriterOptions())  # a bad model fails first, too
@@ -139,7 +145,17 @@ class Service:
         pipeline = load_run(run_dir, number)
         version = model_version(run_dir, number) + ("" if model == "fp32" else f"-{model}")
         scorer = load_scorer(run_dir, model, pipeline) if model != "fp32" else None
-        return cls(pipeline, version, batching, expose_history, run_dir, scorer, model, sentences)
+        return cls(
+            pipeline,
+            version,
+            batching,
+            expose_history,
+            run_dir,
+            scorer,
+            model,
+            sentences,
+            keep_known,
+        )
 
     def reload(self) -> bool:
         """Switch to the run's current version if it is not the one served; whether it did."""
