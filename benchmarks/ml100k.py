@@ -32,6 +32,7 @@ from marlrec.evaluation.harness import baseline_actor, baseline_ranker, evaluate
 from marlrec.io import atomic_write, write_json
 from marlrec.pipeline import build
 from marlrec.privacy import KEY_ENV
+from marlrec.run import EVAL_SESSIONS
 
 # Agent configurations: name -> overrides on top of `experiment=ml100k`. The preset's own
 # configuration comes first; then what it is made of, taken apart.
@@ -101,7 +102,7 @@ def fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, fl
     rankers = {n: baseline_ranker(b) for n, b in pipeline.baselines.items()}
     actors = {n: baseline_actor(pipeline.env, b) for n, b in pipeline.baselines.items()}
     # The session seed `marlrec train` evaluates with: the same simulated users as the agents.
-    session_seed = seed + 20_000
+    session_seed = seed + EVAL_SESSIONS
     rows = evaluate_policies(
         pipeline.data, pipeline.env, rankers, actors, pipeline.eval, session_seed
     )

@@ -23,7 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents import checkpoint_path
-from marlrec.evaluation.harness import agent_actor, baseline_actor, evaluate_policies, ranking_eval
+from marlrec.evaluation.harness import (
+    agent_actor,
+    baseline_actor,
+    evaluate_policies,
+    play_sessions,
+    ranking_eval,
+)
 from marlrec.evaluation.rankers import Ranker, agent_ranker, baseline_ranker
 from marlrec.io import atomic_path, atomic_write, remove_temp_files, write_json
 from marlrec.pipeline import Pipeline, build, privacy_settings
@@ -49,6 +55,9 @@ from marlrec.training.meter import UpdateMeter, measured_updates
 log = logging.getLogger(__name__)
 
 AGENT_ROW = "agent"
+# Offsets of the seeds of simulated sessions from the run's seed: the evaluation's, and the
+# validation's (`trainer.select=return`), apart from each other and from training's.
+EVAL_SESSIONS, VALID_SESSIONS = 20_000, 10_000
 TRAIN_STATE = "train_state.pt"
 # Keys a resumed run may set differently from the run it continues.
 RESUME_FREE_KEYS = ("trainer.resume", "trainer.show_progress", "device", "cache_dir")
@@ -67,10 +76,27 @@ def evaluate(pipeline: Pipeline, show_progress: bool = True) -> dict[str, dict[s
     for name, baseline in p.baselines.items():
         rankers[name] = baseline_ranker(baseline)
         actors[name] = baseline_actor(p.env, baseline)
-    seed = int(p.cfg.seed) + 20_000  # sessions unseen in training and in its test steps
+    seed = int(p.cfg.seed) + EVAL_SESSIONS  # sessions unseen in training and in its test steps
     return evaluate_policies(
         p.data, p.env, rankers, actors, p.eval, seed, show_progress=show_progress
     )
+
+
+def validation_return(pipeline: Pipeline) -> Callable[[], float] | None:
+    """The current policy's mean return over the validation sessions, when the best checkpoint
+    is chosen by it (`trainer.select=return`): the same sessions at every validation, apart
+    from the evaluation's."""
+    p = pipeline
+    if p.trainer.select != "return":
+        return None
+    actor = agent_actor(p.env, p.agent)
+    seed = int(p.cfg.seed) + VALID_SESSIONS
+
+    def validate_return() -> float:
+        tally = play_sessions(p.env, actor, p.trainer.valid_sessions, seed)
+        return float(tally.statistics["return"].mean())
+
+    return validate_return
 
 
 def validation(pipeline: Pipeline) -> Callable[[], float]:
@@ -198,6 +224,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             save_checkpoint=end_of_epoch,
             save_best=lambda: save_checkpoint(pipeline, checkpoint_path(run_dir, "best"), None),
             validate=validation(pipeline),
+            validate_return=validation_return(pipeline),
             state_path=state_path,
             saved_state=saved,
         )

@@ -62,7 +62,19 @@ class TrainerConfig:
     """Epochs between two validations (valid NDCG@10 of the current policy), which keep the
     best checkpoint and drive early stopping; the last epoch is always validated. 0: never."""
     patience: int = 0
-    """Validations without a new best NDCG@10 before training stops early; 0: never stop early."""
+    """Validations without a new best before training stops early; 0: never stop early."""
+    select: Literal["ndcg", "return"] = "ndcg"
+    """What the best checkpoint keeps. `ndcg`: the validated epoch of highest valid NDCG@10.
+    `return`: each validation also plays `valid_sessions` simulated sessions (seeded apart from
+    the test step's and the evaluation's), and the best is the epoch of highest mean return
+    among those whose valid NDCG@10 is within `select_tolerance` of the highest seen so far: a
+    session objective under a floor on ranking quality. Decided online, as each epoch is
+    validated: an epoch that raises the highest NDCG@10 past the best's floor takes its place."""
+    select_tolerance: float = 0.02
+    """With `select=return`: how far below the highest valid NDCG@10, relatively, an epoch's
+    may lie and still be chosen for its return."""
+    valid_sessions: int = 200
+    """With `select=return`: simulated sessions played at each validation."""
     validate_after_imitation: bool = True
     """Validate the policy imitation left, before the first RL epoch, as epoch 0: a candidate
     for the best checkpoint like any validated epoch, and the first validation `patience`
@@ -89,6 +101,7 @@ class TrainerConfig:
             "buffer_size",
             "num_train_envs",
             "test_episodes",
+            "valid_sessions",
         )
         for key in positive:
             if getattr(self, key) < 1:
@@ -104,6 +117,10 @@ class TrainerConfig:
         ):
             if getattr(self, key) < 0:
                 raise PluginError(f"trainer.{key} must be 0 or more, got {getattr(self, key)}")
+        if not 0.0 <= self.select_tolerance < 1.0:
+            raise PluginError(
+                f"trainer.select_tolerance must lie in [0, 1), got {self.select_tolerance}"
+            )
         if self.imitation_lr <= 0:
             raise PluginError(f"trainer.imitation_lr must be positive, got {self.imitation_lr}")
         if self.updates_per_env_step <= 0:
@@ -141,8 +158,10 @@ class TrainRun:
     seed: int
     writer: SummaryWriter
     save_checkpoint: Callable[[int], None]  # called with the epoch number after each epoch
-    save_best: Callable[[], None]  # called when a validation sets a new best NDCG@10
+    save_best: Callable[[], None]  # called when a validation sets a new best
     validate: Callable[[], float] | None = None  # the current policy's valid NDCG@10
+    # The current policy's mean return over validation sessions (`trainer.select=return`).
+    validate_return: Callable[[], float] | None = None
     state_path: Path | None = None  # the resumable training state, rewritten every epoch
     saved_state: dict[str, Any] | None = None  # the state to continue from, if already read
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch

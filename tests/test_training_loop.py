@@ -4,6 +4,7 @@ every kind, reward-term tallies, validation with early stopping, and what gets l
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import logging
 import pickle
@@ -22,13 +23,15 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch.utils.tensorboard import SummaryWriter
 
 from marlrec.agents.idqn import IDQNConfig, IndependentDQN
+from marlrec.evaluation.harness import agent_actor, session_eval, session_plan
 from marlrec.pipeline import Pipeline
 from marlrec.registry import MarlrecError
 from marlrec.report import print_history
+from marlrec.run import EVAL_SESSIONS, VALID_SESSIONS, validation_return
 from marlrec.settings import LoggerConfig, TrainerConfig, TrainRun
 from marlrec.training.checkpoint import algorithm_state, load_algorithm_state
 from marlrec.training.imitation import imitate
-from marlrec.training.loop import VALID_METRIC, fit, train_with_tianshou
+from marlrec.training.loop import VALID_METRIC, VALID_RETURN, fit, train_with_tianshou
 from marlrec.training.vector_envs import (
     TEST_STREAM,
     EnvCopies,
@@ -330,6 +333,67 @@ def test_validation_every_few_epochs_includes_the_last(
     fit(fresh_agent(small_pipeline), small_pipeline.env, run)
     run.writer.close()
     assert [VALID_METRIC in r for r in run.history] == [False, True, True]
+
+
+def test_selection_by_return_keeps_the_best_return_within_the_ndcg_floor(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # (NDCG@10, return) per epoch; the floor is 0.9 x the highest NDCG@10 so far.
+    figures = iter([(0.50, 3.0), (0.46, 3.5), (0.40, 9.0), (0.47, 3.2), (0.60, 2.0), (0.55, 2.5)])
+    current: list[tuple[float, float]] = []
+
+    def validate() -> float:
+        current[:] = [next(figures)]
+        return current[0][0]
+
+    saved_at: list[int] = []  # the epoch being validated: its record follows the validation
+    trainer = tiny_trainer(max_epochs=6, select="return", select_tolerance=0.1)
+    run = tiny_run(tmp_path, trainer, validate=validate, validate_return=lambda: current[0][1])
+    run.save_best = lambda: saved_at.append(len(run.history) + 1)
+    summary = fit(fresh_agent(small_pipeline), small_pipeline.env, run)
+    run.writer.close()
+    assert [r[VALID_RETURN] for r in run.history] == [3.0, 3.5, 9.0, 3.2, 2.0, 2.5]
+    # 2: more return within the floor; 3: below it (0.40 < 0.45); 4: less return than 2;
+    # 5: a new highest NDCG@10 leaves 2 below the floor (0.46 < 0.54); 6: more return than 5.
+    assert saved_at == [1, 2, 5, 6]
+    assert summary["best_valid_epoch"] == 6.0
+    assert summary["best_valid_NDCG@10"] == 0.55 and summary["best_valid_return"] == 2.5
+
+
+def test_selection_by_ndcg_plays_no_validation_sessions(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    def no_sessions() -> float:
+        raise AssertionError("validation sessions played under select=ndcg")
+
+    run = tiny_run(tmp_path, tiny_trainer(), validate=lambda: 0.1, validate_return=no_sessions)
+    fit(fresh_agent(small_pipeline), small_pipeline.env, run)
+    run.writer.close()
+    assert all(VALID_RETURN not in record for record in run.history)
+
+
+def test_validation_sessions_are_the_same_every_time_and_not_the_evaluations(
+    small_pipeline: Pipeline,
+) -> None:
+    assert validation_return(small_pipeline) is None  # select=ndcg: no sessions to play
+    trainer = dataclasses.replace(small_pipeline.trainer, select="return", valid_sessions=12)
+    pipeline = dataclasses.replace(small_pipeline, trainer=trainer)
+    validate_return = validation_return(pipeline)
+    assert validate_return is not None
+    actor = agent_actor(pipeline.env, pipeline.agent)
+    seed = int(pipeline.cfg.seed)
+    played = session_eval(pipeline.env, actor, 12, seed + VALID_SESSIONS)
+    assert validate_return() == validate_return() == pytest.approx(played["mean_return"])
+    assert VALID_SESSIONS != EVAL_SESSIONS
+    assert not np.array_equal(
+        session_plan(pipeline.env, 12, seed + VALID_SESSIONS),
+        session_plan(pipeline.env, 12, seed + EVAL_SESSIONS),
+    )
+
+
+def test_select_tolerance_must_be_a_fraction() -> None:
+    with pytest.raises(MarlrecError, match="select_tolerance"):
+        TrainerConfig(select="return", select_tolerance=1.5)
 
 
 # --- epoch 0: the policy right after imitation --------------------------------------------------

@@ -3,6 +3,8 @@
 Each epoch runs Tianshou's collect-and-update steps and its test step, then validates the
 current policy (valid NDCG@10 through the evaluation harness) every `eval_every_epochs` epochs,
 which keeps the best checkpoint and drives early stopping, then writes the epoch checkpoint.
+With `trainer.select=return` a validation also plays simulated sessions, and the best is the
+epoch of highest return among those whose NDCG@10 is near the highest.
 When imitation warmed the agents up, the policy it left is validated first, as epoch 0
 (`trainer.validate_after_imitation`): RL epochs that erode what imitation taught then cannot
 displace it from the best checkpoint, and patience counts from it.
@@ -78,6 +80,7 @@ from marlrec.training.vector_envs import (
 log = logging.getLogger(__name__)
 
 VALID_METRIC = "valid/NDCG@10"
+VALID_RETURN = "valid/return"
 
 
 def epoch_name(epoch: int) -> str:
@@ -89,8 +92,10 @@ def epoch_name(epoch: int) -> str:
 class LoopProgress:
     """What the loop tracks beyond Tianshou's trainer; saved in every checkpoint."""
 
-    best_valid: float = -math.inf
+    best_valid: float = -math.inf  # the best epoch's valid NDCG@10
     best_valid_epoch: int = 0
+    best_valid_return: float = -math.inf  # its validation return (`select=return`)
+    highest_valid: float = -math.inf  # the highest valid NDCG@10 of any epoch
     validations_without_improvement: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
@@ -163,7 +168,7 @@ class TrainingLoop:
         if test is not None and test.returns_stat is not None:
             record["test_return"] = float(test.returns_stat.mean)
         if self._validates(epoch):
-            record[VALID_METRIC] = self._validate(epoch, env_step)
+            record.update(self._validate(epoch, env_step))
         record.update(role_losses(stats))
         self.reward_terms.log(env_step, force=True)
         now = time.perf_counter()
@@ -185,7 +190,7 @@ class TrainingLoop:
             return
         if not (self.run.trainer.validate_after_imitation and self._validates(0)):
             return
-        record: dict[str, Any] = {"epoch": 0, "env_step": 0, VALID_METRIC: self._validate(0, 0)}
+        record: dict[str, Any] = {"epoch": 0, "env_step": 0, **self._validate(0, 0)}
         self.progress.history.append(record)
         self._report(record)
 
@@ -194,20 +199,41 @@ class TrainingLoop:
         last = epoch == self.run.trainer.max_epochs
         return self.run.validate is not None and every > 0 and (epoch % every == 0 or last)
 
-    def _validate(self, epoch: int, env_step: int) -> float:
-        assert self.run.validate is not None
+    def _validate(self, epoch: int, env_step: int) -> dict[str, float]:
+        """Valid NDCG@10 (and return, when selecting by it); keeps the best checkpoint."""
+        run = self.run
+        assert run.validate is not None
+        figures: dict[str, float] = {}
         with torch_train_mode(self.algorithm, enabled=False), torch.no_grad():
-            score = float(self.run.validate())
-        self.run.writer.add_scalar(VALID_METRIC, score, env_step)
+            figures[VALID_METRIC] = float(run.validate())
+            if run.trainer.select == "return" and run.validate_return is not None:
+                figures[VALID_RETURN] = float(run.validate_return())
+        for key, value in figures.items():
+            run.writer.add_scalar(key, value, env_step)
         p = self.progress
-        if score > p.best_valid:
-            p.best_valid, p.best_valid_epoch, p.validations_without_improvement = score, epoch, 0
-            self.run.save_best()
+        if self._is_new_best(figures):
+            p.best_valid, p.best_valid_epoch = figures[VALID_METRIC], epoch
+            p.best_valid_return = figures.get(VALID_RETURN, -math.inf)
+            p.validations_without_improvement = 0
+            run.save_best()
         else:
             p.validations_without_improvement += 1
-        patience = self.run.trainer.patience
+        patience = run.trainer.patience
         p.stopped_early = patience > 0 and p.validations_without_improvement >= patience
-        return score
+        return figures
+
+    def _is_new_best(self, figures: dict[str, float]) -> bool:
+        """`select=ndcg`: a higher valid NDCG@10. `select=return`: within the tolerance of the
+        highest valid NDCG@10 so far, and a higher return than the best's, or the best fell
+        below that floor (this epoch raised the highest NDCG@10: it is the one above it)."""
+        p, ndcg = self.progress, figures[VALID_METRIC]
+        p.highest_valid = max(p.highest_valid, ndcg)
+        if VALID_RETURN not in figures:
+            return ndcg > p.best_valid
+        floor = (1.0 - self.run.trainer.select_tolerance) * p.highest_valid
+        if p.best_valid < floor:
+            return True
+        return ndcg >= floor and figures[VALID_RETURN] > p.best_valid_return
 
     def _report(self, record: dict[str, Any]) -> None:
         p, t, epoch = self.progress, self.run.trainer, record["epoch"]
@@ -217,6 +243,8 @@ class TrainingLoop:
             parts.append(f"test return {record['test_return']:.3f}")
         if VALID_METRIC in record:
             parts.append(f"{VALID_METRIC} {record[VALID_METRIC]:.4f}")
+            if VALID_RETURN in record:
+                parts.append(f"{VALID_RETURN} {record[VALID_RETURN]:.3f}")
             parts.append(f"best {p.best_valid:.4f} at epoch {epoch_name(p.best_valid_epoch)}")
         if p.stopped_early:
             parts.append(f"stopping early: no better validation in the last {t.patience}")
@@ -287,6 +315,8 @@ class TrainingLoop:
         if p.best_valid > -math.inf:  # some validation ran; the best may be epoch 0
             summary["best_" + VALID_METRIC.replace("/", "_")] = p.best_valid
             summary["best_valid_epoch"] = float(p.best_valid_epoch)
+            if p.best_valid_return > -math.inf:
+                summary["best_valid_return"] = p.best_valid_return
         return summary
 
 
