@@ -73,7 +73,7 @@ class TrainerConfig:
     select_tolerance: float = 0.02
     """With `select=return`: how far below the highest valid NDCG@10, relatively, an epoch's
     may lie and still be chosen for its return."""
-    valid_sessions: int = 200
+    valid_sessions: int = 1000
     """With `select=return`: simulated sessions played at each validation."""
     validate_after_imitation: bool = True
     """Validate the policy imitation left, before the first RL epoch, as epoch 0: a candidate
