@@ -11,7 +11,8 @@ Agents train with `marlrec train experiment=ml100k` plus each configuration's ov
 dir per configuration, budget and seed under `--out`, so an interrupted benchmark resumes where
 it stopped). Baselines are built once per seed by the same pipeline and evaluated by the same
 harness (`marlrec.run.evaluate`'s rows). The table gives the mean ± standard deviation over seeds
-and is written as markdown and JSON.
+and is written as markdown and JSON. Every fit and run uses `--threads` torch threads (1): float
+sums follow the thread count, so the figures repeat whatever else runs on the machine.
 
     python benchmarks/ml100k.py --data ../shared/data/ml-100k [--seeds 0,1,2] [--steps N]
 """
@@ -33,6 +34,7 @@ from marlrec.io import atomic_write, write_json
 from marlrec.pipeline import build
 from marlrec.privacy import KEY_ENV
 from marlrec.run import EVAL_SESSIONS
+from marlrec.threads import fit_threads
 
 # Agent configurations: name -> overrides on top of `experiment=ml100k`. The preset's own
 # configuration comes first; then what it is made of, taken apart.
@@ -88,6 +90,7 @@ def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, flo
     if not metrics_file.is_file():
         command = [sys.executable, "-m", "marlrec.cli", "train", *common_overrides(args, seed)]
         command += ["baseline=[]", "trainer.show_progress=false", f"hydra.run.dir={run_dir}"]
+        command += [f"trainer.threads={args.threads}"]
         command += [f"trainer.epoch_num_env_steps={args.steps}"] if args.steps else []
         started = time.perf_counter()
         subprocess.run([*command, *AGENTS[name]], check=True, stdout=subprocess.DEVNULL)
@@ -160,6 +163,12 @@ def main() -> None:
         "--steps", type=int, default=0, help="env steps per epoch (0: the preset's budget)"
     )
     parser.add_argument("--simulator", default="response_model")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every fit and run: float sums, so the figures, follow it",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ml100k"))
     args = parser.parse_args()
     if not (args.data / "u.data").is_file():
@@ -168,6 +177,7 @@ def main() -> None:
     # The preset pseudonymises users: a fixed key lets it run without a key file of the user's
     # (the figures, aggregates only, do not depend on the key).
     os.environ.setdefault(KEY_ENV, "marlrec-ml100k-benchmark")
+    fit_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     agents = [a for a in args.agents.split(";") if a]
     args.baselines = [b for b in args.baselines.split(",") if b]
@@ -193,7 +203,13 @@ def write_results(
     print(text)
     write_json(
         args.out / "table.json",
-        {"seeds": seeds, "steps": args.steps, "simulator": args.simulator, "table": table},
+        {
+            "seeds": seeds,
+            "steps": args.steps,
+            "simulator": args.simulator,
+            "threads": args.threads,
+            "table": table,
+        },
     )
     atomic_write(args.out / "table.md", lambda f: f.write((text + "\n").encode()))
     print(f"wrote {args.out / 'table.md'} and table.json")
