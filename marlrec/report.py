@@ -13,7 +13,7 @@ from rich.table import Table
 from marlrec.data import Histories
 from marlrec.io import atomic_path
 from marlrec.pipeline import Pipeline
-from marlrec.training.loop import VALID_METRIC, epoch_name
+from marlrec.training.loop import VALID_METRIC, VALID_RETURN, epoch_name
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
@@ -142,23 +142,26 @@ def item_categories(attributes: dict[str, np.ndarray]) -> tuple[str, np.ndarray]
     return None
 
 
-def print_history(history: list[dict[str, Any]]) -> None:
-    """One row per epoch (epoch 0: the validation after imitation); the best validation is
-    starred."""
-    scores = [r[VALID_METRIC] for r in history if VALID_METRIC in r]
-    best = max(scores) if scores else None
+def print_history(history: list[dict[str, Any]], best_epoch: int | None) -> None:
+    """One row per epoch (epoch 0: the validation after imitation); the epoch the best
+    checkpoint holds is starred, and validation returns get a column where they were played."""
+    returns = any(VALID_RETURN in r for r in history)
     table = Table(title="training")
-    for column in ("epoch", "env steps", "test return", VALID_METRIC):
+    columns = ["epoch", "env steps", "test return", VALID_METRIC] + [VALID_RETURN] * returns
+    for column in columns:
         table.add_column(column, justify="right")
     for r in history:
         ndcg = r.get(VALID_METRIC)
-        mark = " *" if ndcg is not None and ndcg == best else ""
-        table.add_row(
+        mark = " *" if ndcg is not None and r["epoch"] == best_epoch else ""
+        row = [
             epoch_name(r["epoch"]),
             str(r["env_step"]),
             f"{r['test_return']:.4f}" if "test_return" in r else "",
             f"{ndcg:.4f}{mark}" if ndcg is not None else "",
-        )
+        ]
+        if returns:
+            row.append(f"{r[VALID_RETURN]:.3f}" if VALID_RETURN in r else "")
+        table.add_row(*row)
     Console(width=160).print(table)
 
 

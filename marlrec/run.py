@@ -254,7 +254,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "metrics.json", metrics)
     if run.history:
         write_learning_curve(run.history, run_dir / "learning_curve.png")
-        print_history(run.history)
+        best = summary.get("best_valid_epoch")
+        print_history(run.history, None if best is None else int(best))
     write_role_shares(results, run_dir / "roles.png")
     write_interest_map(pipeline, run_dir / "interest_map.png", seed=int(cfg.seed))
     print_table(results, title=f"{cfg.agent.name} on {cfg.data.name} ({run_dir})")

@@ -336,7 +336,7 @@ def test_validation_every_few_epochs_includes_the_last(
 
 
 def test_selection_by_return_keeps_the_best_return_within_the_ndcg_floor(
-    small_pipeline: Pipeline, tmp_path: Path
+    small_pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # (NDCG@10, return) per epoch; the floor is 0.9 x the highest NDCG@10 so far.
     figures = iter([(0.50, 3.0), (0.46, 3.5), (0.40, 9.0), (0.47, 3.2), (0.60, 2.0), (0.55, 2.5)])
@@ -358,6 +358,9 @@ def test_selection_by_return_keeps_the_best_return_within_the_ndcg_floor(
     assert saved_at == [1, 2, 5, 6]
     assert summary["best_valid_epoch"] == 6.0
     assert summary["best_valid_NDCG@10"] == 0.55 and summary["best_valid_return"] == 2.5
+    print_history(run.history, 6)
+    printed = capsys.readouterr().out
+    assert "0.5500 *" in printed and "0.6000 *" not in printed and "2.500" in printed
 
 
 def test_selection_by_ndcg_plays_no_validation_sessions(
@@ -451,7 +454,7 @@ def test_the_policy_after_imitation_is_epoch_0_and_can_stay_the_best(
     assert not same_weights(weights["last"], weights["imitated"])
     assert "best 0.5000 at epoch 0 (after imitation)" in caplog.text
     assert "epoch 0 (after imitation), 0 env steps" in caplog.text
-    print_history(run.history)
+    print_history(run.history, 0)
     assert "0 (after imitation)" in capsys.readouterr().out
 
 
