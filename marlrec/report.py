@@ -17,8 +17,9 @@ from marlrec.training.loop import VALID_METRIC, VALID_RETURN, epoch_name
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Test return and validation NDCG@10 against env steps and, in a second panel, each
-    role's losses at the end of each epoch, as a PNG (no pyplot state)."""
+    """Test return (and validation return, where it was played) and validation NDCG@10
+    against env steps and, in a second panel, each role's losses at the end of each epoch, as a
+    PNG (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -27,9 +28,17 @@ def write_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
     FigureCanvasAgg(figure)
     ret_axis = figure.add_subplot(2 if losses else 1, 1, 1)
     tested = [r for r in history if "test_return" in r]
-    ret_axis.plot([r["env_step"] for r in tested], [r["test_return"] for r in tested], "C0-o")
-    ret_axis.set_xlabel("env steps")
+    steps = [r["env_step"] for r in tested]
+    ret_axis.plot(steps, [r["test_return"] for r in tested], "C0-o", label="test return")
     ret_axis.set_ylabel("test return", color="C0")
+    # Validation sessions (`trainer.select=return`) on the same axis as the test step's.
+    returned = [r for r in history if VALID_RETURN in r]
+    if returned:
+        steps = [r["env_step"] for r in returned]
+        ret_axis.plot(steps, [r[VALID_RETURN] for r in returned], "C2-^", label=VALID_RETURN)
+        ret_axis.set_ylabel("return")
+        ret_axis.legend(fontsize="small", loc="lower right")
+    ret_axis.set_xlabel("env steps")
     validated = [r for r in history if VALID_METRIC in r]
     ndcg_axis = ret_axis.twinx()
     ndcg_axis.plot([r["env_step"] for r in validated], [r[VALID_METRIC] for r in validated], "C1-s")
