@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from marlrec.agents.marl import multi_agent_env
 from marlrec.envs import ObsLayout
 from marlrec.evaluation.harness import baseline_actor, session_eval
 from marlrec.pipeline import Pipeline
+from marlrec.registry import PluginError
 from tests.test_ppo import (
     aec_buffer,
     mean_return,
@@ -142,3 +144,19 @@ def test_mappo_beats_random_and_restores_from_its_state_dict(
     batch, _ = observation_batch(small_pipeline, 1)
     obs = torch.as_tensor(batch.obs.obs)
     assert torch.equal(restored.candidate_scores(obs, 0), agent.candidate_scores(obs, 0))
+
+
+def test_roles_left_out_of_rl_keep_their_actor_while_the_others_learn(
+    small_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    spec, cpu = small_pipeline.env.spec, torch.device("cpu")
+    learning, kept = spec.roles
+    torch.manual_seed(0)
+    agent = MAPPO(MAPPOConfig(rl_roles=[learning]), spec=spec, device=cpu)
+    before = [copy.deepcopy(agent.actor(r).state_dict()) for r in range(2)]
+    train_agent(small_pipeline, agent, tmp_path, max_epochs=1, imitation_steps=0)
+    after = [agent.actor(r).state_dict() for r in range(2)]
+    assert any(not torch.equal(before[0][k], after[0][k]) for k in before[0])  # learning
+    assert all(torch.equal(before[1][k], after[1][k]) for k in before[1])  # kept
+    with pytest.raises(PluginError, match=f"agent.rl_roles names 'business'.*{kept}"):
+        MAPPO(MAPPOConfig(rl_roles=["business"]), spec=spec, device=cpu)

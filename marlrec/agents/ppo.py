@@ -9,7 +9,7 @@ learned role embedding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,11 @@ class ActorCriticConfig:
 class PPOConfig(ActorCriticConfig):
     share: bool = False
     """One actor and one critic for all roles, conditioned on a learned role embedding."""
+    rl_roles: list[str] = field(default_factory=list)
+    """The roles whose transitions RL updates from; empty: every role. A role left out still
+    acts and still learns by imitation (before RL and, with `trainer.imitation_steps_per_update`,
+    during it), e.g. to keep the first slots on relevance while another role learns for the
+    session. With `share` the one actor still changes for every role."""
 
 
 def with_own_target(buffer: ReplayBuffer, indices: np.ndarray, agent_id: str) -> np.ndarray:
@@ -91,15 +96,16 @@ class RolePPO(HookedPPO):
     Transitions without a return (`with_own_target`) are left out of the update.
     """
 
-    def __init__(self, *, agent_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, agent_id: str, learns: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.agent_id = agent_id
+        self.learns = learns  # False: no RL update from this role's transitions (`rl_roles`)
         # What the role accrues between its turns, one per buffer slot; None: `buffer.rew`.
         self.accrued_rewards: np.ndarray | None = None
 
     def prepare_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
         complete = with_own_target(buffer, indices, self.agent_id)
-        if not complete.any():
+        if not (self.learns and complete.any()):
             return Batch()  # Tianshou's dispatcher skips a role with no data
         indices = indices[complete]
         batch = batch[complete]
@@ -152,6 +158,12 @@ class IndependentPPO(Agent):
 
     def __init__(self, config: PPOConfig, *, spec: EnvSpec, device: torch.device) -> None:
         super().__init__(config, spec=spec, device=device)
+        unknown = sorted(set(config.rl_roles) - set(spec.roles))
+        if unknown:
+            raise PluginError(
+                f"agent.rl_roles names {unknown[0]!r}, not a role of this env: "
+                f"{', '.join(spec.roles)}"
+            )
         self.actors = self._per_role(
             lambda shared: CandidateActor(spec, config.hidden, device, role_embedding=shared)
         )
@@ -196,6 +208,7 @@ class IndependentPPO(Agent):
         algorithms = [
             self._role_algorithm(
                 role,
+                learns=not c.rl_roles or role in c.rl_roles,
                 policy=DiscreteActorPolicy(
                     actor=self.actor(r), action_space=action_space, deterministic_eval=True
                 ),
