@@ -104,8 +104,10 @@ class RolePPO(HookedPPO):
         self.accrued_rewards: np.ndarray | None = None
 
     def prepare_batch(self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray) -> Batch:
+        if not self.learns:
+            return Batch()  # left out of RL (`rl_roles`): the dispatcher skips it
         complete = with_own_target(buffer, indices, self.agent_id)
-        if not (self.learns and complete.any()):
+        if not complete.any():
             return Batch()  # Tianshou's dispatcher skips a role with no data
         indices = indices[complete]
         batch = batch[complete]

@@ -95,7 +95,6 @@ class LoopProgress:
     best_valid: float = -math.inf  # the best epoch's valid NDCG@10
     best_valid_epoch: int = 0
     best_valid_return: float = -math.inf  # its validation return (`select=return`)
-    highest_valid: float = -math.inf  # the highest valid NDCG@10 of any epoch
     validations_without_improvement: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
@@ -227,10 +226,11 @@ class TrainingLoop:
         highest valid NDCG@10 so far, and a higher return than the best's, or the best fell
         below that floor (this epoch raised the highest NDCG@10: it is the one above it)."""
         p, ndcg = self.progress, figures[VALID_METRIC]
-        p.highest_valid = max(p.highest_valid, ndcg)
         if VALID_RETURN not in figures:
             return ndcg > p.best_valid
-        floor = (1.0 - self.run.trainer.select_tolerance) * p.highest_valid
+        # This epoch's record joins the history after its validation.
+        highest = max([r[VALID_METRIC] for r in p.history if VALID_METRIC in r] + [ndcg])
+        floor = (1.0 - self.run.trainer.select_tolerance) * highest
         if p.best_valid < floor:
             return True
         return ndcg >= floor and figures[VALID_RETURN] > p.best_valid_return
