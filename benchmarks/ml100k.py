@@ -64,8 +64,9 @@ AGENTS: dict[str, list[str]] = {
     ],
     "RL without imitation during it": ["trainer.imitation_steps_per_update=0"],
     "single agent (env=single, ppo)": ["env=single", "agent=ppo"],
-    "relevance role alone": ["env.roles=[relevance]", "env.slots_per_role=4"],
-    "diversity role alone": ["env.roles=[diversity]", "env.slots_per_role=4"],
+    # One role fills the slate. Which one does not matter: under the one global reward a role's
+    # name is a label, and `env.roles=[diversity]` repeats this run to the last digit.
+    "one role alone": ["env.roles=[relevance]", "env.slots_per_role=4"],
     "union without the members' features": ["retrieval.features=false"],
     "over SASRec candidates (the earlier preset)": ["retrieval=sasrec"],
     "over EASE candidates": ["retrieval=ease"],
