@@ -36,30 +36,26 @@ from marlrec.privacy import KEY_ENV
 from marlrec.run import EVAL_SESSIONS
 from marlrec.threads import fit_threads
 
+# RL strong enough to move the policy, best.pt chosen for its validation sessions' return within
+# 2% of the highest valid NDCG@10 (README: the settings below chosen on validation).
+RL_FOR_RETURN = ["trainer.select=return", "agent.lr=1e-3"]
+ONE_IMITATION_STEP = [*RL_FOR_RETURN, "trainer.imitation_steps_per_update=1"]
+
 # Agent configurations: name -> overrides on top of `experiment=ml100k`. The preset's own
 # configuration comes first; then what it is made of, taken apart.
 AGENTS: dict[str, list[str]] = {
     "mappo (preset)": [],
     "imitation only (no RL)": ["trainer.max_epochs=0"],
-    # RL strong enough to move the policy, best.pt chosen for its validation sessions' return
-    # within 2% of the highest valid NDCG@10 (README: learning rate and imitation steps per
-    # update chosen on validation return over seeds 0 and 1).
-    "RL for the session return (lr 1e-3, best by validation return)": [
-        "trainer.select=return",
-        "agent.lr=1e-3",
-    ],
-    # The same with one imitation step per update: of the RL settings whose validation return is
-    # at least 5% above imitation's, the one with the highest valid NDCG@10 (README).
-    "RL for the return with one imitation step (lr 1e-3, best by validation return)": [
-        "trainer.select=return",
-        "agent.lr=1e-3",
-        "trainer.imitation_steps_per_update=1",
-    ],
+    # The first rule's choice: the highest validation return over seeds 0 and 1.
+    "RL for the session return (lr 1e-3, best by validation return)": RL_FOR_RETURN,
+    # Of the RL settings whose validation return is at least 5% above imitation's, the one with
+    # the highest valid NDCG@10.
+    "RL for the return with one imitation step (lr 1e-3, best by validation return)": (
+        ONE_IMITATION_STEP
+    ),
     # RL for the diversity role only; the relevance role, first in the slate, learns by imitation.
     "RL for the diversity role only (lr 1e-3, one imitation step, best by validation return)": [
-        "trainer.select=return",
-        "agent.lr=1e-3",
-        "trainer.imitation_steps_per_update=1",
+        *ONE_IMITATION_STEP,
         "agent.rl_roles=[diversity]",
     ],
     "RL without imitation during it": ["trainer.imitation_steps_per_update=0"],
