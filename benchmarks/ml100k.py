@@ -63,8 +63,8 @@ AGENTS: dict[str, list[str]] = {
     # One role fills the slate. Which one does not matter: under the one global reward a role's
     # name is a label, and `env.roles=[diversity]` repeats this run to the last digit.
     "one role alone": ["env.roles=[relevance]", "env.slots_per_role=4"],
-    "union without the members' features": ["retrieval.features=false"],
-    "over SASRec candidates (the earlier preset)": ["retrieval=sasrec"],
+    "union with the members' scores and ranks (the earlier preset)": ["retrieval.features=true"],
+    "over SASRec candidates": ["retrieval=sasrec"],
     "over EASE candidates": ["retrieval=ease"],
     "ippo": ["agent=ippo"],
     "idqn": ["agent=idqn"],

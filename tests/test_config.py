@@ -203,9 +203,9 @@ def test_ml100k_preset_composes_the_benchmarks_strongest_configuration() -> None
     configure(config)
     assert (config.data.name, config.simulator.name) == ("movielens", "replay")
     assert (config.agent.name, config.retrieval.name) == ("mappo", "union")
-    # SASRec and EASE ranked by their mean score, each one's score and rank shown to the agents.
+    # The pool SASRec and EASE rank best by their mean score; their own scores stay hidden.
     assert [m["name"] for m in config.retrieval.members] == ["sasrec", "ease"]
-    assert (config.retrieval.merge, config.retrieval.features) == ("mean", True)
+    assert (config.retrieval.merge, config.retrieval.features) == ("mean", False)
     assert list(config.baseline) == ["random", "pop", "itemknn", "ease", "sasrec"]
     assert config.trainer.max_epochs * config.trainer.epoch_num_env_steps >= 50_000
     assert config.trainer.imitation_steps_per_update > 0

@@ -101,7 +101,11 @@ def assert_same_choices(got: LoggedChoices, expected: LoggedChoices) -> None:
 
 
 # The union's members give each candidate's scores and ranks as observation features.
-UNION_FEATURES = ["retrieval=union", "retrieval.members=[{name:ease},{name:content}]"]
+UNION_FEATURES = [
+    "retrieval=union",
+    "retrieval.members=[{name:ease},{name:content}]",
+    "retrieval.features=true",
+]
 
 
 @pytest.mark.parametrize("retrieval", [["retrieval=content"], ["retrieval=ease"], UNION_FEATURES])

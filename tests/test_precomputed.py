@@ -36,7 +36,8 @@ def _observations(pipeline) -> torch.Tensor:
 def featured_pipeline(offline_cache: Path) -> Pipeline:
     """Candidates that carry each union member's score and rank as features."""
     members = "[{name: ease},{name: content}]"
-    return build(compose_config([*SMALL, "retrieval=union", f"retrieval.members={members}"]))
+    union = ["retrieval=union", f"retrieval.members={members}", "retrieval.features=true"]
+    return build(compose_config([*SMALL, *union]))
 
 
 def _trained_like(net: torch.nn.Module) -> torch.nn.Module:
