@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from scipy import stats
+
 from marlrec.app import compose_config
 from marlrec.evaluation.harness import baseline_actor, baseline_ranker, evaluate_policies
 from marlrec.io import atomic_write, write_json
@@ -41,10 +43,13 @@ from marlrec.threads import fit_threads
 RL_FOR_RETURN = ["trainer.select=return", "agent.lr=1e-3"]
 ONE_IMITATION_STEP = [*RL_FOR_RETURN, "trainer.imitation_steps_per_update=1"]
 
+PRESET = "mappo (preset)"
+SELECTED_ON = "valid/NDCG@10"  # what the preset is chosen on
+
 # Agent configurations: name -> overrides on top of `experiment=ml100k`. The preset's own
 # configuration comes first; then what it is made of, taken apart.
 AGENTS: dict[str, list[str]] = {
-    "mappo (preset)": [],
+    PRESET: [],
     "imitation only (no RL)": ["trainer.max_epochs=0"],
     # The first rule's choice: the highest validation return over seeds 0 and 1.
     "RL for the session return (lr 1e-3, best by validation return)": RL_FOR_RETURN,
@@ -146,6 +151,30 @@ def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
     return table
 
 
+def leads_over_preset(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each agent configuration's valid NDCG@10 lead over the preset, seed by seed, with a
+    one-sided paired t-test: a configuration replaces the preset only when p < 0.05, so that
+    leads smaller than what a seed's training moves do not (README, the preset taken apart)."""
+    preset = [row[SELECTED_ON] for row in per_seed.get(PRESET, [])]
+    leads: dict[str, dict[str, float]] = {}
+    for name, rows in per_seed.items():
+        if name == PRESET or name not in AGENTS or len(rows) != len(preset) or len(rows) < 2:
+            continue
+        own = [row[SELECTED_ON] for row in rows]
+        test = stats.ttest_rel(own, preset, alternative="greater")
+        lead = statistics.fmean(own) - statistics.fmean(preset)
+        leads[name] = {"lead": lead, "t": float(test.statistic), "p": float(test.pvalue)}
+    return leads
+
+
+def leads_markdown(leads: dict[str, dict[str, float]]) -> str:
+    lines = ["| configuration | valid NDCG@10 lead over the preset | t | p (one-sided) |"]
+    lines.append("|---|---|---|---|")
+    for name, lead in leads.items():
+        lines.append(f"| {name} | {lead['lead']:+.4f} | {lead['t']:.2f} | {lead['p']:.3f} |")
+    return "\n".join(lines)
+
+
 def markdown(table: dict[str, dict[str, list[float]]], n_seeds: int) -> str:
     lines = [
         f"| policy (mean ± std over {n_seeds} seeds) | " + " | ".join(COLUMNS) + " |",
@@ -210,7 +239,8 @@ def write_results(
 ) -> None:
     """The table so far (after each seed, so an interrupted benchmark keeps what it measured)."""
     table = summarise(per_seed)
-    text = markdown(table, len(seeds))
+    leads = leads_over_preset(per_seed)
+    text = markdown(table, len(seeds)) + ("\n\n" + leads_markdown(leads) if leads else "")
     print(text)
     write_json(
         args.out / "table.json",
@@ -220,6 +250,7 @@ def write_results(
             "simulator": args.simulator,
             "threads": args.threads,
             "table": table,
+            "leads_over_preset": leads,
         },
     )
     atomic_write(args.out / "table.md", lambda f: f.write((text + "\n").encode()))
