@@ -51,10 +51,10 @@ SELECTED_ON = "valid/NDCG@10"  # what the preset is chosen on
 AGENTS: dict[str, list[str]] = {
     PRESET: [],
     "imitation only (no RL)": ["trainer.max_epochs=0"],
-    # The first rule's choice: the highest validation return over seeds 0 and 1.
+    # The return settings, chosen on validation: of those whose validation return is at least
+    # 5% above imitation's, the highest valid NDCG@10 (over today's preset, this first one; over
+    # the earlier preset, the next).
     "RL for the session return (lr 1e-3, best by validation return)": RL_FOR_RETURN,
-    # Of the RL settings whose validation return is at least 5% above imitation's, the one with
-    # the highest valid NDCG@10.
     "RL for the return with one imitation step (lr 1e-3, best by validation return)": (
         ONE_IMITATION_STEP
     ),
