@@ -25,9 +25,9 @@ class FileDataset(Dataset):
     """
 
     default_simulator = "replay"  # logs hold no ground-truth tastes: sessions replay them
-    # Logged sequences: the agents rerank the items SASRec and EASE rank best together, seeing
-    # each model's score and rank (content cosine rarely retrieves the logged next item), beside
-    # the classical and sequential baselines they must beat.
+    # Logged sequences: the agents rerank the items SASRec and EASE rank best together (content
+    # cosine rarely retrieves the logged next item), beside the classical and sequential
+    # baselines they must beat.
     default_choices: ClassVar[dict[str, str | list[str]]] = {
         "retrieval": "union",
         "baseline": ["random", "pop", "itemknn", "ease", "sasrec"],
