@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -59,6 +60,17 @@ class Comparison:
     sessions_needed: int | None  # to detect this difference; None when it is zero
 
 
+def paired_p_value(a: ArrayLike, b: ArrayLike, alternative: str = "two-sided") -> float:
+    """The paired t-test's p-value of B against A. Where every difference is the same, t is
+    undefined and the difference certain: 0 when it lies the alternative's way, else 1."""
+    differences = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if len(differences) < 2 or differences.std(ddof=1) == 0.0:
+        mean = differences.mean()
+        its_way = {"two-sided": mean != 0.0, "greater": mean > 0.0, "less": mean < 0.0}
+        return 0.0 if its_way[alternative] else 1.0
+    return float(stats.ttest_rel(b, a, alternative=alternative).pvalue)
+
+
 def compare_paired(metric: str, a: np.ndarray, b: np.ndarray, seed: int) -> Comparison:
     """The paired comparison of two per-session samples of one metric."""
     differences = b - a
@@ -67,10 +79,7 @@ def compare_paired(metric: str, a: np.ndarray, b: np.ndarray, seed: int) -> Comp
     drawn = rng.integers(0, len(differences), (RESAMPLES, len(differences)))
     low, high = np.quantile(differences[drawn].mean(axis=1), [0.025, 0.975])
     spread = float(differences.std(ddof=1)) if len(differences) > 1 else 0.0
-    if spread == 0.0:  # identical differences: certain, and t is undefined
-        p_value = 1.0 if mean == 0.0 else 0.0
-    else:
-        p_value = float(stats.ttest_rel(b, a).pvalue)
+    p_value = paired_p_value(a, b)
     needed = None
     if mean != 0.0:
         z = stats.norm.ppf(1 - ALPHA / 2) + stats.norm.ppf(POWER)
