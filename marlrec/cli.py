@@ -45,9 +45,9 @@ commands:
   export      the scoring networks quantised to int8 or as ONNX, with their speed-up and
               top-10 overlap over fp32: marlrec export run_dir=... format=int8|onnx|onnx-int8
               [force=false]
-  abtest      two runs in the same simulated sessions, each metric's difference with a 95%
-              interval and p-value: marlrec abtest run_a=... run_b=... [users=1000 seed=0
-              out=abtest force=false]
+  abtest      two runs in the same simulated sessions and on the same users' held-out items,
+              each metric's difference with a 95% interval and p-value: marlrec abtest
+              run_a=... run_b=... [users=1000 seed=0 out=abtest force=false]
   compare     runs side by side, mean ± std over seeds: marlrec compare <run or multirun
               dirs...> [--out compare/] [--metrics test/HR@10,test/NDCG@10] [--force]
   plugins     list installed plugins by kind, with the package each comes from;
@@ -306,7 +306,7 @@ def export_command(args: list[str]) -> int:
 
 
 def abtest_command(args: list[str]) -> int:
-    from marlrec.abtest import METRICS, abtest, write_report
+    from marlrec.abtest import abtest, write_report
 
     defaults = {"users": 1000, "seed": 0, "out": "abtest", "force": False}
     options = _options(args, ("run_a", "run_b"), defaults)
@@ -319,11 +319,14 @@ def abtest_command(args: list[str]) -> int:
         raise MarlrecError(f"{out / 'abtest.json'} exists; choose another out=... or force=true")
     report = abtest(Path(str(options["run_a"])), Path(str(options["run_b"])), users, seed)
     write_report(report, out, force)
-    table = Table(title=f"B - A over {users} simulated sessions ({len(METRICS)} metrics)")
-    for column in ("metric", "A", "B", "B - A", "95% interval", "p", "sessions needed"):
+    held_out = report["held_out_users"]
+    table = Table(
+        title=f"B - A over {users} simulated sessions and {held_out} users' held-out items"
+    )
+    for column in ("metric", "A", "B", "B - A", "95% interval", "p", "needed"):
         table.add_column(column, justify="right")
     for row in report["comparisons"]:
-        needed = row["sessions_needed"]
+        needed = row["needed"]
         table.add_row(
             row["metric"],
             f"{row['mean_a']:.4f}",
@@ -331,7 +334,7 @@ def abtest_command(args: list[str]) -> int:
             f"{row['difference']:+.4f}",
             f"[{row['low']:+.4f}, {row['high']:+.4f}]",
             f"{row['p_value']:.3g}",
-            "-" if needed is None else str(needed),
+            "-" if needed is None else f"{needed} {row['over']}",
         )
     Console(width=160).print(table)
     print(f"wrote {out / 'abtest.json'} and {out / 'abtest.png'}")

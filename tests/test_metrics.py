@@ -17,6 +17,7 @@ from marlrec.evaluation.harness import (
     EvalConfig,
     ScoreRanker,
     baseline_ranker,
+    per_user_accuracy,
     policy_scores,
     ranking_eval,
 )
@@ -252,6 +253,26 @@ def test_chunk_size_does_not_change_results() -> None:
     assert set(a) == {
         f"{m.label}@{k}" for m in EvalConfig().ranking_metrics() for k in (2, 5)
     }  # every ranking metric by default, sessions aside
+
+
+def test_per_user_accuracy_is_each_user_s_part_of_the_mean() -> None:
+    data = tiny_data()
+    scores = torch.arange(N_ITEMS, dtype=torch.float32).expand(len(SEQUENCES), -1)
+    cfg = EvalConfig(metrics=["hr", "mrr", "coverage"], ks=[4, 10], chunk_users=1)
+    per_user = per_user_accuracy(data, fixed_ranker(scores), "test", cfg)
+    # Users 0, 1 and 3 hold out a test item, at ranks 7, 4 and 5 (as above); coverage is not
+    # a user's figure.
+    assert set(per_user) == {"HR@4", "HR@10", "MRR@4", "MRR@10"}
+    assert per_user["MRR@10"] == pytest.approx([1 / 7, 1 / 4, 1 / 5])
+    assert per_user["HR@4"].tolist() == [0.0, 1.0, 0.0]
+    means = ranking_eval(data, fixed_ranker(scores), "test", cfg)
+    assert {key: values.mean() for key, values in per_user.items()} == pytest.approx(
+        {key: means[key] for key in per_user}
+    )
+    sampled = dataclasses.replace(cfg, protocol="sampled", num_negatives=2)
+    per_user = per_user_accuracy(data, fixed_ranker(scores), "test", sampled, seed=3)
+    means = ranking_eval(data, fixed_ranker(scores), "test", sampled, seed=3)
+    assert {key: values.mean() for key, values in per_user.items()} == pytest.approx(means)
 
 
 def test_ild_without_embeddings_is_a_clear_error() -> None:

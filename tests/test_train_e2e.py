@@ -98,16 +98,22 @@ def test_recommend_explains_each_item(trained_run: Path, offline_cache: Path) ->
 def test_abtest_of_a_run_against_itself_finds_no_difference(
     trained_run: Path, offline_cache: Path, tmp_path: Path
 ) -> None:
-    """Common random numbers: the same policy in the same sessions differs by exactly zero."""
+    """Common random numbers: the same policy in the same sessions, and on the same users'
+    held-out items, differs by exactly zero."""
     args = ["abtest", f"run_a={trained_run}", f"run_b={trained_run}", "users=60"]
     marlrec(*args, f"out={tmp_path}", cache=offline_cache, cwd=tmp_path)
     report = json.loads((tmp_path / "abtest.json").read_text())
     assert report["common_random_numbers"] and (tmp_path / "abtest.png").is_file()
     rows = {row["metric"]: row for row in report["comparisons"]}
-    assert set(rows) == {"return", "clicks", "session length", "diversity", "novelty"}
+    sessions = {"return", "clicks", "session length", "diversity", "novelty"}
+    held_out = {f"{split} {metric}@10" for split in ("valid", "test") for metric in ("HR", "NDCG")}
+    assert set(rows) == sessions | held_out
+    assert {rows[name]["over"] for name in held_out} == {"users"}
+    first = json.loads((trained_run / "metrics.json").read_text())["eval"]["agent"]
+    assert rows["test NDCG@10"]["mean_a"] == pytest.approx(first["test/NDCG@10"], abs=1e-6)
     for row in rows.values():
         assert (row["difference"], row["low"], row["high"], row["p_value"]) == (0, 0, 0, 1)
-        assert row["mean_a"] == row["mean_b"] and row["sessions_needed"] is None
+        assert row["mean_a"] == row["mean_b"] and row["needed"] is None
     again = subprocess.run(
         [sys.executable, "-m", "marlrec.cli", *args, f"out={tmp_path}"],
         capture_output=True,

@@ -15,7 +15,7 @@ The validation split is for model selection and early stopping; report the test 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -206,16 +206,60 @@ def ranking_eval(
     held_out = HeldOut.of(data, split)
     everyone = any(isinstance(m, CatalogMetric) or m.over == "all" for m in metrics)
     users = np.arange(data.n_users) if everyone else np.flatnonzero(held_out.counts > 0)
+    accumulator = RankingAccumulator(metrics, cfg.ks)
+    for chunk in _ranked_chunks(data, rank, split, cfg, users, accumulator.max_k, item_emb, seed):
+        accumulator.add(chunk)
+    results = accumulator.results()
+    if cfg.protocol == "sampled":
+        return {SAMPLED_PREFIX + key: value for key, value in results.items()}
+    return results
+
+
+def per_user_accuracy(
+    data: RecData,
+    rank: Ranker,
+    split: Literal["valid", "test"],
+    cfg: EvalConfig,
+    *,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Each user's accuracy metrics (HR, NDCG, MRR, ...) on one split, for the users with a
+    held-out item in index order, keyed as `ranking_eval`'s means: what paired tests between
+    two policies read."""
+    metrics = [
+        m for m in cfg.ranking_metrics() if isinstance(m, UserMetric) and m.over == "targets"
+    ]
+    users = np.flatnonzero(HeldOut.of(data, split).counts > 0)
+    values: dict[str, list[torch.Tensor]] = {}
+    for chunk in _ranked_chunks(data, rank, split, cfg, users, max(cfg.ks), None, seed):
+        for metric in metrics:
+            for k in cfg.ks:
+                values.setdefault(f"{metric.label}@{k}", []).append(metric.per_user(chunk, k))
+    prefix = SAMPLED_PREFIX if cfg.protocol == "sampled" else ""
+    return {prefix + key: torch.cat(parts).cpu().numpy() for key, parts in values.items()}
+
+
+def _ranked_chunks(
+    data: RecData,
+    rank: Ranker,
+    split: Literal["valid", "test"],
+    cfg: EvalConfig,
+    users: np.ndarray,
+    max_k: int,
+    item_emb: torch.Tensor | None,
+    seed: int,
+) -> Iterator[RankedChunk]:
+    """`users`' top-`max_k` lists and held-out items under the protocol, chunk by chunk."""
+    held_out = HeldOut.of(data, split)
     if not (held_out.counts > 0).any():
         raise MarlrecError(f"no user has a held-out {split} item to evaluate")
-    accumulator = RankingAccumulator(metrics, cfg.ks)
     generator = torch.Generator().manual_seed(seed)
     ctx: MetricContext | None = None
     for start in range(0, len(users), cfg.chunk_users):
         chunk = users[start : start + cfg.chunk_users]
         histories = [data.history_before(int(u), split) for u in chunk]
         if cfg.protocol != "sampled":
-            top = rank(chunk, histories, accumulator.max_k)
+            top = rank(chunk, histories, max_k)
             targets = held_out.targets(chunk, data.n_items, top.device)
         else:
             top, targets = _sampled_top(
@@ -223,11 +267,7 @@ def ranking_eval(
             )
         if ctx is None:
             ctx = MetricContext.build(data.item_popularity, item_emb, top.device)
-        accumulator.add(RankedChunk(top, targets, ctx))
-    results = accumulator.results()
-    if cfg.protocol == "sampled":
-        return {SAMPLED_PREFIX + key: value for key, value in results.items()}
-    return results
+        yield RankedChunk(top, targets, ctx)
 
 
 def _sampled_top(
