@@ -11,8 +11,11 @@ Agents train with `marlrec train experiment=ml100k` plus each configuration's ov
 dir per configuration, budget and seed under `--out`, so an interrupted benchmark resumes where
 it stopped). Baselines are built once per seed by the same pipeline and evaluated by the same
 harness (`marlrec.run.evaluate`'s rows). The table gives the mean ± standard deviation over seeds
-and is written as markdown and JSON. Every fit and run uses `--threads` torch threads (1): float
-sums follow the thread count, so the figures repeat whatever else runs on the machine.
+and is written as markdown and JSON. Under it, each configuration against the preset and against
+imitation only, user by user: every run's HR@10 and NDCG@10 per user (`per_user.json` in its run
+dir, as `marlrec abtest` pairs them) paired with the other run of its seed, pooled over seeds.
+Every fit and run uses `--threads` torch threads (1): float sums follow the thread count, so the
+figures repeat whatever else runs on the machine.
 
     python benchmarks/ml100k.py --data ../shared/data/ml-100k [--seeds 0,1,2] [--steps N]
 """
@@ -28,12 +31,16 @@ import sys
 import time
 from pathlib import Path
 
-from marlrec.abtest import paired_p_value
+import numpy as np
+
+from marlrec.abtest import held_out_per_user, paired_p_value
 from marlrec.app import compose_config
 from marlrec.evaluation.harness import baseline_actor, baseline_ranker, evaluate_policies
+from marlrec.evaluation.rankers import Ranker
 from marlrec.io import atomic_write, write_json
 from marlrec.pipeline import build
 from marlrec.privacy import KEY_ENV
+from marlrec.recommend import load_run
 from marlrec.run import EVAL_SESSIONS
 from marlrec.threads import fit_threads
 
@@ -43,13 +50,15 @@ RL_FOR_RETURN = ["trainer.select=return", "agent.lr=1e-3"]
 ONE_IMITATION_STEP = [*RL_FOR_RETURN, "trainer.imitation_steps_per_update=1"]
 
 PRESET = "mappo (preset)"
+IMITATION_ONLY = "imitation only (no RL)"
 SELECTED_ON = "valid/NDCG@10"  # what the preset is chosen on
+TESTED_ON = "test/NDCG@10"
 
 # Agent configurations: name -> overrides on top of `experiment=ml100k`. The preset's own
 # configuration comes first; then what it is made of, taken apart.
 AGENTS: dict[str, list[str]] = {
     PRESET: [],
-    "imitation only (no RL)": ["trainer.max_epochs=0"],
+    IMITATION_ONLY: ["trainer.max_epochs=0"],
     # The return settings, chosen on validation: of those whose validation return is at least
     # 5% above imitation's, the highest valid NDCG@10 (over today's preset, this first one; over
     # the earlier preset, the next).
@@ -96,11 +105,15 @@ def common_overrides(args: argparse.Namespace, seed: int) -> list[str]:
     ]
 
 
-def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
-    """One `marlrec train` run; a finished run with the same settings is read, not trained again."""
+def run_dir_of(name: str, seed: int, args: argparse.Namespace) -> Path:
     budget = f"{args.steps}steps" if args.steps else "preset"
     slug = name.split(" (")[0].replace(" ", "_")
-    run_dir = args.out / "runs" / slug / budget / f"seed{seed}"
+    return Path(args.out / "runs" / slug / budget / f"seed{seed}")
+
+
+def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """One `marlrec train` run; a finished run with the same settings is read, not trained again."""
+    run_dir = run_dir_of(name, seed, args)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.is_file():
         command = [sys.executable, "-m", "marlrec.cli", "train", *common_overrides(args, seed)]
@@ -116,6 +129,17 @@ def train_agent(name: str, seed: int, args: argparse.Namespace) -> dict[str, flo
     return {**metrics["eval"]["agent"], **metrics["train"], **wall}
 
 
+def per_user(run_dir: Path) -> dict[str, np.ndarray]:
+    """The run's HR@10 and NDCG@10 per held-out user on each split, computed once and kept in
+    the run dir (`per_user.json`)."""
+    saved = run_dir / "per_user.json"
+    if not saved.is_file():
+        pipeline = load_run(run_dir)
+        figures = held_out_per_user(pipeline, pipeline.eval, seed=0)
+        write_json(saved, {key: values.tolist() for key, values in figures.items()})
+    return {key: np.asarray(values) for key, values in json.loads(saved.read_text()).items()}
+
+
 def fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, float]]:
     """Every baseline for one seed; a finished seed's figures are read back, not fitted again."""
     done = args.out / "baselines" / f"seed{seed}-{args.simulator}.json"
@@ -124,7 +148,7 @@ def fit_baselines(args: argparse.Namespace, seed: int) -> dict[str, dict[str, fl
     started = time.perf_counter()
     overrides = [*common_overrides(args, seed), f"baseline=[{','.join(args.baselines)}]"]
     pipeline = build(compose_config(overrides))
-    rankers = {n: baseline_ranker(b) for n, b in pipeline.baselines.items()}
+    rankers: dict[str, Ranker] = {n: baseline_ranker(b) for n, b in pipeline.baselines.items()}
     actors = {n: baseline_actor(pipeline.env, b) for n, b in pipeline.baselines.items()}
     # The session seed `marlrec train` evaluates with: the same simulated users as the agents.
     session_seed = seed + EVAL_SESSIONS
@@ -150,10 +174,17 @@ def summarise(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
     return table
 
 
-def leads_over_preset(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+Users = dict[str, list[dict[str, np.ndarray]]]  # policy -> per seed: metric -> per-user values
+
+
+def leads_over_preset(
+    per_seed: dict[str, list[dict[str, float]]], users: Users | None = None
+) -> dict[str, dict[str, float]]:
     """Each agent configuration's valid NDCG@10 lead over the preset, seed by seed, with a
     one-sided paired t-test: a configuration replaces the preset only when p < 0.05, so that
-    leads smaller than what a seed's training moves do not (README, the preset taken apart)."""
+    leads smaller than what a seed's training moves do not (README, the preset taken apart).
+    With `users`, the same lead user by user too (`p per user`), and the test difference with
+    its two-sided p."""
     preset = [row[SELECTED_ON] for row in per_seed.get(PRESET, [])]
     leads: dict[str, dict[str, float]] = {}
     for name, rows in per_seed.items():
@@ -162,14 +193,83 @@ def leads_over_preset(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, 
         own = [row[SELECTED_ON] for row in rows]
         lead = statistics.fmean(own) - statistics.fmean(preset)
         leads[name] = {"lead": lead, "p": paired_p_value(preset, own, alternative="greater")}
+        if users is not None:
+            valid = user_paired(users, PRESET, name, SELECTED_ON, alternative="greater")
+            test = user_paired(users, PRESET, name, TESTED_ON)
+            leads[name] |= {
+                "p per user": valid["p"],
+                "test": test["difference"],
+                "test p": test["p"],
+            }
     return leads
 
 
+def user_paired(
+    users: Users, a: str, b: str, metric: str, alternative: str = "two-sided"
+) -> dict[str, float]:
+    """B - A on `metric` user by user, each seed's users paired with A's run of that seed and
+    pooled over seeds, with the paired t-test's p-value."""
+    values_a = np.concatenate([seed[metric] for seed in users[a]])
+    values_b = np.concatenate([seed[metric] for seed in users[b]])
+    return {
+        "difference": float((values_b - values_a).mean()),
+        "p": paired_p_value(values_a, values_b, alternative=alternative),
+    }
+
+
+def against_imitation(
+    per_seed: dict[str, list[dict[str, float]]], users: Users
+) -> dict[str, dict[str, float]]:
+    """What RL adds to imitation: each agent configuration's valid and test NDCG@10 against
+    imitation only's, user by user (two-sided p), and its session return, each relative to
+    imitation only's mean."""
+    reference = per_seed.get(IMITATION_ONLY, [])
+    rows: dict[str, dict[str, float]] = {}
+    for name, own in per_seed.items():
+        if name == IMITATION_ONLY or name not in AGENTS or len(own) != len(reference):
+            continue
+        valid = user_paired(users, IMITATION_ONLY, name, SELECTED_ON)
+        test = user_paired(users, IMITATION_ONLY, name, TESTED_ON)
+        means = {
+            key: statistics.fmean(row[key] for row in reference)
+            for key in (SELECTED_ON, TESTED_ON, COLUMNS["return"])
+        }
+        own_return = statistics.fmean(row[COLUMNS["return"]] for row in own)
+        rows[name] = {
+            "valid": valid["difference"] / means[SELECTED_ON],
+            "valid p": valid["p"],
+            "test": test["difference"] / means[TESTED_ON],
+            "test p": test["p"],
+            "return": own_return / means[COLUMNS["return"]] - 1,
+        }
+    return rows
+
+
 def leads_markdown(leads: dict[str, dict[str, float]]) -> str:
-    lines = ["| configuration | valid NDCG@10 lead over the preset | p (one-sided) |"]
-    lines.append("|---|---|---|")
+    header = "| configuration | valid NDCG@10 lead over the preset | p (one-sided, seeds) |"
+    per_user = any("p per user" in lead for lead in leads.values())
+    if per_user:
+        header += " p per user | test NDCG@10 against the preset | p per user (two-sided) |"
+    lines = [header, "|---" * header.count(" | ") + "|---|"]
     for name, lead in leads.items():
-        lines.append(f"| {name} | {lead['lead']:+.4f} | {lead['p']:.3f} |")
+        line = f"| {name} | {lead['lead']:+.4f} | {lead['p']:.3f} |"
+        if per_user:
+            line += f" {lead['p per user']:.3f} | {lead['test']:+.4f} | {lead['test p']:.3g} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def imitation_markdown(rows: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| configuration | valid NDCG@10 against imitation only | p per user "
+        "| test NDCG@10 | p per user | session return |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {100 * row['valid']:+.1f}% | {row['valid p']:.3g} "
+            f"| {100 * row['test']:+.1f}% | {row['test p']:.3g} | {100 * row['return']:+.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -223,22 +323,30 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown agent configuration {unknown[0]!r}; known: {'; '.join(AGENTS)}")
     per_seed: dict[str, list[dict[str, float]]] = {}
+    users: Users = {}
     for seed in seeds:
         for name, row in fit_baselines(args, seed).items():
             per_seed.setdefault(name, []).append(row)
         for name in agents:
             print(f"training {name}, seed {seed}", flush=True)
             per_seed.setdefault(name, []).append(train_agent(name, seed, args))
-        write_results(args, per_seed, seeds[: seeds.index(seed) + 1])
+            users.setdefault(name, []).append(per_user(run_dir_of(name, seed, args)))
+        write_results(args, per_seed, users, seeds[: seeds.index(seed) + 1])
 
 
 def write_results(
-    args: argparse.Namespace, per_seed: dict[str, list[dict[str, float]]], seeds: list[int]
+    args: argparse.Namespace,
+    per_seed: dict[str, list[dict[str, float]]],
+    users: Users,
+    seeds: list[int],
 ) -> None:
     """The table so far (after each seed, so an interrupted benchmark keeps what it measured)."""
     table = summarise(per_seed)
-    leads = leads_over_preset(per_seed)
-    text = markdown(table, len(seeds)) + ("\n\n" + leads_markdown(leads) if leads else "")
+    leads = leads_over_preset(per_seed, users)
+    rl = against_imitation(per_seed, users) if IMITATION_ONLY in users else {}
+    text = markdown(table, len(seeds))
+    text += "\n\n" + leads_markdown(leads) if leads else ""
+    text += "\n\n" + imitation_markdown(rl) if rl else ""
     print(text)
     write_json(
         args.out / "table.json",
@@ -249,6 +357,7 @@ def write_results(
             "threads": args.threads,
             "table": table,
             "leads_over_preset": leads,
+            "against_imitation_only": rl,
         },
     )
     atomic_write(args.out / "table.md", lambda f: f.write((text + "\n").encode()))
