@@ -224,16 +224,16 @@ def against_imitation(
     imitation only's, user by user (two-sided p), and its session return, each relative to
     imitation only's mean."""
     reference = per_seed.get(IMITATION_ONLY, [])
+    means = {
+        key: statistics.fmean(row[key] for row in reference)
+        for key in (SELECTED_ON, TESTED_ON, COLUMNS["return"])
+    }
     rows: dict[str, dict[str, float]] = {}
     for name, own in per_seed.items():
         if name == IMITATION_ONLY or name not in AGENTS or len(own) != len(reference):
             continue
         valid = user_paired(users, IMITATION_ONLY, name, SELECTED_ON)
         test = user_paired(users, IMITATION_ONLY, name, TESTED_ON)
-        means = {
-            key: statistics.fmean(row[key] for row in reference)
-            for key in (SELECTED_ON, TESTED_ON, COLUMNS["return"])
-        }
         own_return = statistics.fmean(row[COLUMNS["return"]] for row in own)
         rows[name] = {
             "valid": valid["difference"] / means[SELECTED_ON],
@@ -345,8 +345,10 @@ def write_results(
     leads = leads_over_preset(per_seed, users)
     rl = against_imitation(per_seed, users) if IMITATION_ONLY in users else {}
     text = markdown(table, len(seeds))
-    text += "\n\n" + leads_markdown(leads) if leads else ""
-    text += "\n\n" + imitation_markdown(rl) if rl else ""
+    if leads:
+        text += "\n\n" + leads_markdown(leads)
+    if rl:
+        text += "\n\n" + imitation_markdown(rl)
     print(text)
     write_json(
         args.out / "table.json",

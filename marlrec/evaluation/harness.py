@@ -207,7 +207,10 @@ def ranking_eval(
     everyone = any(isinstance(m, CatalogMetric) or m.over == "all" for m in metrics)
     users = np.arange(data.n_users) if everyone else np.flatnonzero(held_out.counts > 0)
     accumulator = RankingAccumulator(metrics, cfg.ks)
-    for chunk in _ranked_chunks(data, rank, split, cfg, users, accumulator.max_k, item_emb, seed):
+    chunks = _ranked_chunks(
+        data, rank, split, held_out, cfg, users, accumulator.max_k, item_emb, seed
+    )
+    for chunk in chunks:
         accumulator.add(chunk)
     results = accumulator.results()
     if cfg.protocol == "sampled":
@@ -229,9 +232,10 @@ def per_user_accuracy(
     metrics = [
         m for m in cfg.ranking_metrics() if isinstance(m, UserMetric) and m.over == "targets"
     ]
-    users = np.flatnonzero(HeldOut.of(data, split).counts > 0)
+    held_out = HeldOut.of(data, split)
+    users = np.flatnonzero(held_out.counts > 0)
     values: dict[str, list[torch.Tensor]] = {}
-    for chunk in _ranked_chunks(data, rank, split, cfg, users, max(cfg.ks), None, seed):
+    for chunk in _ranked_chunks(data, rank, split, held_out, cfg, users, max(cfg.ks), None, seed):
         for metric in metrics:
             for k in cfg.ks:
                 values.setdefault(f"{metric.label}@{k}", []).append(metric.per_user(chunk, k))
@@ -243,14 +247,14 @@ def _ranked_chunks(
     data: RecData,
     rank: Ranker,
     split: Literal["valid", "test"],
+    held_out: HeldOut,
     cfg: EvalConfig,
     users: np.ndarray,
     max_k: int,
     item_emb: torch.Tensor | None,
     seed: int,
 ) -> Iterator[RankedChunk]:
-    """`users`' top-`max_k` lists and held-out items under the protocol, chunk by chunk."""
-    held_out = HeldOut.of(data, split)
+    """`users`' top-`max_k` lists and `held_out` items under the protocol, chunk by chunk."""
     if not (held_out.counts > 0).any():
         raise MarlrecError(f"no user has a held-out {split} item to evaluate")
     generator = torch.Generator().manual_seed(seed)
